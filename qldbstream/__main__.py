@@ -1,0 +1,3 @@
+from qldbstream.cli import main
+
+raise SystemExit(main())
