@@ -29,6 +29,7 @@ __all__ = [
     "InputError",
     "IonHashError",
     "MalformedIonError",
+    "MalformedKinesisRecordError",
     "MalformedRecordError",
     "PoisonRecordError",
     "QldbStreamError",
@@ -60,6 +61,10 @@ class PoisonRecordError(QldbStreamError):
         self.position = position
         self.args = (f"{self.message} (at {position.describe()})",)
         return self
+
+
+class MalformedKinesisRecordError(PoisonRecordError):
+    """A Kinesis record envelope that cannot be read (no data, invalid base64, no sequence number)."""
 
 
 class DeaggregationError(PoisonRecordError):

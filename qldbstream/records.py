@@ -48,6 +48,7 @@ class KinesisRecord:
     """One record as a Kinesis shard holds it (possibly a KPL aggregate)."""
 
     data: bytes
+    #: Empty when the record did not come from a stream (a raw Ion file, say).
     sequence_number: str
     partition_key: str = ""
     shard_id: str | None = None
@@ -60,7 +61,7 @@ class KinesisRecord:
 
     @property
     def position(self) -> Position:
-        return Position(self.source, self.shard_id, self.sequence_number, None)
+        return Position(self.source, self.shard_id, self.sequence_number or None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +79,9 @@ class UserRecord:
 
     @property
     def position(self) -> Position:
-        return Position(
-            self.parent.source, self.parent.shard_id, self.sequence_number, self.sub_sequence_number
-        )
+        seq = self.sequence_number or None
+        sub = self.sub_sequence_number if (seq is not None or self.aggregated) else None
+        return Position(self.parent.source, self.parent.shard_id, seq, sub)
 
     @property
     def shard_id(self) -> str | None:

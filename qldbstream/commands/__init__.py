@@ -1,0 +1,1 @@
+"""Sub-commands of the ``qldbstream`` command (one module each, see :mod:`qldbstream.cli`)."""

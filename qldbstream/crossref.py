@@ -1,0 +1,194 @@
+"""V3: every revision a block summary lists matches its REVISION_DETAILS record.
+
+For each ``revisionSummaries[i]`` that has a documentId, a REVISION_DETAILS must exist with the
+same ``revision.hash``, ``metadata.id == documentId``, the same ``blockAddress`` and
+``metadata.txId == transactionId`` (qldb-stream-format.md §5).
+
+The two records of a pair may arrive in either order, in different batches, or on different
+shards (without aggregation each record has its own partition key). The matcher keeps each side
+until its counterpart arrives; a pair is judged once, when both are known. What is still
+unmatched when the input ends is reported as incomplete, not as a failure. Memory is bounded:
+beyond ``max_pending`` waiting entries the oldest are given up and reported as unmatched.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+__all__ = ["CrossCheck", "CrossReferencer", "Unmatched"]
+
+
+@dataclass(frozen=True, slots=True)
+class CrossCheck:
+    passed: bool
+    document_id: str
+    version: int | None
+    block_sequence_no: int
+    expected: str
+    actual: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unmatched:
+    kind: str  # "missing-revision" | "missing-block-summary"
+    strand_id: str
+    block_sequence_no: int
+    document_id: str | None
+    revision_hash: bytes
+
+    def as_dict(self) -> dict[str, object]:
+        import base64
+
+        return {
+            "kind": self.kind,
+            "strandId": self.strand_id,
+            "blockSequenceNo": self.block_sequence_no,
+            "documentId": self.document_id,
+            "revisionHash": base64.b64encode(self.revision_hash).decode(),
+        }
+
+
+@dataclass(slots=True)
+class _Block:
+    transaction_id: str
+    #: revision hash -> documentId, for summary entries still waiting for their revision
+    waiting: dict[bytes, str]
+    matched: set[bytes] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class _Revision:
+    document_id: str
+    version: int
+    tx_id: str
+    hash: bytes
+
+
+_Key = tuple[str, int]
+
+
+class CrossReferencer:
+    def __init__(self, max_pending: int = 200_000) -> None:
+        self.max_pending = max_pending
+        self._blocks: OrderedDict[_Key, _Block] = OrderedDict()
+        self._revisions: OrderedDict[_Key, list[_Revision]] = OrderedDict()
+        self._done: OrderedDict[_Key, None] = OrderedDict()  # blocks fully matched (for duplicates)
+        self._pending_revisions = 0
+        self.evicted: list[Unmatched] = []
+
+    def add_block(
+        self, strand_id: str, sequence_no: int, transaction_id: str, summaries: list[tuple[bytes, str | None]]
+    ) -> list[CrossCheck]:
+        key = (strand_id, sequence_no)
+        if key in self._blocks or key in self._done:
+            return []  # a duplicate delivery: its pairs are already being judged
+        block = _Block(transaction_id, {h: doc for h, doc in summaries if doc is not None})
+        results = []
+        for rev in self._revisions.pop(key, []):
+            self._pending_revisions -= 1
+            results.append(self._judge(key, block, rev))
+        self._settle(key, block)
+        self._bound()
+        return results
+
+    def add_revision(
+        self,
+        strand_id: str,
+        sequence_no: int,
+        document_id: str,
+        version: int,
+        tx_id: str,
+        revision_hash: bytes,
+    ) -> list[CrossCheck]:
+        key = (strand_id, sequence_no)
+        rev = _Revision(document_id, version, tx_id, revision_hash)
+        block = self._blocks.get(key)
+        if block is not None:
+            if revision_hash in block.matched:
+                return []  # a duplicate delivery of a revision already judged
+            result = self._judge(key, block, rev)
+            self._settle(key, block)
+            return [result]
+        if key in self._done:
+            return []  # the block is complete: this is a duplicate of a matched revision
+        waiting = self._revisions.setdefault(key, [])
+        if any(r.hash == revision_hash for r in waiting):
+            return []
+        waiting.append(rev)
+        self._pending_revisions += 1
+        self._bound()
+        return []
+
+    def _judge(self, key: _Key, block: _Block, rev: _Revision) -> CrossCheck:
+        seq = key[1]
+        expected_doc = block.waiting.pop(rev.hash, None)
+        if expected_doc is None:
+            return CrossCheck(
+                False,
+                rev.document_id,
+                rev.version,
+                seq,
+                "a revisionSummaries entry with this hash",
+                rev.hash.hex(),
+                f"revision hash is not among block {seq}'s revisionSummaries",
+            )
+        block.matched.add(rev.hash)
+        if expected_doc != rev.document_id:
+            return CrossCheck(
+                False,
+                rev.document_id,
+                rev.version,
+                seq,
+                expected_doc,
+                rev.document_id,
+                f"block {seq} lists this revision hash for document {expected_doc}",
+            )
+        if rev.tx_id != block.transaction_id:
+            return CrossCheck(
+                False,
+                rev.document_id,
+                rev.version,
+                seq,
+                block.transaction_id,
+                rev.tx_id,
+                f"metadata.txId differs from block {seq}'s transactionId",
+            )
+        return CrossCheck(True, rev.document_id, rev.version, seq, "", "", "")
+
+    def _settle(self, key: _Key, block: _Block) -> None:
+        if block.waiting:
+            self._blocks[key] = block
+            self._blocks.move_to_end(key)
+        else:
+            self._blocks.pop(key, None)
+            self._done[key] = None
+            if len(self._done) > self.max_pending:
+                self._done.popitem(last=False)
+
+    def _bound(self) -> None:
+        while len(self._blocks) > self.max_pending:
+            key, block = self._blocks.popitem(last=False)
+            self.evicted.extend(self._block_unmatched(key, block))
+        while self._pending_revisions > self.max_pending:
+            key, revs = self._revisions.popitem(last=False)
+            self._pending_revisions -= len(revs)
+            self.evicted.extend(self._revision_unmatched(key, revs))
+
+    @staticmethod
+    def _block_unmatched(key: _Key, block: _Block) -> list[Unmatched]:
+        return [Unmatched("missing-revision", key[0], key[1], doc, h) for h, doc in block.waiting.items()]
+
+    @staticmethod
+    def _revision_unmatched(key: _Key, revs: list[_Revision]) -> list[Unmatched]:
+        return [Unmatched("missing-block-summary", key[0], key[1], r.document_id, r.hash) for r in revs]
+
+    def unmatched(self) -> list[Unmatched]:
+        """Pairs still incomplete (plus those given up to bound memory)."""
+        out = list(self.evicted)
+        for key, block in self._blocks.items():
+            out.extend(self._block_unmatched(key, block))
+        for key, revs in self._revisions.items():
+            out.extend(self._revision_unmatched(key, revs))
+        return out

@@ -1,0 +1,1 @@
+"""Ion binary reading and Ion hashing, as the hot path needs them."""

@@ -1,0 +1,352 @@
+"""A minimal Ion 1.0 binary reader: exactly what decode and hash-from-bytes need.
+
+Why not amazon-ion's reader here: QLDB records are small binary Ion streams and every record
+pays for its parsing, so the hot path walks the bytes directly - locating fields, reading the
+few scalars routing needs, and leaving everything else (the document ``data``) as an unparsed
+byte range that :mod:`qldbstream.ion.hash` hashes straight from the bytes and amazon-ion parses
+only when a handler asks for the values.
+
+Positions are offsets of a value's type descriptor in the record's bytes. Every function raises
+:class:`~qldbstream.errors.MalformedIonError` on malformed input and never reads past the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from qldbstream.errors import MalformedIonError
+
+__all__ = [
+    "IVM",
+    "SYSTEM_SYMBOLS",
+    "RecordView",
+    "header",
+    "iter_list",
+    "iter_struct",
+    "parse_record",
+    "read_decimal",
+    "read_int",
+    "read_timestamp",
+    "read_uint",
+    "read_varint",
+    "read_varuint",
+]
+
+IVM = b"\xe0\x01\x00\xea"
+SYSTEM_SYMBOLS: tuple[str | None, ...] = (
+    None,
+    "$ion",
+    "$ion_1_0",
+    "$ion_symbol_table",
+    "name",
+    "version",
+    "imports",
+    "symbols",
+    "max_id",
+    "$ion_shared_symbol_table",
+)
+_SID_ION_SYMBOL_TABLE = 3
+_SID_IMPORTS = 6
+_SID_SYMBOLS = 7
+_SID_MAX_ID = 8
+
+# type codes
+T_NULL, T_BOOL, T_POSINT, T_NEGINT, T_FLOAT, T_DECIMAL, T_TIMESTAMP, T_SYMBOL = range(8)
+T_STRING, T_CLOB, T_BLOB, T_LIST, T_SEXP, T_STRUCT, T_ANNOTATION = range(8, 15)
+
+
+def read_varuint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Read an Ion VarUInt at ``pos``; return ``(value, next_pos)``."""
+    value = 0
+    while pos < end:
+        b = buf[pos]
+        pos += 1
+        value = (value << 7) | (b & 0x7F)
+        if b & 0x80:
+            return value, pos
+    raise MalformedIonError("Ion VarUInt runs past the end of its value")
+
+
+def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, bool, int]:
+    """Read an Ion VarInt; return ``(magnitude_signed, is_negative, next_pos)``.
+
+    ``is_negative`` is returned separately so that negative zero (``0xC0``) can be told apart.
+    """
+    if pos >= end:
+        raise MalformedIonError("Ion VarInt runs past the end of its value")
+    b = buf[pos]
+    pos += 1
+    negative = bool(b & 0x40)
+    value = b & 0x3F
+    while not b & 0x80:
+        if pos >= end:
+            raise MalformedIonError("Ion VarInt runs past the end of its value")
+        b = buf[pos]
+        pos += 1
+        value = (value << 7) | (b & 0x7F)
+    return (-value if negative else value), negative, pos
+
+
+def read_uint(buf: bytes, start: int, end: int) -> int:
+    return int.from_bytes(buf[start:end], "big")
+
+
+def read_int(buf: bytes, start: int, end: int) -> tuple[int, bool]:
+    """Read an Ion Int (sign-magnitude) subfield; return ``(value, is_negative)``."""
+    if start >= end:
+        return 0, False
+    first = buf[start]
+    negative = bool(first & 0x80)
+    magnitude = int.from_bytes(bytes([first & 0x7F]) + buf[start + 1 : end], "big")
+    return (-magnitude if negative else magnitude), negative
+
+
+def header(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
+    """Decode the value header at ``pos``: ``(type_code, low_nibble, body_start, body_end)``.
+
+    ``low_nibble`` is 15 for a null of that type. For bool, the body is empty and the nibble is
+    the value. Annotation wrappers are returned as such (type 14).
+    """
+    if pos >= end:
+        raise MalformedIonError("Ion value expected but the data ended")
+    td = buf[pos]
+    t = td >> 4
+    ln = td & 0x0F
+    pos += 1
+    if ln == 15:
+        if t == T_ANNOTATION or t == 15:
+            raise MalformedIonError(f"invalid Ion type descriptor 0x{td:02x}")
+        return t, 15, pos, pos
+    if t == T_BOOL:
+        if ln > 1:
+            raise MalformedIonError(f"invalid Ion bool type descriptor 0x{td:02x}")
+        return t, ln, pos, pos
+    if t == 15:
+        raise MalformedIonError(f"invalid Ion type descriptor 0x{td:02x}")
+    if ln == 14 or (t == T_STRUCT and ln == 1):
+        length, pos = read_varuint(buf, pos, end)
+    else:
+        length = ln
+    stop = pos + length
+    if stop > end:
+        raise MalformedIonError("Ion value is truncated (its length runs past the end of its container)")
+    return t, ln, pos, stop
+
+
+def symbol_text(symbols: list[str | None], sid: int) -> str | None:
+    if sid >= len(symbols):
+        raise MalformedIonError(f"Ion symbol ID {sid} is not in the symbol table (max ID {len(symbols) - 1})")
+    return symbols[sid]
+
+
+def iter_struct(
+    buf: bytes, start: int, end: int, symbols: list[str | None]
+) -> Iterator[tuple[int, str | None, int, int]]:
+    """Iterate a struct body: ``(sid, name, value_pos, value_end)``, NOP padding skipped."""
+    pos = start
+    while pos < end:
+        sid, pos = read_varuint(buf, pos, end)
+        t, ln, _, stop = header(buf, pos, end)
+        if t == T_NULL and ln != 15:  # NOP padding (any field name)
+            pos = stop
+            continue
+        yield sid, symbol_text(symbols, sid), pos, stop
+        pos = stop
+
+
+def iter_list(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Iterate a list/sexp body: ``(value_pos, value_end)``, NOP padding skipped."""
+    pos = start
+    while pos < end:
+        t, ln, _, stop = header(buf, pos, end)
+        if not (t == T_NULL and ln != 15):
+            yield pos, stop
+        pos = stop
+
+
+def unwrap(buf: bytes, pos: int, end: int) -> tuple[list[int], int, int, int, int, int]:
+    """Look through an annotation wrapper: ``(annotation_sids, pos, t, ln, body_start, body_end)``."""
+    t, ln, bstart, bend = header(buf, pos, end)
+    if t != T_ANNOTATION:
+        return [], pos, t, ln, bstart, bend
+    alen, p = read_varuint(buf, bstart, bend)
+    aend = p + alen
+    if alen == 0 or aend >= bend:
+        raise MalformedIonError("Ion annotation wrapper has no annotations or no value")
+    sids = []
+    while p < aend:
+        sid, p = read_varuint(buf, p, aend)
+        sids.append(sid)
+    t, ln, vstart, vend = header(buf, aend, bend)
+    if t == T_ANNOTATION or (t == T_NULL and ln != 15):
+        raise MalformedIonError("Ion annotation wrapper must wrap exactly one value")
+    if vend != bend:
+        raise MalformedIonError("Ion annotation wrapper length does not match its value")
+    return sids, aend, t, ln, vstart, vend
+
+
+# --- symbol tables -------------------------------------------------------------------------
+
+
+def _local_symbol_table(buf: bytes, start: int, end: int, current: list[str | None]) -> list[str | None]:
+    """Apply a ``$ion_symbol_table::{...}`` struct body and return the new symbol table."""
+    symbols: list[str | None] = list(SYSTEM_SYMBOLS)
+    new: list[str | None] = []
+    for sid, _, vpos, vend in iter_struct(buf, start, end, current):
+        t, ln, bstart, bend = header(buf, vpos, vend)
+        if sid == _SID_IMPORTS and ln != 15:
+            if t == T_SYMBOL and read_uint(buf, bstart, bend) == _SID_ION_SYMBOL_TABLE:
+                symbols = list(current)  # append to the current local symbol table
+            elif t == T_LIST:
+                for ipos, iend in iter_list(buf, bstart, bend):
+                    symbols.extend(_shared_import(buf, ipos, iend, current))
+        elif sid == _SID_SYMBOLS and t == T_LIST and ln != 15:
+            for spos, send in iter_list(buf, bstart, bend):
+                st, sln, sbs, sbe = header(buf, spos, send)
+                if st == T_STRING and sln != 15:
+                    new.append(_utf8(buf, sbs, sbe))
+                else:
+                    new.append(None)  # not a string: a symbol with unknown text
+    return symbols + new
+
+
+def _shared_import(buf: bytes, pos: int, end: int, current: list[str | None]) -> list[str | None]:
+    """A shared symbol table import we do not have: its symbols are known only by ID."""
+    t, ln, bstart, bend = header(buf, pos, end)
+    if t != T_STRUCT or ln == 15:
+        return []
+    name: str | None = None
+    max_id: int | None = None
+    for sid, _, vpos, vend in iter_struct(buf, bstart, bend, current):
+        vt, vln, vbs, vbe = header(buf, vpos, vend)
+        if sid == 4 and vt == T_STRING and vln != 15:
+            name = _utf8(buf, vbs, vbe)
+        elif sid == _SID_MAX_ID and vt == T_POSINT and vln != 15:
+            max_id = read_uint(buf, vbs, vbe)
+    if name is None or name == "$ion":
+        return []
+    if max_id is None:
+        raise MalformedIonError(f"Ion import of unknown shared symbol table {name!r} has no max_id")
+    return [None] * max_id
+
+
+def _utf8(buf: bytes, start: int, end: int) -> str:
+    try:
+        return buf[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedIonError("Ion string is not valid UTF-8") from None
+
+
+class RecordView:
+    """One Ion binary stream holding exactly one top-level value (a QLDB user record)."""
+
+    __slots__ = ("buf", "end", "pos", "symbols")
+
+    def __init__(self, buf: bytes, symbols: list[str | None], pos: int, end: int) -> None:
+        self.buf = buf
+        self.symbols = symbols
+        self.pos = pos
+        self.end = end
+
+
+def parse_record(buf: bytes) -> RecordView:
+    """Locate the single top-level user value of an Ion binary stream.
+
+    Handles the version marker and local symbol tables (including appends and imports).
+    Raises :class:`MalformedIonError` for anything that is not exactly one value.
+    """
+    if buf[:4] != IVM:
+        raise MalformedIonError("not an Ion binary stream (no Ion 1.0 version marker)")
+    end = len(buf)
+    pos = 4
+    symbols: list[str | None] = list(SYSTEM_SYMBOLS)
+    found: tuple[int, int] | None = None
+    while pos < end:
+        if buf[pos : pos + 4] == IVM:
+            symbols = list(SYSTEM_SYMBOLS)
+            pos += 4
+            continue
+        sids, _, t, ln, bstart, bend = unwrap(buf, pos, end)
+        _, _, _, stop = header(buf, pos, end)
+        if t == T_NULL and ln != 15:
+            pos = stop
+            continue
+        if sids and sids[0] == _SID_ION_SYMBOL_TABLE and t == T_STRUCT and ln != 15:
+            symbols = _local_symbol_table(buf, bstart, bend, symbols)
+        elif found is None:
+            found = (pos, stop)
+            user_symbols = symbols
+        else:
+            raise MalformedIonError("Ion stream holds more than one top-level value")
+        pos = stop
+    if found is None:
+        raise MalformedIonError("Ion stream holds no value")
+    return RecordView(buf, user_symbols, found[0], found[1])
+
+
+# --- scalar readers ------------------------------------------------------------------------
+
+
+def read_decimal(buf: bytes, start: int, end: int) -> Decimal:
+    if start == end:
+        return Decimal(0)
+    exponent, _, pos = read_varint(buf, start, end)
+    coefficient, negative = read_int(buf, pos, end)
+    sign = 1 if negative else 0
+    return Decimal((sign, tuple(int(d) for d in str(abs(coefficient))), exponent))
+
+
+def read_timestamp(buf: bytes, start: int, end: int) -> Any:
+    """Decode a timestamp body into an amazon-ion ``Timestamp`` keeping precision and offset."""
+    from amazon.ion.core import OffsetTZInfo, Timestamp, TimestampPrecision
+
+    offset, offset_negative, pos = read_varint(buf, start, end)
+    fields: list[int] = []
+    while pos < end and len(fields) < 6:
+        v, pos = read_varuint(buf, pos, end)
+        fields.append(v)
+    fraction: Decimal | None = None
+    if pos < end:
+        if len(fields) < 6:
+            raise MalformedIonError("Ion timestamp has a fraction but no seconds")
+        exponent, _, p = read_varint(buf, pos, end)
+        coefficient, negative = read_int(buf, p, end)
+        if negative and coefficient:
+            raise MalformedIonError("Ion timestamp has negative fractional seconds")
+        fraction = Decimal((0, tuple(int(d) for d in str(coefficient)), exponent))
+        if fraction >= 1:
+            raise MalformedIonError("Ion timestamp fractional seconds must be less than 1")
+        if coefficient == 0 and exponent >= 0:
+            fraction = None
+    if not fields or len(fields) == 4:
+        raise MalformedIonError("Ion timestamp has an hour without minutes, or no year")
+    precision = {
+        1: TimestampPrecision.YEAR,
+        2: TimestampPrecision.MONTH,
+        3: TimestampPrecision.DAY,
+        5: TimestampPrecision.MINUTE,
+        6: TimestampPrecision.SECOND,
+    }[len(fields)]
+    year, month, day, hour, minute, second = fields + [1, 1, 1, 0, 0, 0][len(fields) :]
+
+    tz = None if offset_negative and offset == 0 else OffsetTZInfo(timedelta(minutes=offset))
+    try:
+        utc = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError as exc:
+        raise MalformedIonError(f"Ion timestamp is not a valid date/time: {exc}") from None
+    local = utc + timedelta(minutes=offset) if precision.includes_minute else utc
+    kwargs: dict[str, Any] = {"precision": precision, "tzinfo": tz}
+    if fraction is not None:
+        kwargs["fractional_seconds"] = fraction
+    return Timestamp(
+        local.year,
+        local.month,
+        local.day,
+        local.hour,
+        local.minute,
+        local.second,
+        **kwargs,
+    )

@@ -1,0 +1,72 @@
+"""QLDB's hash combinators: ``dot``, the Merkle root of a hash list, and proof folding.
+
+Specified identically by the QLDB drivers, samples and verification docs
+(qldb-stream-format.md §4.2-§4.3):
+
+* ``dot(a, b)`` = SHA-256 of the two 32-byte hashes concatenated in sorted order, where the
+  order compares bytes as **signed** values starting from the **last** byte. An empty hash is
+  the identity. ``dot`` is commutative but not associative.
+* ``merkle_root(hashes)``: combine adjacent pairs with ``dot``, carry an unpaired last node up
+  unchanged, repeat until one node is left (empty list -> empty hash).
+* ``fold_proof(leaf, proof)``: a left fold of ``dot`` over the proof (GetRevision / GetBlock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+__all__ = ["HASH_LENGTH", "compare_hashes", "dot", "fold_proof", "merkle_root"]
+
+HASH_LENGTH = 32
+_sha256 = hashlib.sha256
+# For the signed, last-byte-first comparison: flip the sign bit of every byte and reverse the
+# order; an unsigned lexicographic comparison of the result is then QLDB's comparison.
+_SIGNED_KEY = bytes((b ^ 0x80) for b in range(256))
+
+
+def _sort_key(h: bytes) -> bytes:
+    return h.translate(_SIGNED_KEY)[::-1]
+
+
+def compare_hashes(h1: bytes, h2: bytes) -> int:
+    """QLDB order of two 32-byte hashes: negative, zero or positive (signed bytes, last first)."""
+    if len(h1) != HASH_LENGTH or len(h2) != HASH_LENGTH:
+        raise ValueError(f"hashes must be {HASH_LENGTH} bytes, got {len(h1)} and {len(h2)}")
+    for i in range(HASH_LENGTH - 1, -1, -1):
+        a, b = h1[i], h2[i]
+        if a != b:
+            return (a if a < 128 else a - 256) - (b if b < 128 else b - 256)
+    return 0
+
+
+def dot(h1: bytes, h2: bytes) -> bytes:
+    """QLDB's combination of two hashes (an empty hash is the identity)."""
+    if not h1:
+        return h2
+    if not h2:
+        return h1
+    if _sort_key(h1) < _sort_key(h2):
+        return _sha256(h1 + h2).digest()
+    return _sha256(h2 + h1).digest()
+
+
+def merkle_root(hashes: Sequence[bytes]) -> bytes:
+    """Merkle root as QLDB computes it for ``entriesHashList`` and a block's revisions."""
+    level = list(hashes)
+    if not level:
+        return b""
+    while len(level) > 1:
+        nxt = [dot(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def fold_proof(leaf: bytes, proof: Iterable[bytes]) -> bytes:
+    """Fold a GetRevision / GetBlock proof onto ``leaf``: ``dot(...dot(dot(leaf, p0), p1)..., pn)``."""
+    acc = leaf
+    for p in proof:
+        acc = dot(acc, p)
+    return acc

@@ -1,0 +1,69 @@
+"""Kinesis records out of a Lambda Kinesis event (``{"Records": [{"kinesis": {...}, ...}]}``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from qldbstream.errors import MalformedKinesisRecordError
+from qldbstream.records import KinesisRecord, Position
+
+__all__ = ["kinesis_record", "records_from_event", "shard_id_of"]
+
+
+def shard_id_of(event_id: str | None) -> str | None:
+    """``eventID`` is ``shardId-000000000000:<sequenceNumber>``; return the shard part."""
+    if not event_id or ":" not in event_id:
+        return None
+    return event_id.split(":", 1)[0]
+
+
+def kinesis_record(entry: Mapping[str, Any], source: str) -> KinesisRecord:
+    """One ``Records[i]`` entry of a Lambda event; raises :class:`MalformedKinesisRecordError`."""
+    kinesis = entry.get("kinesis")
+    if not isinstance(kinesis, Mapping):
+        raise MalformedKinesisRecordError("event record has no 'kinesis' object", Position(source))
+    seq = kinesis.get("sequenceNumber")
+    shard = shard_id_of(entry.get("eventID"))
+    position = Position(source, shard, seq if isinstance(seq, str) else None)
+    if not isinstance(seq, str) or not seq:
+        raise MalformedKinesisRecordError("event record has no sequenceNumber", position)
+    data = kinesis.get("data")
+    if not isinstance(data, str):
+        raise MalformedKinesisRecordError("event record has no base64 'data'", position)
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedKinesisRecordError(
+            "event record 'data' is not valid base64 (truncated?)", position
+        ) from None
+    arrival = kinesis.get("approximateArrivalTimestamp")
+    return KinesisRecord(
+        data=raw,
+        sequence_number=seq,
+        partition_key=str(kinesis.get("partitionKey") or ""),
+        shard_id=shard,
+        approximate_arrival_timestamp=float(arrival) if isinstance(arrival, int | float) else None,
+        explicit_hash_key=kinesis.get("explicitHashKey") or None,
+        stream_arn=entry.get("eventSourceARN"),
+        source=source,
+    )
+
+
+def records_from_event(
+    event: Mapping[str, Any], source: str = "lambda event"
+) -> Iterator[KinesisRecord | MalformedKinesisRecordError]:
+    """Yield each record of the event, or the error that makes it unreadable, in order."""
+    records = event.get("Records")
+    if not isinstance(records, list):
+        raise MalformedKinesisRecordError("not a Lambda Kinesis event: no 'Records' list", Position(source))
+    for i, entry in enumerate(records):
+        where = f"{source} Records[{i}]"
+        try:
+            if not isinstance(entry, Mapping):
+                raise MalformedKinesisRecordError("event record is not an object", Position(where))
+            yield kinesis_record(entry, where)
+        except MalformedKinesisRecordError as exc:
+            yield exc

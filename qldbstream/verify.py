@@ -1,0 +1,348 @@
+"""Stage 3: verify every hash QLDB gives us (qldb-stream-format.md §5, checks V1-V9).
+
+==== =====================================================================================
+V1   KPL integrity: magic and MD5 of an aggregated Kinesis record
+V2   revision hash = dot(H(metadata), H(data)); redacted: dot(H(metadata), dataHash)
+V2b  deleted revision (no data, no dataHash): hash = H(metadata). **Inferred** rule: no real
+     QLDB sample of a deleted revision with its hash exists; results say ``inferred``
+V3   each documented revisionSummaries entry matches its REVISION_DETAILS (hash, documentId,
+     blockAddress, txId) - across batches, see :mod:`qldbstream.crossref`
+V4   Merkle root of the block's revision hashes is in entriesHashList
+V5   H(transactionInfo) (and H(redactionInfo), when present) is in entriesHashList
+V6   statementDigest = H(statement text) for statements without parameters (parameter values
+     are not in the stream; statements with ``?`` placeholders are counted as skipped)
+V7   entriesHash = Merkle root of entriesHashList
+V8   blockHash = dot(entriesHash, previousBlockHash)
+V9   chain continuity per strand - across batches, see :mod:`qldbstream.chain`
+==== =====================================================================================
+
+V10 (digest and proof) needs data from the QLDB API and lives in :mod:`qldbstream.proof`.
+
+The :class:`Verifier` is stateful only for V3 and V9 and does no I/O. Passing checks are only
+counted; a failing check produces a :class:`Failure` naming the record and the two values.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from qldbstream.chain import ChainTracker
+from qldbstream.crossref import CrossReferencer
+from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails
+from qldbstream.errors import DeaggregationError, DecodeError
+from qldbstream.ion.hash import ion_hash_at
+from qldbstream.qldb_hash import dot, merkle_root
+from qldbstream.records import Position
+
+__all__ = ["CHECKS", "Failure", "Tally", "Verifier", "has_parameters"]
+
+CHECKS = ("V1", "V2", "V2b", "V3", "V4", "V5", "V6", "V7", "V8", "V9", "V10")
+INFERRED_CHECKS = frozenset({"V2b"})
+
+
+def _b64(h: bytes) -> str:
+    return base64.b64encode(h).decode("ascii")
+
+
+@dataclass(slots=True)
+class Failure:
+    """One failed check, with enough context to find the record and see what differed."""
+
+    check: str
+    position: Position
+    message: str
+    document_id: str | None = None
+    version: int | None = None
+    block_sequence_no: int | None = None
+    expected: str | None = None
+    actual: str | None = None
+
+    @property
+    def inferred(self) -> bool:
+        return self.check in INFERRED_CHECKS
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "check": self.check,
+            "position": {
+                "sequenceNumber": self.position.sequence_number,
+                "subSequenceNumber": self.position.sub_sequence_number,
+                "source": self.position.source,
+                "shardId": self.position.shard_id,
+            },
+            "documentId": self.document_id,
+            "version": self.version,
+            "blockSequenceNo": self.block_sequence_no,
+            "expected": self.expected,
+            "actual": self.actual,
+            "message": self.message,
+            "inferred": self.inferred,
+        }
+
+
+class Tally:
+    """Passed / failed / skipped counts per check."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {c: [0, 0, 0] for c in CHECKS}
+
+    def add(self, check: str, passed: bool, n: int = 1) -> None:
+        self.counts[check][0 if passed else 1] += n
+
+    def skip(self, check: str, n: int = 1) -> None:
+        self.counts[check][2] += n
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for check, (passed, failed, skipped) in self.counts.items():
+            if passed or failed or skipped:
+                entry = {"passed": passed, "failed": failed}
+                if skipped:
+                    entry["skipped"] = skipped
+                out[check] = entry
+        return out
+
+    @property
+    def failed(self) -> int:
+        return sum(c[1] for c in self.counts.values())
+
+
+def has_parameters(statement: str) -> bool:
+    """True when a PartiQL statement has ``?`` placeholders outside quotes and comments."""
+    i, n = 0, len(statement)
+    while i < n:
+        c = statement[i]
+        if c == "?":
+            return True
+        if c in "'\"`":
+            j = statement.find(c, i + 1)
+            while j != -1 and c != "`" and j + 1 < n and statement[j + 1] == c:  # doubled quote
+                j = statement.find(c, j + 2)
+            if j == -1:
+                return False
+            i = j + 1
+            continue
+        if statement.startswith("--", i):
+            j = statement.find("\n", i)
+            i = n if j == -1 else j + 1
+            continue
+        if statement.startswith("/*", i):
+            j = statement.find("*/", i + 2)
+            i = n if j == -1 else j + 2
+            continue
+        i += 1
+    return False
+
+
+class Verifier:
+    """Runs V1-V9 record by record; keeps the cross-record state of V3 and V9."""
+
+    def __init__(self, max_pending: int = 200_000) -> None:
+        self.tally = Tally()
+        self.chain = ChainTracker()
+        self.crossref = CrossReferencer(max_pending=max_pending)
+
+    # V1 ----------------------------------------------------------------------------------
+    def aggregate(self, position: Position, error: DeaggregationError | None) -> list[Failure]:
+        """Count V1 for an aggregated Kinesis record (``error`` set when it is not valid)."""
+        if error is None:
+            self.tally.add("V1", True)
+            return []
+        self.tally.add("V1", False)
+        return [Failure("V1", position, error.message)]
+
+    # V2-V9 -------------------------------------------------------------------------------
+    def verify(self, record: JournalRecord) -> list[Failure]:
+        """Run the checks that apply to ``record``; return the failures (empty: all passed).
+
+        Raises :class:`~qldbstream.errors.DecodeError` (with the record's position) when a value
+        cannot be hashed at all, e.g. a symbol whose text the record's symbol table lacks.
+        """
+        try:
+            if isinstance(record, RevisionDetails):
+                return self._revision(record)
+            if isinstance(record, BlockSummary):
+                return self._block(record)
+        except DecodeError as exc:
+            raise exc.with_position(record.position) from None
+        return []
+
+    def _revision(self, r: RevisionDetails) -> list[Failure]:
+        failures: list[Failure] = []
+        view = r.view
+        buf, symbols = view.buf, view.symbols
+        h_meta = ion_hash_at(buf, r.metadata_slot[0], r.metadata_slot[1], symbols)
+        if r.data_slot is not None:
+            expected = dot(h_meta, ion_hash_at(buf, r.data_slot[0], r.data_slot[1], symbols))
+            check = "V2"
+        elif r.data_hash is not None:
+            expected = dot(h_meta, r.data_hash)
+            check = "V2"
+        else:
+            expected = h_meta
+            check = "V2b"
+        ok = expected == r.hash
+        self.tally.add(check, ok)
+        if not ok:
+            what = (
+                "deleted revision's hash is not H(metadata) (inferred rule)"
+                if check == "V2b"
+                else "revision hash does not match its metadata and "
+                + ("dataHash" if r.data_hash is not None else "data")
+            )
+            failures.append(self._fail(check, r, what, _b64(expected), _b64(r.hash)))
+        ba = r.block_address
+        for c in self.crossref.add_revision(
+            ba.strand_id, ba.sequence_no, r.document_id, r.version, r.tx_id, r.hash
+        ):
+            self.tally.add("V3", c.passed)
+            if not c.passed:
+                failures.append(
+                    Failure(
+                        "V3",
+                        r.position,
+                        c.message,
+                        c.document_id,
+                        c.version,
+                        c.block_sequence_no,
+                        c.expected,
+                        c.actual,
+                    )
+                )
+        return failures
+
+    def _block(self, b: BlockSummary) -> list[Failure]:
+        failures: list[Failure] = []
+        entries = b.entries_hash_list
+        seq = b.block_address.sequence_no
+        summaries = b.revision_summaries
+        # V4
+        if summaries:
+            root = merkle_root([s.hash for s in summaries])
+            ok = root in entries
+            self.tally.add("V4", ok)
+            if not ok:
+                failures.append(
+                    self._bfail("V4", b, "Merkle root of revisionSummaries is not in entriesHashList", root)
+                )
+        # V5
+        for name, slot in (
+            ("transactionInfo", b.transaction_info_slot),
+            ("redactionInfo", b.redaction_info_slot),
+        ):
+            if slot is not None:
+                h = b.hash_slot(slot)
+                ok = h in entries
+                self.tally.add("V5", ok)
+                if not ok:
+                    failures.append(self._bfail("V5", b, f"H({name}) is not in entriesHashList", h))
+        # V6
+        for k, st in enumerate(b.statements):
+            h = b.hash_slot(st.slot)
+            if h == st.digest:
+                self.tally.add("V6", True)
+            elif has_parameters(st.text):
+                self.tally.skip("V6")
+            else:
+                self.tally.add("V6", False)
+                failures.append(
+                    Failure(
+                        "V6",
+                        b.position,
+                        f"statementDigest of statement {k} does not match its text",
+                        None,
+                        None,
+                        seq,
+                        _b64(h),
+                        _b64(st.digest),
+                    )
+                )
+        # V7
+        root = merkle_root(entries)
+        ok = root == b.entries_hash
+        self.tally.add("V7", ok)
+        if not ok:
+            failures.append(
+                Failure(
+                    "V7",
+                    b.position,
+                    "entriesHash is not the Merkle root of entriesHashList",
+                    None,
+                    None,
+                    seq,
+                    _b64(root),
+                    _b64(b.entries_hash),
+                )
+            )
+        # V8
+        expected = dot(b.entries_hash, b.previous_block_hash)
+        ok = expected == b.block_hash
+        self.tally.add("V8", ok)
+        if not ok:
+            failures.append(
+                Failure(
+                    "V8",
+                    b.position,
+                    "blockHash is not dot(entriesHash, previousBlockHash)",
+                    None,
+                    None,
+                    seq,
+                    _b64(expected),
+                    _b64(b.block_hash),
+                )
+            )
+        # V9
+        for link in self.chain.add(b.block_address.strand_id, seq, b.block_hash, b.previous_block_hash):
+            self.tally.add("V9", link.passed)
+            if not link.passed:
+                failures.append(
+                    Failure(
+                        "V9",
+                        b.position,
+                        link.message,
+                        None,
+                        None,
+                        link.sequence_no,
+                        _b64(link.expected),
+                        _b64(link.actual),
+                    )
+                )
+        # V3
+        for c in self.crossref.add_block(
+            b.block_address.strand_id, seq, b.transaction_id, [(s.hash, s.document_id) for s in summaries]
+        ):
+            self.tally.add("V3", c.passed)
+            if not c.passed:
+                failures.append(
+                    Failure("V3", b.position, c.message, c.document_id, c.version, seq, c.expected, c.actual)
+                )
+        return failures
+
+    @staticmethod
+    def _fail(check: str, r: RevisionDetails, message: str, expected: str, actual: str) -> Failure:
+        return Failure(
+            check,
+            r.position,
+            message,
+            r.document_id,
+            r.version,
+            r.block_address.sequence_no,
+            expected,
+            actual,
+        )
+
+    @staticmethod
+    def _bfail(check: str, b: BlockSummary, message: str, computed: bytes) -> Failure:
+        return Failure(
+            check,
+            b.position,
+            message,
+            None,
+            None,
+            b.block_address.sequence_no,
+            _b64(computed),
+            "[" + ", ".join(_b64(e) for e in b.entries_hash_list) + "]",
+        )
