@@ -28,13 +28,14 @@ from qldbstream.ion.binary import (
     T_STRUCT,
     T_SYMBOL,
     T_TIMESTAMP,
+    DuplicateFieldError,
     RecordView,
     header,
     iter_list,
-    iter_struct,
     parse_record,
     read_timestamp,
     read_uint,
+    struct_slots,
 )
 from qldbstream.ion.hash import ion_hash_at
 from qldbstream.qldb_hash import HASH_LENGTH
@@ -116,7 +117,8 @@ class JournalRecord:
 
     def hash_slot(self, slot: _Slot) -> bytes:
         """Ion hash (SHA-256) of the value at ``slot``."""
-        return ion_hash_at(self.view.buf, slot[0], slot[1], self.view.symbols)
+        view = self.view
+        return ion_hash_at(view.buf, slot[0], slot[1], view.symbols, cache=view.table.serialized)
 
 
 class ControlRecord(JournalRecord):
@@ -368,14 +370,13 @@ def _block_summary(b: BlockSummary, view: RecordView, payload: dict[str, _Slot])
 
 
 def _fields(view: RecordView, start: int, end: int, where: str) -> dict[str, _Slot]:
-    out: dict[str, _Slot] = {}
-    for _, name, p, e in iter_struct(view.buf, start, end, view.symbols):
-        if name is None:
-            raise MalformedIonError(f"{where} has a field whose name has unknown text")
-        if name in out:
-            raise MalformedRecordError(f"{where} has the field {name!r} twice")
-        out[name] = (p, e)
-    return out
+    try:
+        out = struct_slots(view.buf, start, end, view.symbols)
+    except DuplicateFieldError as exc:
+        raise MalformedRecordError(f"{where} has the field {exc.name!r} twice") from None
+    if None in out:
+        raise MalformedIonError(f"{where} has a field whose name has unknown text")
+    return out  # type: ignore[return-value]
 
 
 def _missing(name: str, where: str) -> Any:

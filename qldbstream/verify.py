@@ -25,6 +25,7 @@ counted; a failing check produces a :class:`Failure` naming the record and the t
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 
 from qldbstream.chain import ChainTracker
@@ -110,30 +111,34 @@ class Tally:
         return sum(c[1] for c in self.counts.values())
 
 
+_INTERESTING = re.compile(r"[?'\"`]|--|/\*")
+
+
 def has_parameters(statement: str) -> bool:
     """True when a PartiQL statement has ``?`` placeholders outside quotes and comments."""
-    i, n = 0, len(statement)
-    while i < n:
-        c = statement[i]
+    if "?" not in statement:
+        return False
+    n = len(statement)
+    m = _INTERESTING.search(statement)
+    while m is not None:
+        c = m.group()
+        i = m.start()
         if c == "?":
             return True
-        if c in "'\"`":
+        if c == "--":
+            j = statement.find("\n", i)
+            nxt = n if j == -1 else j + 1
+        elif c == "/*":
+            j = statement.find("*/", i + 2)
+            nxt = n if j == -1 else j + 2
+        else:  # a quoted string, quoted identifier or Ion literal: skip to its closing quote
             j = statement.find(c, i + 1)
             while j != -1 and c != "`" and j + 1 < n and statement[j + 1] == c:  # doubled quote
                 j = statement.find(c, j + 2)
             if j == -1:
                 return False
-            i = j + 1
-            continue
-        if statement.startswith("--", i):
-            j = statement.find("\n", i)
-            i = n if j == -1 else j + 1
-            continue
-        if statement.startswith("/*", i):
-            j = statement.find("*/", i + 2)
-            i = n if j == -1 else j + 2
-            continue
-        i += 1
+            nxt = j + 1
+        m = _INTERESTING.search(statement, nxt)
     return False
 
 
@@ -173,10 +178,10 @@ class Verifier:
     def _revision(self, r: RevisionDetails) -> list[Failure]:
         failures: list[Failure] = []
         view = r.view
-        buf, symbols = view.buf, view.symbols
-        h_meta = ion_hash_at(buf, r.metadata_slot[0], r.metadata_slot[1], symbols)
+        buf, symbols, cache = view.buf, view.symbols, view.table.serialized
+        h_meta = ion_hash_at(buf, r.metadata_slot[0], r.metadata_slot[1], symbols, cache=cache)
         if r.data_slot is not None:
-            expected = dot(h_meta, ion_hash_at(buf, r.data_slot[0], r.data_slot[1], symbols))
+            expected = dot(h_meta, ion_hash_at(buf, r.data_slot[0], r.data_slot[1], symbols, cache=cache))
             check = "V2"
         elif r.data_hash is not None:
             expected = dot(h_meta, r.data_hash)

@@ -22,7 +22,9 @@ from qldbstream.errors import MalformedIonError
 __all__ = [
     "IVM",
     "SYSTEM_SYMBOLS",
+    "SYSTEM_TABLE",
     "RecordView",
+    "SymbolTable",
     "header",
     "iter_list",
     "iter_struct",
@@ -33,6 +35,7 @@ __all__ = [
     "read_uint",
     "read_varint",
     "read_varuint",
+    "struct_slots",
 ]
 
 IVM = b"\xe0\x01\x00\xea"
@@ -157,6 +160,73 @@ def iter_struct(
         pos = stop
 
 
+def struct_slots(
+    buf: bytes, start: int, end: int, symbols: list[str | None]
+) -> dict[str | None, tuple[int, int]]:
+    """Map each field name of a struct body to ``(value_pos, value_end)``; NOP padding skipped.
+
+    A name whose text is unknown maps as ``None``; a name that appears twice raises
+    :class:`DuplicateFieldError`. Value headers are decoded inline: this runs for every struct
+    of every record.
+    """
+    out: dict[str | None, tuple[int, int]] = {}
+    pos = start
+    nsym = len(symbols)
+    while pos < end:
+        sid = 0
+        while True:
+            b = buf[pos]
+            pos += 1
+            sid = (sid << 7) | (b & 0x7F)
+            if b & 0x80:
+                break
+            if pos >= end:
+                raise MalformedIonError("Ion field name runs past the end of its struct")
+        if pos >= end:
+            raise MalformedIonError("Ion struct field has a name but no value")
+        vpos = pos
+        td = buf[pos]
+        pos += 1
+        ln = td & 0x0F
+        t = td >> 4
+        if ln == 14 or (ln == 1 and t == T_STRUCT):
+            length = 0
+            while True:
+                if pos >= end:
+                    raise MalformedIonError("Ion VarUInt runs past the end of its value")
+                b = buf[pos]
+                pos += 1
+                length = (length << 7) | (b & 0x7F)
+                if b & 0x80:
+                    break
+        elif ln == 15 or t == T_BOOL:
+            length = 0
+        else:
+            length = ln
+        if t == 15 or (t == T_ANNOTATION and ln == 15):
+            raise MalformedIonError(f"invalid Ion type descriptor 0x{td:02x}")
+        pos += length
+        if pos > end:
+            raise MalformedIonError("Ion value is truncated (its length runs past the end of its container)")
+        if td < 0x0F:  # NOP padding
+            continue
+        if sid >= nsym:
+            raise MalformedIonError(f"Ion symbol ID {sid} is not in the symbol table (max ID {nsym - 1})")
+        name = symbols[sid]
+        if name in out:
+            raise DuplicateFieldError(name)
+        out[name] = (vpos, pos)
+    return out
+
+
+class DuplicateFieldError(MalformedIonError):
+    """A struct has the same field name twice where a record's schema needs it once."""
+
+    def __init__(self, name: str | None) -> None:
+        super().__init__(f"the field {name!r} appears twice")
+        self.name = name
+
+
 def iter_list(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int]]:
     """Iterate a list/sexp body: ``(value_pos, value_end)``, NOP padding skipped."""
     pos = start
@@ -240,16 +310,51 @@ def _utf8(buf: bytes, start: int, end: int) -> str:
         raise MalformedIonError("Ion string is not valid UTF-8") from None
 
 
+class SymbolTable:
+    """A resolved symbol table, plus the Ion-hash serialization of its symbols (filled lazily).
+
+    QLDB writes a local symbol table into every record, and records of one shape carry the very
+    same table bytes, so tables are cached by their bytes and shared between records.
+    """
+
+    __slots__ = ("serialized", "symbols")
+
+    def __init__(self, symbols: list[str | None]) -> None:
+        self.symbols = symbols
+        #: sid -> s(symbol) for the Ion hash (see :mod:`qldbstream.ion.hash`)
+        self.serialized: dict[int, bytes] = {}
+
+
+SYSTEM_TABLE = SymbolTable(list(SYSTEM_SYMBOLS))
+_TABLE_CACHE: dict[bytes, SymbolTable] = {}
+_TABLE_CACHE_LIMIT = 4096
+
+
 class RecordView:
     """One Ion binary stream holding exactly one top-level value (a QLDB user record)."""
 
-    __slots__ = ("buf", "end", "pos", "symbols")
+    __slots__ = ("buf", "end", "pos", "symbols", "table")
 
-    def __init__(self, buf: bytes, symbols: list[str | None], pos: int, end: int) -> None:
+    def __init__(self, buf: bytes, table: SymbolTable, pos: int, end: int) -> None:
         self.buf = buf
-        self.symbols = symbols
+        self.table = table
+        self.symbols = table.symbols
         self.pos = pos
         self.end = end
+
+
+def _symbol_table(
+    buf: bytes, pos: int, stop: int, bstart: int, bend: int, current: SymbolTable
+) -> SymbolTable:
+    if current is SYSTEM_TABLE:
+        key = buf[pos:stop]
+        table = _TABLE_CACHE.get(key)
+        if table is None:
+            if len(_TABLE_CACHE) >= _TABLE_CACHE_LIMIT:
+                _TABLE_CACHE.clear()
+            table = _TABLE_CACHE[key] = SymbolTable(_local_symbol_table(buf, bstart, bend, current.symbols))
+        return table
+    return SymbolTable(_local_symbol_table(buf, bstart, bend, current.symbols))
 
 
 def parse_record(buf: bytes) -> RecordView:
@@ -262,29 +367,28 @@ def parse_record(buf: bytes) -> RecordView:
         raise MalformedIonError("not an Ion binary stream (no Ion 1.0 version marker)")
     end = len(buf)
     pos = 4
-    symbols: list[str | None] = list(SYSTEM_SYMBOLS)
-    found: tuple[int, int] | None = None
+    table = SYSTEM_TABLE
+    found: tuple[int, int, SymbolTable] | None = None
     while pos < end:
         if buf[pos : pos + 4] == IVM:
-            symbols = list(SYSTEM_SYMBOLS)
+            table = SYSTEM_TABLE
             pos += 4
             continue
         sids, _, t, ln, bstart, bend = unwrap(buf, pos, end)
-        _, _, _, stop = header(buf, pos, end)
+        stop = header(buf, pos, end)[3]
         if t == T_NULL and ln != 15:
             pos = stop
             continue
         if sids and sids[0] == _SID_ION_SYMBOL_TABLE and t == T_STRUCT and ln != 15:
-            symbols = _local_symbol_table(buf, bstart, bend, symbols)
+            table = _symbol_table(buf, pos, stop, bstart, bend, table)
         elif found is None:
-            found = (pos, stop)
-            user_symbols = symbols
+            found = (pos, stop, table)
         else:
             raise MalformedIonError("Ion stream holds more than one top-level value")
         pos = stop
     if found is None:
         raise MalformedIonError("Ion stream holds no value")
-    return RecordView(buf, user_symbols, found[0], found[1])
+    return RecordView(buf, found[2], found[0], found[1])
 
 
 # --- scalar readers ------------------------------------------------------------------------

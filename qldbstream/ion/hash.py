@@ -62,8 +62,11 @@ _NAN = b"\x7f\xf8\x00\x00\x00\x00\x00\x00"
 _TQ = {t: bytes((0x0B, t << 4)) for t in range(15)}
 
 
+_new_sha256 = hashlib.sha256
+
+
 def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+    return _new_sha256(data).digest()
 
 
 def _escape(rep: bytes) -> bytes:
@@ -139,6 +142,49 @@ def _decimal_rep(buf: bytes, start: int, end: int) -> bytes:
 
 
 def _timestamp_rep(buf: bytes, start: int, end: int) -> bytes:
+    """Minimal timestamp representation; the bytes as they are when already minimal (usual case)."""
+    # Split into VarUInt/VarInt components by their end bits; a component whose first byte carries
+    # no magnitude bits but is not its last byte is padded (not minimal).
+    pos = start
+    count = 0  # components read: offset, year, month, day, hour, minute, second
+    minimal = True
+    while pos < end and count < 7:
+        b = buf[pos]
+        if not b & 0x80 and (b & (0x3F if count == 0 else 0x7F)) == 0:
+            minimal = False
+        while not b & 0x80:
+            pos += 1
+            if pos >= end:
+                raise MalformedIonError("Ion timestamp component runs past the end of its value")
+            b = buf[pos]
+        pos += 1
+        count += 1
+    if not minimal or count in (1, 5):
+        return _timestamp_reencode(buf, start, end)
+    if pos == end:
+        return buf[start:end]
+    # fractional seconds: exponent VarInt, then coefficient Int (the rest)
+    b = buf[pos]
+    if b == 0xC0 or (not b & 0x80 and not b & 0x3F):  # -0 exponent, or a padded one
+        return _timestamp_reencode(buf, start, end)
+    exp_negative = b & 0x40
+    while not b & 0x80:
+        pos += 1
+        if pos >= end:
+            raise MalformedIonError("Ion timestamp fraction runs past the end of its value")
+        b = buf[pos]
+    pos += 1
+    if pos == end:
+        if exp_negative:  # 0d-N: zero with N digits of precision, kept without a coefficient
+            return buf[start:end]
+        return _timestamp_reencode(buf, start, end)
+    c0 = buf[pos]
+    if c0 & 0x80 or (c0 == 0 and (pos + 1 == end or not buf[pos + 1] & 0x80)):
+        return _timestamp_reencode(buf, start, end)
+    return buf[start:end]
+
+
+def _timestamp_reencode(buf: bytes, start: int, end: int) -> bytes:
     offset, offset_negative, pos = read_varint(buf, start, end)
     out = [_varint_bytes(offset, offset_negative)]
     count = 0
@@ -189,63 +235,100 @@ def serialize_at(
     cache: dict[int, bytes] | None = None,
 ) -> bytes:
     """``s(value)`` of the value whose type descriptor is at ``buf[pos]`` (within ``end``)."""
-    if cache is None:
-        cache = {}
-    return _ser(buf, pos, end, symbols, h, cache)[0]
+    return _ser(buf, pos, end, symbols, h, {} if cache is None else cache)[0]
 
 
 def _ser(
     buf: bytes, pos: int, end: int, symbols: list[str | None], h: HashFunction, cache: dict[int, bytes]
 ) -> tuple[bytes, int]:
-    t, ln, start, stop = header(buf, pos, end)
+    """``(s(value), end of value)``. The value header is decoded inline: this is the hot loop."""
+    td = buf[pos]
+    t = td >> 4
+    ln = td & 0x0F
+    pos += 1
     if ln == 15:
-        return _NULLS[t], stop
+        if t >= T_ANNOTATION:
+            raise MalformedIonError(f"invalid Ion type descriptor 0x{td:02x}")
+        return _NULLS[t], pos
+    if t == T_BOOL:
+        if ln > 1:
+            raise MalformedIonError(f"invalid Ion bool type descriptor 0x{td:02x}")
+        return _BOOLS[ln], pos
+    if ln == 14 or (ln == 1 and t == T_STRUCT):
+        length = 0
+        while True:
+            if pos >= end:
+                raise MalformedIonError("Ion VarUInt runs past the end of its value")
+            b = buf[pos]
+            pos += 1
+            length = (length << 7) | (b & 0x7F)
+            if b & 0x80:
+                break
+    else:
+        length = ln
+    stop = pos + length
+    if stop > end:
+        raise MalformedIonError("Ion value is truncated (its length runs past the end of its container)")
     if t == T_STRING or t == T_BLOB or t == T_CLOB:
-        return _TQ[t] + _escape(buf[start:stop]) + _E, stop
+        return _TQ[t] + _escape(buf[pos:stop]) + _E, stop
     if t == T_STRUCT:
         fields = []
-        p = start
+        p = pos
         while p < stop:
-            sid, p = read_varuint(buf, p, stop)
-            if buf[p] >> 4 == T_NULL and buf[p] & 0x0F != 15:  # NOP padding
+            sid = 0
+            while True:
+                b = buf[p]
+                p += 1
+                sid = (sid << 7) | (b & 0x7F)
+                if b & 0x80:
+                    break
+                if p >= stop:
+                    raise MalformedIonError("Ion field name runs past the end of its struct")
+            if p >= stop:
+                raise MalformedIonError("Ion struct field has a name but no value")
+            vtd = buf[p]
+            if vtd < 0x0F:  # NOP padding (type 0, any length but 15)
                 p = header(buf, p, stop)[3]
                 continue
             value, p = _ser(buf, p, stop, symbols, h, cache)
-            fields.append(h(_symbol(symbols, sid, cache) + value))
+            name = cache.get(sid)
+            if name is None:
+                name = _symbol(symbols, sid, cache)
+            fields.append(h(name + value))
         fields.sort()
         return b"\x0b\xd0" + _escape(b"".join(fields)) + _E, stop
     if t == T_SYMBOL:
-        return _symbol(symbols, int.from_bytes(buf[start:stop], "big"), cache), stop
+        sid = int.from_bytes(buf[pos:stop], "big")
+        ser = cache.get(sid)
+        return (ser if ser is not None else _symbol(symbols, sid, cache)), stop
     if t == T_POSINT or t == T_NEGINT:
-        i = start
+        i = pos
         while i < stop and buf[i] == 0:
             i += 1
         if i == stop:
             return _ZERO_INT, stop
         return _TQ[t] + _escape(buf[i:stop]) + _E, stop
     if t == T_TIMESTAMP:
-        return b"\x0b\x60" + _escape(_timestamp_rep(buf, start, stop)) + _E, stop
+        return b"\x0b\x60" + _escape(_timestamp_rep(buf, pos, stop)) + _E, stop
     if t == T_DECIMAL:
-        rep = _decimal_rep(buf, start, stop)
+        rep = _decimal_rep(buf, pos, stop)
         return (b"\x0b\x50" + _escape(rep) + _E if rep else _ZERO_DECIMAL), stop
     if t == T_LIST or t == T_SEXP:
         parts = [_TQ[t]]
-        p = start
+        p = pos
         while p < stop:
-            if buf[p] >> 4 == T_NULL and buf[p] & 0x0F != 15:
+            if buf[p] < 0x0F:  # NOP padding
                 p = header(buf, p, stop)[3]
                 continue
             value, p = _ser(buf, p, stop, symbols, h, cache)
             parts.append(value)
         parts.append(_E)
         return b"".join(parts), stop
-    if t == T_BOOL:
-        return _BOOLS[ln], stop
     if t == T_FLOAT:
-        rep = _float_rep(buf, start, stop)
+        rep = _float_rep(buf, pos, stop)
         return (b"\x0b\x40" + _escape(rep) + _E if rep else _ZERO_FLOAT), stop
     if t == T_ANNOTATION:
-        alen, p = read_varuint(buf, start, stop)
+        alen, p = read_varuint(buf, pos, stop)
         aend = p + alen
         if alen == 0 or aend >= stop:
             raise MalformedIonError("Ion annotation wrapper has no annotations or no value")
@@ -253,7 +336,7 @@ def _ser(
         while p < aend:
             sid, p = read_varuint(buf, p, aend)
             parts.append(_symbol(symbols, sid, cache))
-        if buf[aend] >> 4 in (T_ANNOTATION, T_NULL) and buf[aend] != 0x0F:
+        if buf[aend] >> 4 == T_ANNOTATION or buf[aend] < 0x0F:
             raise MalformedIonError("Ion annotation wrapper must wrap exactly one value")
         value, p = _ser(buf, aend, stop, symbols, h, cache)
         if p != stop:
@@ -261,21 +344,31 @@ def _ser(
         parts.append(value)
         parts.append(_E)
         return b"".join(parts), stop
-    # T_NULL with a NOP length where a value is required
-    raise MalformedIonError("Ion NOP padding where a value was expected")
+    if t == T_NULL:
+        raise MalformedIonError("Ion NOP padding where a value was expected")
+    raise MalformedIonError(f"invalid Ion type descriptor 0x{td:02x}")
 
 
 def ion_hash_at(
-    buf: bytes, pos: int, end: int, symbols: list[str | None], h: HashFunction = _sha256
+    buf: bytes,
+    pos: int,
+    end: int,
+    symbols: list[str | None],
+    h: HashFunction = _sha256,
+    cache: dict[int, bytes] | None = None,
 ) -> bytes:
-    """``H(value)`` of the value at ``pos`` in an already-parsed record."""
-    return h(_ser(buf, pos, end, symbols, h, {})[0])
+    """``H(value)`` of the value at ``pos`` in an already-parsed record.
+
+    ``cache`` maps symbol IDs to their serialization; pass the record's
+    :attr:`SymbolTable.serialized <qldbstream.ion.binary.SymbolTable.serialized>` to share it.
+    """
+    return h(_ser(buf, pos, end, symbols, h, {} if cache is None else cache)[0])
 
 
 def ion_hash_bytes(data: bytes, h: HashFunction = _sha256) -> bytes:
     """``H(value)`` of the single top-level value of an Ion binary stream."""
     view = parse_record(data)
-    return h(_ser(view.buf, view.pos, view.end, view.symbols, h, {})[0])
+    return h(_ser(view.buf, view.pos, view.end, view.symbols, h, view.table.serialized)[0])
 
 
 def ion_hash(value: Any, h: HashFunction = _sha256) -> bytes:
