@@ -38,7 +38,7 @@ test: $(STAMP) $(NODE_STAMP) lint
 	$(BIN)/pytest
 
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit -m "not integration"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -1,14 +1,17 @@
 """Stage 2: decode a user record into a typed QLDB journal record.
 
 Every QLDB stream record is one Ion binary struct ``{qldbStreamArn, recordType, payload}``
-(qldb-stream-format.md §3). Decoding reads the fields that routing and verification need and
-checks their Ion types; the document itself (``revision.data``), ``metadata`` and
-``transactionInfo`` stay as byte ranges of the record until something asks for them:
+(qldb-stream-format.md §3). :func:`scan_record` walks the bytes once: it reads the fields that
+routing and verification need, checks their Ion types and, in the same pass, computes the Ion
+hashes of the values QLDB hashed (``metadata``, ``data``, ``transactionInfo``, statement texts)
+straight from the bytes. It returns a flat tuple - the contract that the compiled extension
+(``qldbstream_native``) implements identically; the pure-Python scanner here is the fallback and
+the reference.
 
-* verification hashes them straight from those bytes (:mod:`qldbstream.ion.hash`);
-* handlers get exact Ion values (amazon-ion ``simpleion`` types: timestamps keep precision and
-  offset, decimals their exponent, symbols stay symbols, typed nulls stay typed) parsed on
-  first access and cached.
+The document itself is never turned into Python objects here: handlers that read
+``revision.data`` get exact Ion values (amazon-ion ``simpleion`` types: timestamps keep
+precision and offset, decimals their exponent, symbols stay symbols, typed nulls stay typed),
+parsed on first access and cached.
 
 Anything that is not a well-formed QLDB record raises a
 :class:`~qldbstream.errors.DecodeError` subclass carrying the record's position.
@@ -19,7 +22,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from qldbstream.errors import DecodeError, MalformedIonError, MalformedRecordError, UnknownRecordTypeError
+from qldbstream.errors import (
+    DecodeError,
+    IonHashError,
+    MalformedIonError,
+    MalformedRecordError,
+    UnknownRecordTypeError,
+)
 from qldbstream.ion.binary import (
     T_BLOB,
     T_LIST,
@@ -52,6 +61,8 @@ __all__ = [
     "Statement",
     "decode",
     "decode_bytes",
+    "native_available",
+    "scan_record",
 ]
 
 
@@ -91,11 +102,12 @@ _Slot = tuple[int, int]
 class JournalRecord:
     """Common part of the three record types."""
 
-    __slots__ = ("_ion", "position", "stream_arn", "user_record", "view")
+    __slots__ = ("_ion", "position", "raw", "stream_arn", "user_record")
     record_type: RecordType
 
-    def __init__(self, view: RecordView, stream_arn: str, position: Position, user_record: UserRecord | None):
-        self.view = view
+    def __init__(self, raw: bytes, stream_arn: str, position: Position, user_record: UserRecord | None):
+        #: The record's Ion binary bytes, exactly as received.
+        self.raw = raw
         self.stream_arn = stream_arn
         self.position = position
         self.user_record = user_record
@@ -107,18 +119,8 @@ class JournalRecord:
         if self._ion is None:
             from amazon.ion import simpleion
 
-            self._ion = simpleion.loads(self.view.buf)
+            self._ion = simpleion.loads(self.raw)
         return self._ion
-
-    @property
-    def raw(self) -> bytes:
-        """The record's Ion binary bytes, exactly as received."""
-        return self.view.buf
-
-    def hash_slot(self, slot: _Slot) -> bytes:
-        """Ion hash (SHA-256) of the value at ``slot``."""
-        view = self.view
-        return ion_hash_at(view.buf, slot[0], slot[1], view.symbols, cache=view.table.serialized)
 
 
 class ControlRecord(JournalRecord):
@@ -126,10 +128,7 @@ class ControlRecord(JournalRecord):
 
     __slots__ = ("control_record_type",)
     record_type = RecordType.CONTROL
-
-    def __init__(self, view: RecordView, stream_arn: str, position: Position, user_record: UserRecord | None):
-        super().__init__(view, stream_arn, position, user_record)
-        self.control_record_type = ""
+    control_record_type: str
 
     def __repr__(self) -> str:
         return f"ControlRecord({self.control_record_type})"
@@ -146,13 +145,13 @@ class RevisionSummary:
 class Statement:
     """One PartiQL statement of a block's ``transactionInfo``."""
 
-    __slots__ = ("digest", "slot", "text")
+    __slots__ = ("digest", "text", "text_hash")
 
-    def __init__(self, text: str, digest: bytes, slot: _Slot) -> None:
+    def __init__(self, text: str, digest: bytes, text_hash: bytes) -> None:
         self.text = text
         self.digest = digest
-        #: where the statement text is, to hash it as an Ion string
-        self.slot = slot
+        #: Ion hash of the statement text as an Ion string (= the digest when it has no parameters)
+        self.text_hash = text_hash
 
 
 class BlockSummary(JournalRecord):
@@ -165,24 +164,25 @@ class BlockSummary(JournalRecord):
         "entries_hash",
         "entries_hash_list",
         "previous_block_hash",
-        "redaction_info_slot",
+        "redaction_info_hash",
         "revision_summaries",
         "statements",
         "transaction_id",
-        "transaction_info_slot",
+        "transaction_info_hash",
     )
     record_type = RecordType.BLOCK_SUMMARY
     block_address: BlockAddress
     transaction_id: str
+    block_timestamp_slot: _Slot
     block_hash: bytes
     entries_hash: bytes
     previous_block_hash: bytes
     entries_hash_list: list[bytes]
     revision_summaries: list[RevisionSummary]
     statements: list[Statement]
-    transaction_info_slot: _Slot | None
-    redaction_info_slot: _Slot | None
-    block_timestamp_slot: _Slot
+    #: Ion hashes of ``transactionInfo`` / ``redactionInfo`` (``None`` when the field is absent)
+    transaction_info_hash: bytes | None
+    redaction_info_hash: bytes | None
 
     @property
     def sequence_no(self) -> int:
@@ -191,7 +191,7 @@ class BlockSummary(JournalRecord):
     @property
     def block_timestamp(self) -> Any:
         """Commit time as an amazon-ion ``Timestamp`` (precision and offset kept)."""
-        return _timestamp(self.view, self.block_timestamp_slot)
+        return _timestamp(self.raw, self.block_timestamp_slot)
 
     @property
     def transaction_info(self) -> Any:
@@ -205,6 +205,9 @@ class BlockSummary(JournalRecord):
         return f"BlockSummary({self.block_address!r}, {len(self.revision_summaries)} revisions)"
 
 
+LIVE, REDACTED, DELETED = 0, 1, 2
+
+
 class RevisionDetails(JournalRecord):
     """``REVISION_DETAILS``: one committed document revision (qldb-stream-format.md §3.4).
 
@@ -214,11 +217,12 @@ class RevisionDetails(JournalRecord):
 
     __slots__ = (
         "block_address",
+        "content_hash",
         "data_hash",
-        "data_slot",
         "document_id",
         "hash",
-        "metadata_slot",
+        "kind",
+        "metadata_hash",
         "table_id",
         "table_name",
         "tx_id",
@@ -230,26 +234,30 @@ class RevisionDetails(JournalRecord):
     table_id: str
     block_address: BlockAddress
     hash: bytes
-    data_slot: _Slot | None
-    data_hash: bytes | None
-    metadata_slot: _Slot
     document_id: str
     version: int
     tx_id: str
     tx_time_slot: _Slot
+    kind: int
+    #: ``dataHash`` of a redacted revision, else ``None``
+    data_hash: bytes | None
+    #: Ion hash of ``metadata``
+    metadata_hash: bytes
+    #: Ion hash of ``data`` for a live revision, ``dataHash`` for a redacted one, ``None`` if deleted
+    content_hash: bytes | None
 
     @property
     def is_deleted(self) -> bool:
-        return self.data_slot is None and self.data_hash is None
+        return self.kind == DELETED
 
     @property
     def is_redacted(self) -> bool:
-        return self.data_hash is not None
+        return self.kind == REDACTED
 
     @property
     def data(self) -> Any:
         """The document as exact Ion values (``None`` when deleted or redacted)."""
-        if self.data_slot is None:
+        if self.kind != LIVE:
             return None
         return self.ion["payload"]["revision"]["data"]
 
@@ -260,11 +268,172 @@ class RevisionDetails(JournalRecord):
     @property
     def tx_time(self) -> Any:
         """Commit time of the revision as an amazon-ion ``Timestamp``."""
-        return _timestamp(self.view, self.tx_time_slot)
+        return _timestamp(self.raw, self.tx_time_slot)
 
     def __repr__(self) -> str:
-        kind = "deleted" if self.is_deleted else "redacted" if self.is_redacted else "live"
+        kind = ("live", "redacted", "deleted")[self.kind]
         return f"RevisionDetails({self.table_name}/{self.document_id} v{self.version}, {kind})"
+
+
+# --- the scan contract ---------------------------------------------------------------------
+#
+# scan_record(data) returns one of (hashes are 32-byte ``bytes``, slots ``(pos, end)``):
+#
+#   ("CONTROL", arn, controlRecordType)
+#   ("REVISION_DETAILS", arn, tableName, tableId, strandId, sequenceNo, hash, documentId, version,
+#    txId, txTimeSlot, kind, dataHash | None, H(metadata), H(data) | dataHash | None)
+#   ("BLOCK_SUMMARY", arn, strandId, sequenceNo, transactionId, blockTimestampSlot, blockHash,
+#    entriesHash, previousBlockHash, [entriesHashList...], [(hash, documentId | None)...],
+#    [(statement, statementDigest, H(statement))...], H(transactionInfo) | None,
+#    H(redactionInfo) | None)
+#
+# and raises MalformedIonError, MalformedRecordError, UnknownRecordTypeError or IonHashError.
+
+
+def scan_record(data: bytes) -> tuple[Any, ...]:
+    """Pure-Python scanner (the reference implementation of the scan contract above)."""
+    view = parse_record(data)
+    t, ln, start, end = header(view.buf, view.pos, view.end)
+    if t != T_STRUCT or ln == 15:
+        raise MalformedRecordError("a QLDB stream record must be an Ion struct")
+    top = _fields(view, start, end, "record")
+    arn = _text(view, top, "qldbStreamArn", "record")
+    record_type = _text(view, top, "recordType", "record")
+    payload = _struct(view, top, "payload", "record")
+    if record_type == "REVISION_DETAILS":
+        return _scan_revision(view, arn, payload)
+    if record_type == "BLOCK_SUMMARY":
+        return _scan_block(view, arn, payload)
+    if record_type == "CONTROL":
+        return ("CONTROL", arn, _text(view, payload, "controlRecordType", "payload"))
+    raise UnknownRecordTypeError(
+        f"unknown recordType {record_type!r} (expected CONTROL, BLOCK_SUMMARY or REVISION_DETAILS)"
+    )
+
+
+def _scan_revision(view: RecordView, arn: str, payload: dict[str, _Slot]) -> tuple[Any, ...]:
+    table = _struct(view, payload, "tableInfo", "payload")
+    rev = _struct(view, payload, "revision", "payload")
+    strand, seq = _block_address(view, rev, "revision")
+    rev_hash = _hash(view, rev, "hash", "revision")
+    data_hash = None
+    if "data" in rev:
+        slot = rev["data"]
+        t, ln, _, _ = header(view.buf, slot[0], slot[1])
+        if t != T_STRUCT or ln == 15:
+            raise MalformedRecordError("revision.data must be a struct")
+        if "dataHash" in rev:
+            raise MalformedRecordError("revision has both data and dataHash")
+        kind = LIVE
+    elif "dataHash" in rev:
+        data_hash = _hash(view, rev, "dataHash", "revision")
+        kind = REDACTED
+    else:
+        kind = DELETED
+    meta_slot = rev.get("metadata") or _missing("metadata", "revision")
+    meta = _struct(view, rev, "metadata", "revision")
+    document_id = _text(view, meta, "id", "revision.metadata")
+    version = _uint(view, meta, "version", "revision.metadata")
+    tx_id = _text(view, meta, "txId", "revision.metadata")
+    tx_time = _typed(view, meta, "txTime", "revision.metadata", T_TIMESTAMP, "a timestamp")
+    h_meta = _hash_slot(view, meta_slot)
+    content = _hash_slot(view, rev["data"]) if kind == LIVE else data_hash
+    return (
+        "REVISION_DETAILS",
+        arn,
+        _text(view, table, "tableName", "tableInfo"),
+        _text(view, table, "tableId", "tableInfo"),
+        strand,
+        seq,
+        rev_hash,
+        document_id,
+        version,
+        tx_id,
+        tx_time,
+        kind,
+        data_hash,
+        h_meta,
+        content,
+    )
+
+
+def _scan_block(view: RecordView, arn: str, payload: dict[str, _Slot]) -> tuple[Any, ...]:
+    strand, seq = _block_address(view, payload, "payload")
+    transaction_id = _text(view, payload, "transactionId", "payload")
+    timestamp = _typed(view, payload, "blockTimestamp", "payload", T_TIMESTAMP, "a timestamp")
+    block_hash = _hash(view, payload, "blockHash", "payload")
+    entries_hash = _hash(view, payload, "entriesHash", "payload")
+    previous = _hash(view, payload, "previousBlockHash", "payload", allow_empty=True)
+    entries = [
+        _blob32(view, p, e, "entriesHashList[]")
+        for p, e in _list(view, payload, "entriesHashList", "payload")
+    ]
+    summaries = []
+    for p, e in _list(view, payload, "revisionSummaries", "payload"):
+        s = _as_struct(view, p, e, "revisionSummaries[]")
+        doc = _text(view, s, "documentId", "revisionSummaries[]") if "documentId" in s else None
+        summaries.append((_hash(view, s, "hash", "revisionSummaries[]"), doc))
+    statements = []
+    tx_info_hash = None
+    if "transactionInfo" in payload:
+        info = _struct(view, payload, "transactionInfo", "payload")
+        if "statements" in info:
+            for p, e in _list(view, info, "statements", "transactionInfo"):
+                s = _as_struct(view, p, e, "statements[]")
+                text_slot = _typed(view, s, "statement", "statements[]", T_STRING, "a string")
+                digest = _hash(view, s, "statementDigest", "statements[]")
+                statements.append((_decode_text(view, text_slot), digest, _hash_slot(view, text_slot)))
+        tx_info_hash = _hash_slot(view, payload["transactionInfo"])
+    redaction_hash = None
+    if "redactionInfo" in payload:
+        _struct(view, payload, "redactionInfo", "payload")
+        redaction_hash = _hash_slot(view, payload["redactionInfo"])
+    return (
+        "BLOCK_SUMMARY",
+        arn,
+        strand,
+        seq,
+        transaction_id,
+        timestamp,
+        block_hash,
+        entries_hash,
+        previous,
+        entries,
+        summaries,
+        statements,
+        tx_info_hash,
+        redaction_hash,
+    )
+
+
+# --- building records from a scan ----------------------------------------------------------
+
+try:  # the compiled scanner (Rust, qldbstream-native); identical results, ~10x faster
+    from qldbstream_native import NativeDecodeError as _NativeError  # type: ignore[import-not-found]
+    from qldbstream_native import scan_record as _native_scan
+except ImportError:  # pragma: no cover - depends on the installation
+    _native_scan = None
+    _NativeError = None
+
+_scan = _native_scan or scan_record
+_NATIVE_ERRORS: dict[str, type[DecodeError]] = {
+    "ion": MalformedIonError,
+    "record": MalformedRecordError,
+    "type": UnknownRecordTypeError,
+    "hash": IonHashError,
+}
+
+
+def native_available() -> bool:
+    return _native_scan is not None
+
+
+def use_native(enabled: bool) -> None:
+    """Switch between the compiled and the pure-Python scanner (tests and benchmarks)."""
+    global _scan  # noqa: PLW0603 - one module-level switch, read on the hot path
+    if enabled and _native_scan is None:
+        raise RuntimeError("qldbstream-native is not installed")
+    _scan = _native_scan if enabled else scan_record
 
 
 def decode(user_record: UserRecord) -> JournalRecord:
@@ -274,99 +443,57 @@ def decode(user_record: UserRecord) -> JournalRecord:
 
 def decode_bytes(data: bytes, position: Position, user_record: UserRecord | None = None) -> JournalRecord:
     try:
-        view = parse_record(data)
-        return _decode(view, position, user_record)
+        s = _scan(data)
     except DecodeError as exc:
         raise exc.with_position(position) from None
-
-
-def _decode(view: RecordView, position: Position, user_record: UserRecord | None) -> JournalRecord:
-    t, ln, start, end = header(view.buf, view.pos, view.end)
-    if t != T_STRUCT or ln == 15:
-        raise MalformedRecordError("a QLDB stream record must be an Ion struct")
-    top = _fields(view, start, end, "record")
-    arn = _text(view, top, "qldbStreamArn", "record")
-    record_type = _text(view, top, "recordType", "record")
-    payload = _struct(view, top, "payload", "record")
+    except Exception as exc:
+        if _NativeError is not None and isinstance(exc, _NativeError):
+            kind, message = exc.args
+            raise _NATIVE_ERRORS[kind](message, position) from None
+        raise
     record: JournalRecord
-    if record_type == "REVISION_DETAILS":
-        record = RevisionDetails(view, arn, position, user_record)
-        _revision_details(record, view, payload)
-    elif record_type == "BLOCK_SUMMARY":
-        record = BlockSummary(view, arn, position, user_record)
-        _block_summary(record, view, payload)
-    elif record_type == "CONTROL":
-        control = ControlRecord(view, arn, position, user_record)
-        control.control_record_type = _text(view, payload, "controlRecordType", "payload")
-        record = control
+    kind = s[0]
+    if kind == "REVISION_DETAILS":
+        r = RevisionDetails(data, s[1], position, user_record)
+        r.table_name = s[2]
+        r.table_id = s[3]
+        r.block_address = BlockAddress(s[4], s[5])
+        r.hash = s[6]
+        r.document_id = s[7]
+        r.version = s[8]
+        r.tx_id = s[9]
+        r.tx_time_slot = s[10]
+        r.kind = s[11]
+        r.data_hash = s[12]
+        r.metadata_hash = s[13]
+        r.content_hash = s[14]
+        record = r
+    elif kind == "BLOCK_SUMMARY":
+        b = BlockSummary(data, s[1], position, user_record)
+        b.block_address = BlockAddress(s[2], s[3])
+        b.transaction_id = s[4]
+        b.block_timestamp_slot = s[5]
+        b.block_hash = s[6]
+        b.entries_hash = s[7]
+        b.previous_block_hash = s[8]
+        b.entries_hash_list = s[9]
+        b.revision_summaries = [RevisionSummary(h, d) for h, d in s[10]]
+        b.statements = [Statement(t, d, h) for t, d, h in s[11]]
+        b.transaction_info_hash = s[12]
+        b.redaction_info_hash = s[13]
+        record = b
     else:
-        raise UnknownRecordTypeError(
-            f"unknown recordType {record_type!r} (expected CONTROL, BLOCK_SUMMARY or REVISION_DETAILS)"
-        )
+        c = ControlRecord(data, s[1], position, user_record)
+        c.control_record_type = s[2]
+        record = c
     return record
 
 
-def _revision_details(r: RevisionDetails, view: RecordView, payload: dict[str, _Slot]) -> None:
-    table = _struct(view, payload, "tableInfo", "payload")
-    r.table_name = _text(view, table, "tableName", "tableInfo")
-    r.table_id = _text(view, table, "tableId", "tableInfo")
-    rev = _struct(view, payload, "revision", "payload")
-    r.block_address = _block_address(view, rev, "revision")
-    r.hash = _hash(view, rev, "hash", "revision")
-    r.data_slot = None
-    r.data_hash = None
-    if "data" in rev:
-        t, ln, _, _ = header(view.buf, rev["data"][0], rev["data"][1])
-        if t != T_STRUCT or ln == 15:
-            raise MalformedRecordError("revision.data must be a struct")
-        r.data_slot = rev["data"]
-        if "dataHash" in rev:
-            raise MalformedRecordError("revision has both data and dataHash")
-    elif "dataHash" in rev:
-        r.data_hash = _hash(view, rev, "dataHash", "revision")
-    r.metadata_slot = rev.get("metadata") or _missing("metadata", "revision")
-    meta = _struct(view, rev, "metadata", "revision")
-    r.document_id = _text(view, meta, "id", "revision.metadata")
-    r.version = _uint(view, meta, "version", "revision.metadata")
-    r.tx_id = _text(view, meta, "txId", "revision.metadata")
-    r.tx_time_slot = _typed(view, meta, "txTime", "revision.metadata", T_TIMESTAMP, "a timestamp")
+# --- typed field access (pure-Python scanner) ----------------------------------------------
 
 
-def _block_summary(b: BlockSummary, view: RecordView, payload: dict[str, _Slot]) -> None:
-    b.block_address = _block_address(view, payload, "payload")
-    b.transaction_id = _text(view, payload, "transactionId", "payload")
-    b.block_timestamp_slot = _typed(view, payload, "blockTimestamp", "payload", T_TIMESTAMP, "a timestamp")
-    b.block_hash = _hash(view, payload, "blockHash", "payload")
-    b.entries_hash = _hash(view, payload, "entriesHash", "payload")
-    b.previous_block_hash = _hash(view, payload, "previousBlockHash", "payload", allow_empty=True)
-    b.entries_hash_list = [
-        _blob32(view, p, e, "entriesHashList[]")
-        for p, e in _list(view, payload, "entriesHashList", "payload")
-    ]
-    summaries = []
-    for p, e in _list(view, payload, "revisionSummaries", "payload"):
-        s = _as_struct(view, p, e, "revisionSummaries[]")
-        doc = _text(view, s, "documentId", "revisionSummaries[]") if "documentId" in s else None
-        summaries.append(RevisionSummary(_hash(view, s, "hash", "revisionSummaries[]"), doc))
-    b.revision_summaries = summaries
-    b.transaction_info_slot = payload.get("transactionInfo")
-    b.redaction_info_slot = payload.get("redactionInfo")
-    b.statements = []
-    if b.transaction_info_slot is not None:
-        info = _struct(view, payload, "transactionInfo", "payload")
-        if "statements" in info:
-            for p, e in _list(view, info, "statements", "transactionInfo"):
-                s = _as_struct(view, p, e, "statements[]")
-                text_slot = _typed(view, s, "statement", "statements[]", T_STRING, "a string")
-                text = _decode_text(view, text_slot)
-                b.statements.append(
-                    Statement(text, _hash(view, s, "statementDigest", "statements[]"), text_slot)
-                )
-    if b.redaction_info_slot is not None:
-        _struct(view, payload, "redactionInfo", "payload")
-
-
-# --- typed field access --------------------------------------------------------------------
+def _hash_slot(view: RecordView, slot: _Slot) -> bytes:
+    return ion_hash_at(view.buf, slot[0], slot[1], view.symbols, cache=view.table.serialized)
 
 
 def _fields(view: RecordView, start: int, end: int, where: str) -> dict[str, _Slot]:
@@ -461,14 +588,14 @@ def _list(view: RecordView, fields: dict[str, _Slot], name: str, where: str) -> 
     return list(iter_list(view.buf, s, e))
 
 
-def _block_address(view: RecordView, fields: dict[str, _Slot], where: str) -> BlockAddress:
+def _block_address(view: RecordView, fields: dict[str, _Slot], where: str) -> tuple[str, int]:
     addr = _struct(view, fields, "blockAddress", where)
-    return BlockAddress(
+    return (
         _text(view, addr, "strandId", f"{where}.blockAddress"),
         _uint(view, addr, "sequenceNo", f"{where}.blockAddress"),
     )
 
 
-def _timestamp(view: RecordView, slot: _Slot) -> Any:
-    _, _, s, e = header(view.buf, slot[0], slot[1])
-    return read_timestamp(view.buf, s, e)
+def _timestamp(raw: bytes, slot: _Slot) -> Any:
+    _, _, s, e = header(raw, slot[0], slot[1])
+    return read_timestamp(raw, s, e)

@@ -32,7 +32,6 @@ from qldbstream.chain import ChainTracker
 from qldbstream.crossref import CrossReferencer
 from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails
 from qldbstream.errors import DeaggregationError, DecodeError
-from qldbstream.ion.hash import ion_hash_at
 from qldbstream.qldb_hash import dot, merkle_root
 from qldbstream.records import Position
 
@@ -177,17 +176,12 @@ class Verifier:
 
     def _revision(self, r: RevisionDetails) -> list[Failure]:
         failures: list[Failure] = []
-        view = r.view
-        buf, symbols, cache = view.buf, view.symbols, view.table.serialized
-        h_meta = ion_hash_at(buf, r.metadata_slot[0], r.metadata_slot[1], symbols, cache=cache)
-        if r.data_slot is not None:
-            expected = dot(h_meta, ion_hash_at(buf, r.data_slot[0], r.data_slot[1], symbols, cache=cache))
-            check = "V2"
-        elif r.data_hash is not None:
-            expected = dot(h_meta, r.data_hash)
+        content = r.content_hash
+        if content is not None:  # live: H(data); redacted: dataHash
+            expected = dot(r.metadata_hash, content)
             check = "V2"
         else:
-            expected = h_meta
+            expected = r.metadata_hash
             check = "V2b"
         ok = expected == r.hash
         self.tally.add(check, ok)
@@ -234,19 +228,18 @@ class Verifier:
                     self._bfail("V4", b, "Merkle root of revisionSummaries is not in entriesHashList", root)
                 )
         # V5
-        for name, slot in (
-            ("transactionInfo", b.transaction_info_slot),
-            ("redactionInfo", b.redaction_info_slot),
+        for name, h in (
+            ("transactionInfo", b.transaction_info_hash),
+            ("redactionInfo", b.redaction_info_hash),
         ):
-            if slot is not None:
-                h = b.hash_slot(slot)
+            if h is not None:
                 ok = h in entries
                 self.tally.add("V5", ok)
                 if not ok:
                     failures.append(self._bfail("V5", b, f"H({name}) is not in entriesHashList", h))
         # V6
         for k, st in enumerate(b.statements):
-            h = b.hash_slot(st.slot)
+            h = st.text_hash
             if h == st.digest:
                 self.tally.add("V6", True)
             elif has_parameters(st.text):
