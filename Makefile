@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: demo test lint format unit bench venv node clean
+.PHONY: demo test lint format unit bench venv node kcl clean
 
 $(STAMP): pyproject.toml handlers/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(NODE_STAMP): package.json package-lock.json
 venv: $(STAMP)
 node: $(NODE_STAMP)
 
+# The real KCL MultiLangDaemon: its jars from Maven Central, then amazon-kclpy (fast when done).
+kcl: $(STAMP)
+	deploy/kcl/install.sh $(BIN)/python
+
 demo: $(STAMP)
 	$(BIN)/qldbstream demo
 
@@ -34,7 +38,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) $(NODE_STAMP) lint
+test: $(STAMP) $(NODE_STAMP) kcl lint
 	$(BIN)/pytest
 
 unit: $(STAMP)
@@ -44,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache deploy/kcl/target native/target

@@ -1,4 +1,9 @@
-"""qldbstream: consume, verify and replay Amazon QLDB journal streams from Amazon Kinesis."""
+"""qldbstream: consume, verify and replay Amazon QLDB journal streams from Amazon Kinesis.
+
+The public API for handler authors::
+
+    from qldbstream import Router, Handler, HandlerContext
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -7,4 +12,31 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "BatchItemError",
+    "BlockSummary",
+    "ControlRecord",
+    "Handler",
+    "HandlerContext",
+    "RevisionDetails",
+    "Router",
+    "SetupContext",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy: `import qldbstream` (and the Lambda handler's cold start) does not pay for the API.
+    if name in ("Router",):
+        from qldbstream.router import Router
+
+        return Router
+    if name in ("Handler", "HandlerContext", "SetupContext", "BatchItemError"):
+        from qldbstream import handler
+
+        return getattr(handler, name)
+    if name in ("BlockSummary", "ControlRecord", "RevisionDetails"):
+        from qldbstream import decode
+
+        return getattr(decode, name)
+    raise AttributeError(f"module 'qldbstream' has no attribute {name!r}")

@@ -1,0 +1,96 @@
+"""The audit-log handler: one JSON line per verified revision, appended to a file.
+
+Every revision that passed verification is written with its identity (table, document id,
+version, operation), its commit (txId, txTime, block) and its revision hash, so an auditor can
+later match each line against the ledger. Lines are buffered per batch and written and fsynced
+in ``flush`` - before the checkpoint moves - so a line is never lost; a redelivery after a crash
+between the write and the checkpoint can repeat a line, which carries its ``key`` for readers to
+de-duplicate.
+
+Settings (``QLDBSTREAM_HANDLER_AUDIT__<KEY>``):
+
+=============  ===================================================  ==========================
+``path``       the JSON Lines file to append to                      ``qldbstream-audit.jsonl``
+``tables``     comma-separated table names to keep (empty: all)      empty
+``data``       ``true`` to include the document's data as Ion text   ``false``
+=============  ===================================================  ==========================
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from qldbstream.decode import JournalRecord, RevisionDetails
+from qldbstream.errors import ConfigurationError
+from qldbstream.handler import Handler, HandlerContext
+from qldbstream.router import operation_of
+
+__all__ = ["AuditLogHandler"]
+
+
+class AuditLogHandler(Handler):
+    name = "audit"
+
+    def __init__(self, settings: Mapping[str, str] | None = None) -> None:
+        own = dict(settings or {})
+        unknown = set(own) - {"path", "tables", "data"}
+        if unknown:
+            raise ConfigurationError(
+                f"audit handler: unknown settings {sorted(unknown)} (known: path, tables, data)"
+            )
+        self.path = Path(own.get("path") or "qldbstream-audit.jsonl")
+        tables = [t.strip() for t in own.get("tables", "").split(",") if t.strip()]
+        self.tables = frozenset(tables) or None
+        flag = own.get("data", "false").strip().lower()
+        if flag not in ("true", "false"):
+            raise ConfigurationError(f"audit handler: data must be true or false, not {flag!r}")
+        self.include_data = flag == "true"
+        #: key -> line; keyed so that a batch redelivered after a failed flush is not written twice
+        self._pending: dict[str, str] = {}
+
+    def wants(self, record: JournalRecord) -> bool:
+        return isinstance(record, RevisionDetails) and (
+            self.tables is None or record.table_name in self.tables
+        )
+
+    def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
+        for record in records:
+            assert isinstance(record, RevisionDetails)
+            line = self._line(record)
+            self._pending[line["key"]] = json.dumps(line, sort_keys=True)
+
+    def _line(self, r: RevisionDetails) -> dict[str, Any]:
+        line: dict[str, Any] = {
+            "key": f"{r.document_id}#{r.version}",
+            "ledgerStreamArn": r.stream_arn,
+            "table": r.table_name,
+            "documentId": r.document_id,
+            "version": r.version,
+            "operation": operation_of(r),
+            "txId": r.tx_id,
+            "txTime": r.tx_time.isoformat(),
+            "blockSequenceNo": r.block_address.sequence_no,
+            "strandId": r.block_address.strand_id,
+            "revisionHash": base64.b64encode(r.hash).decode(),
+            "verified": True,
+        }
+        if self.include_data and r.data is not None:
+            from amazon.ion import simpleion
+
+            line["data"] = simpleion.dumps(r.data, binary=False).removeprefix("$ion_1_0 ")
+        return line
+
+    def flush(self, ctx: HandlerContext) -> None:
+        if not self._pending:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("\n".join(self._pending.values()) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._pending.clear()

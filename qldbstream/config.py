@@ -1,0 +1,259 @@
+"""Configuration: read once at start-up from the environment (``QLDBSTREAM_…``) and/or a file,
+validated, frozen. A bad value or an unknown setting is one clear error at start-up.
+
+Sources, later ones winning: defaults → a TOML or JSON file (``QLDBSTREAM_CONFIG`` or
+``--config``) → environment variables. In a file, keys are the setting names
+(``late_policy = "deliver-late"``) and each handler's own settings sit in a
+``[handlers.<name>]`` table. In the environment, a setting is ``QLDBSTREAM_<NAME>`` and a
+handler setting ``QLDBSTREAM_HANDLER_<HANDLER>__<KEY>`` (double underscore), e.g.
+``QLDBSTREAM_HANDLER_FRAUD__THRESHOLD=10000``.
+
+Secrets (any setting whose name contains ``secret``, ``password``, ``token`` or ``key``) are
+masked when the configuration is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from qldbstream.dedupe import LatePolicy
+from qldbstream.errors import ConfigurationError
+from qldbstream.pipeline import PipelineSettings, VerificationAction
+from qldbstream.reliability import RetryPolicy
+
+__all__ = ["Settings", "load_settings"]
+
+PREFIX = "QLDBSTREAM_"
+_SECRET_WORDS = ("secret", "password", "token", "key")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, with its default. Names map to ``QLDBSTREAM_<NAME upper-cased>``."""
+
+    #: handler plugins to activate: entry-point names or ``module:attribute`` paths
+    handlers: tuple[str, ...] = ()
+    #: the Kinesis data stream (standalone worker, KCL, verify --stream)
+    stream_name: str | None = None
+    region: str | None = None
+    #: one endpoint for every AWS service (local stacks); per-service ones below win
+    endpoint_url: str | None = None
+    kinesis_endpoint_url: str | None = None
+    dynamodb_endpoint_url: str | None = None
+    sqs_endpoint_url: str | None = None
+    #: ``sqs:<queue url>`` (or the https queue URL) or ``dir:<path>``; empty: no DLQ (poison halts)
+    dlq: str | None = None
+    #: ``memory`` or ``dynamodb:<table>``
+    dedupe_store: str = "memory"
+    dedupe_ttl_seconds: int = 7 * 24 * 3600
+    #: DynamoDB table for the standalone worker's checkpoints
+    checkpoint_table: str = "qldbstream-checkpoints"
+    application_name: str = "qldbstream"
+    late_policy: LatePolicy = LatePolicy.DROP
+    reorder_window_seconds: float = 30.0
+    verification_action: VerificationAction = VerificationAction.DEAD_LETTER
+    stop_on_first_failure: bool = True
+    retry_max_attempts: int = 5
+    retry_base_delay_ms: int = 100
+    retry_max_delay_ms: int = 60_000
+    retry_multiplier: float = 2.0
+    breaker_failures: int = 5
+    breaker_recovery_seconds: float = 60.0
+    breaker_half_open_trials: int = 3
+    batch_min: int = 10
+    batch_max: int = 500
+    batch_target_ms: int = 100
+    #: ``TRIM_HORIZON``, ``LATEST`` or ``AT_TIMESTAMP`` (then ``start_time``)
+    start_position: str = "TRIM_HORIZON"
+    start_time: datetime | None = None
+    #: bounded export: stop at this time (exclusive) or at CONTROL COMPLETED
+    end_time: datetime | None = None
+    #: ``none``, ``emf`` (CloudWatch embedded metrics on stdout) or ``prometheus:<port>``
+    metrics: str = "none"
+    log_level: str = "INFO"
+    #: ``json`` (structured, on stderr) or ``text``
+    log_format: str = "json"
+    handler_settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def pipeline_settings(self) -> PipelineSettings:
+        return PipelineSettings(
+            stop_on_first_failure=self.stop_on_first_failure,
+            verification_action=self.verification_action,
+            late_policy=self.late_policy,
+            reorder_window=self.reorder_window_seconds,
+            retry=RetryPolicy(
+                self.retry_max_attempts,
+                self.retry_base_delay_ms / 1000,
+                self.retry_max_delay_ms / 1000,
+                self.retry_multiplier,
+            ),
+            breaker_failures=self.breaker_failures,
+            breaker_recovery=self.breaker_recovery_seconds,
+            breaker_trials=self.breaker_half_open_trials,
+        )
+
+    def endpoint(self, service: str) -> str | None:
+        return getattr(self, f"{service}_endpoint_url", None) or self.endpoint_url
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration, printable: secrets replaced by ``****``."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "handler_settings":
+                value = {h: {k: _mask(k, v) for k, v in kv.items()} for h, kv in value.items()}
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif value is not None and not isinstance(value, int | float | bool):
+                value = _mask(f.name, str(value))
+            out[f.name] = value
+        return out
+
+
+def _mask(name: str, value: str) -> str:
+    return "****" if any(w in name.lower() for w in _SECRET_WORDS) and value else value
+
+
+_FIELDS = {f.name: f for f in fields(Settings) if f.name != "handler_settings"}
+
+
+def _convert(name: str, raw: Any, source: str) -> Any:
+    """Turn a raw value (env string or file value) into the field's type, or fail clearly."""
+    default = Settings.__dataclass_fields__[name].default
+    annotation = str(Settings.__dataclass_fields__[name].type)
+    where = f"{source}: {name}"
+    try:
+        if name == "handlers":
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(i.strip() for i in items if str(i).strip())
+        if name == "late_policy":
+            return LatePolicy(str(raw).strip().lower())
+        if name == "verification_action":
+            return VerificationAction(str(raw).strip().lower())
+        if annotation.startswith("datetime"):
+            if raw in (None, ""):
+                return None
+            text = raw if isinstance(raw, str) else raw.isoformat()
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                raise ValueError("needs a time zone, e.g. 2024-01-01T00:00:00Z")
+            return when
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if isinstance(default, int | float):
+            number = (int if isinstance(default, int) else float)(raw)
+            if number < 0:
+                raise ValueError("must not be negative")
+            return number
+        return None if raw in (None, "") else str(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"{where}: invalid value {raw!r} ({exc})") from None
+
+
+def _from_file(path: str) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"configuration file {path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(
+            f"configuration file {path}: not valid {p.suffix[1:] or 'TOML'} ({exc})"
+        ) from None
+    handlers = data.pop("handlers", None)
+    names: Any = ()
+    hsettings: dict[str, dict[str, str]] = {}
+    if isinstance(handlers, dict):  # [handlers] table: names under "active", settings per handler
+        names = handlers.pop("active", ())
+        for h, kv in handlers.items():
+            if not isinstance(kv, dict):
+                raise ConfigurationError(f"configuration file {path}: [handlers.{h}] must be a table")
+            hsettings[h] = {str(k): str(v) for k, v in kv.items()}
+    elif handlers is not None:
+        names = handlers
+    values = {"handlers": names} if names else {}
+    for key, value in data.items():
+        name = key.replace("-", "_").lower()
+        if name not in _FIELDS:
+            raise ConfigurationError(f"configuration file {path}: unknown setting {key!r}")
+        values[name] = value
+    return values, hsettings
+
+
+def load_settings(environ: Mapping[str, str] | None = None, config_file: str | None = None) -> Settings:
+    """Build the settings from a file (if any) and the environment; raise ConfigurationError."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    hsettings: dict[str, dict[str, str]] = {}
+    path = config_file or env.get(PREFIX + "CONFIG")
+    if path:
+        file_values, hsettings = _from_file(path)
+        raw.update(file_values)
+        sources.update(dict.fromkeys(file_values, f"configuration file {path}"))
+    for key, value in env.items():
+        if not key.startswith(PREFIX) or key == PREFIX + "CONFIG":
+            continue
+        rest = key[len(PREFIX) :]
+        if rest.startswith("HANDLER_") and "__" in rest:
+            handler, _, setting = rest[len("HANDLER_") :].partition("__")
+            hsettings.setdefault(handler.lower().replace("_", "-"), {})[setting.lower()] = value
+            continue
+        name = rest.lower()
+        if name not in _FIELDS:
+            raise ConfigurationError(f"unknown setting {key} (see 'qldbstream config --help' for the list)")
+        raw[name] = value
+        sources[name] = f"environment {key}"
+    if "region" not in raw and env.get("AWS_REGION"):
+        raw["region"] = env["AWS_REGION"]
+    values = {name: _convert(name, value, sources.get(name, "default")) for name, value in raw.items()}
+    settings = Settings(**values, handler_settings=hsettings)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if s.start_position not in ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"):
+        raise ConfigurationError(
+            f"start_position: {s.start_position!r} is not TRIM_HORIZON, LATEST or AT_TIMESTAMP"
+        )
+    if s.start_position == "AT_TIMESTAMP" and s.start_time is None:
+        raise ConfigurationError("start_position AT_TIMESTAMP needs start_time")
+    if s.start_time and s.end_time and s.end_time <= s.start_time:
+        raise ConfigurationError("end_time must be after start_time")
+    if not 1 <= s.batch_min <= s.batch_max <= 10_000:
+        raise ConfigurationError("batch sizes need 1 <= batch_min <= batch_max <= 10000")
+    if s.retry_max_attempts < 1 or s.breaker_failures < 1 or s.breaker_half_open_trials < 1:
+        raise ConfigurationError(
+            "retry_max_attempts, breaker_failures and breaker_half_open_trials must be >= 1"
+        )
+    if s.retry_multiplier < 1:
+        raise ConfigurationError("retry_multiplier must be >= 1")
+    if not (s.dedupe_store == "memory" or s.dedupe_store.startswith("dynamodb:")):
+        raise ConfigurationError(f"dedupe_store: {s.dedupe_store!r} is not 'memory' or 'dynamodb:<table>'")
+    if s.dlq and not s.dlq.startswith(("sqs:", "dir:", "https://sqs", "http://")):
+        raise ConfigurationError(f"dlq: {s.dlq!r} is not 'sqs:<queue url>' or 'dir:<path>'")
+    if not (s.metrics in ("none", "emf") or s.metrics.startswith("prometheus:")):
+        raise ConfigurationError(f"metrics: {s.metrics!r} is not none, emf or prometheus:<port>")
+    if s.log_format not in ("json", "text"):
+        raise ConfigurationError(f"log_format: {s.log_format!r} is not json or text")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigurationError(f"log_level: {s.log_level!r} is not a logging level")

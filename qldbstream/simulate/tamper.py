@@ -1,0 +1,442 @@
+"""Targeted tampering: change one field of one record after QLDB hashed it.
+
+Spec syntax (``--tamper SPEC``, repeatable; :func:`parse_tamper`)::
+
+    SPEC    := TARGET [ "+rehash" | "+rehash-block" ] ":" FIELD [ "=" ION_TEXT ]
+    TARGET  := "block=" SEQUENCE_NO            the BLOCK_SUMMARY of that block
+             | "revision=" DOCUMENT_ID "@" VERSION
+             | "revision#" N                   the N-th REVISION_DETAILS of the stream (0-based)
+             | TABLE "#" N                     the N-th REVISION_DETAILS of TABLE that shows its
+                                               data (not deleted, not redacted), e.g. Transactions#3
+             | "kpl=" SEQUENCE_NO              the KPL aggregate carrying that block (aggregated
+                                               delivery only; FIELD must be "md5")
+    FIELD   := NAME { "." NAME | "[" INDEX "]" }
+
+Revision fields are named below ``payload.revision`` (``data.amount``, ``dataHash``,
+``metadata.txTime``, ``hash``, ``blockAddress.sequenceNo``) or ``payload`` (``tableInfo.tableName``);
+block fields below ``payload`` (``blockHash``, ``previousBlockHash``, ``entriesHash``,
+``entriesHashList[1]``, ``transactionInfo.statements[0].statement``, ``redactionInfo...``,
+``revisionSummaries[0].hash``, ``transactionId``, ``blockTimestamp``).
+
+Without ``=ION_TEXT`` the value changes in a type-preserving way: a blob has one bit flipped,
+a string or symbol its last character rotated, a decimal gains 1 (keeping its exponent), an int
+``i`` becomes ``-(i+1)`` (never another revision's version), a timestamp moves by one unit of
+its precision, a bool flips, a typed null gets a value. ``=ION_TEXT`` sets the given Ion value
+(it may also add a new field to a struct).
+
+``+rehash`` (revision ``data``/``dataHash``/``metadata``): the forger also recomputes
+``revision.hash`` and patches the block's summary entry. ``+rehash-block`` (those, and block
+``transactionInfo``/``redactionInfo``/``revisionSummaries[i].hash``): the forger also
+recomputes ``entriesHashList``, ``entriesHash`` and ``blockHash`` (and the partition keys).
+What each tamper makes fail is in :mod:`qldbstream.simulate.verdicts`.
+
+Examples::
+
+    revision#12:data.amount                  block=7:entriesHashList[1]
+    revision#3:metadata.txTime               block=9:transactionInfo.statements[0].statement
+    revision=5yRQ...Ve@2:dataHash             block=7+rehash-block:transactionInfo.statements[1].startTime
+    revision#3+rehash-block:data.amount=0.01  kpl=10:md5
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from amazon.ion import simpleion
+
+from qldbstream.errors import ConfigurationError
+from qldbstream.simulate.fields import MISSING, format_path, get_path, mutate, parse_path, set_path
+from qldbstream.simulate.journal import Journal
+from qldbstream.simulate.stream import StreamRecord, rehash_block, rehash_revision
+from qldbstream.simulate.values import IonValue, ion_text
+from qldbstream.simulate.verdicts import Failure, TamperReport, block_failures, revision_failures
+
+__all__ = [
+    "AUTO",
+    "BlockTarget",
+    "KplTarget",
+    "Rehash",
+    "RevisionIndex",
+    "RevisionTarget",
+    "TableIndex",
+    "Tamper",
+    "apply_tampers",
+    "parse_tamper",
+]
+
+Rehash = Literal["none", "revision", "block"]
+
+
+class _Auto:
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+#: "Change the value in a type-preserving way" (the default of :class:`Tamper`).
+AUTO: Final = _Auto()
+
+
+@dataclass(frozen=True, slots=True)
+class BlockTarget:
+    sequence_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionTarget:
+    document_id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionIndex:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class TableIndex:
+    """The ``index``-th revision of ``table`` (0-based) that shows its data in the stream."""
+
+    table: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class KplTarget:
+    sequence_no: int
+
+
+Target = BlockTarget | RevisionTarget | RevisionIndex | TableIndex | KplTarget
+
+
+@dataclass(frozen=True, slots=True)
+class Tamper:
+    """One tamper: which record, which field, the new value (or :data:`AUTO`), how far to re-hash."""
+
+    target: Target
+    field: str
+    value: IonValue = AUTO
+    rehash: Rehash = "none"
+
+    @property
+    def spec(self) -> str:
+        """The tamper in the ``--tamper`` syntax."""
+        t = self.target
+        if isinstance(t, BlockTarget):
+            head = f"block={t.sequence_no}"
+        elif isinstance(t, RevisionTarget):
+            head = f"revision={t.document_id}@{t.version}"
+        elif isinstance(t, RevisionIndex):
+            head = f"revision#{t.index}"
+        elif isinstance(t, TableIndex):
+            head = f"{t.table}#{t.index}"
+        else:
+            head = f"kpl={t.sequence_no}"
+        head += {"none": "", "revision": "+rehash", "block": "+rehash-block"}[self.rehash]
+        tail = "" if self.value is AUTO else "=" + ion_text(self.value)
+        return f"{head}:{self.field}{tail}"
+
+
+_TARGET = re.compile(
+    r"^(?:block=(?P<block>\d+)|kpl=(?P<kpl>\d+)|revision#(?P<index>\d+)"
+    r"|revision=(?P<doc>[0-9A-Za-z]+)@(?P<version>\d+)|(?P<table>[A-Za-z_][0-9A-Za-z_]*)#(?P<nth>\d+))"
+    r"(?P<rehash>\+rehash(?:-block)?)?$"
+)
+_REVISION_ROOTS = ("data", "dataHash", "metadata", "hash", "blockAddress", "tableInfo")
+_BLOCK_ROOTS = (
+    "blockHash",
+    "previousBlockHash",
+    "entriesHash",
+    "entriesHashList",
+    "transactionInfo",
+    "redactionInfo",
+    "revisionSummaries",
+    "transactionId",
+    "blockTimestamp",
+)
+
+
+def parse_tamper(spec: str) -> Tamper:
+    """Parse ``--tamper`` syntax (see the module docstring); :class:`ConfigurationError` if invalid."""
+    head, sep, rest = spec.partition(":")
+    m = _TARGET.match(head.strip())
+    if not sep or m is None:
+        raise ConfigurationError(
+            f"tamper {spec!r}: expected TARGET:FIELD[=ION] with TARGET block=N, revision#N, TABLE#N, "
+            "revision=DOCID@VERSION or kpl=N (optionally +rehash / +rehash-block)"
+        )
+    field_path, eq, value_text = rest.partition("=")
+    field_path = field_path.strip()
+    parse_path(field_path, spec)
+    value: IonValue = AUTO
+    if eq:
+        try:
+            value = simpleion.loads(value_text)
+        except Exception as exc:  # amazon-ion raises several exception types for bad text
+            raise ConfigurationError(
+                f"tamper {spec!r}: {value_text!r} is not one Ion value ({exc})"
+            ) from None
+    target: Target
+    if m["block"] is not None:
+        target = BlockTarget(int(m["block"]))
+    elif m["kpl"] is not None:
+        target = KplTarget(int(m["kpl"]))
+    elif m["index"] is not None:
+        target = RevisionIndex(int(m["index"]))
+    elif m["table"] is not None:
+        target = TableIndex(m["table"], int(m["nth"]))
+    else:
+        target = RevisionTarget(m["doc"], int(m["version"]))
+    rehash: Rehash = {None: "none", "+rehash": "revision", "+rehash-block": "block"}[m["rehash"]]  # type: ignore[assignment]
+    return Tamper(target, field_path, value, rehash)
+
+
+# -- applying tampers ----------------------------------------------------------------------------------
+
+
+class _Index:
+    """Finds the records a tamper names."""
+
+    def __init__(self, records: list[StreamRecord]) -> None:
+        self.blocks: dict[int, StreamRecord] = {}
+        self.revisions: dict[tuple[str, int], StreamRecord] = {}
+        self.ordered: list[StreamRecord] = []
+        for r in records:
+            if r.record_type == "BLOCK_SUMMARY" and r.sequence_no is not None:
+                self.blocks[r.sequence_no] = r
+            elif r.record_type == "REVISION_DETAILS" and r.document_id is not None and r.version is not None:
+                self.revisions[(r.document_id, r.version)] = r
+                self.ordered.append(r)
+
+    def block(self, sequence_no: int, spec: str) -> StreamRecord:
+        rec = self.blocks.get(sequence_no)
+        if rec is None:
+            lo, hi = min(self.blocks), max(self.blocks)
+            raise ConfigurationError(f"tamper {spec!r}: no block {sequence_no} (the stream has {lo}..{hi})")
+        return rec
+
+    def revision(self, target: RevisionTarget | RevisionIndex | TableIndex, spec: str) -> StreamRecord:
+        if isinstance(target, TableIndex):
+            shown = [
+                r
+                for r in self.ordered
+                if r.value["payload"]["tableInfo"]["tableName"] == target.table
+                and "data" in r.value["payload"]["revision"]
+            ]
+            if target.index >= len(shown):
+                raise ConfigurationError(
+                    f"tamper {spec!r}: the stream shows the data of only {len(shown)} "
+                    f"{target.table} revisions"
+                )
+            return shown[target.index]
+        if isinstance(target, RevisionIndex):
+            if target.index >= len(self.ordered):
+                raise ConfigurationError(
+                    f"tamper {spec!r}: the stream has only {len(self.ordered)} revisions (revision#0.."
+                    f"{len(self.ordered) - 1})"
+                )
+            return self.ordered[target.index]
+        rec = self.revisions.get((target.document_id, target.version))
+        if rec is None:
+            raise ConfigurationError(
+                f"tamper {spec!r}: no revision {target.document_id} version {target.version} in the stream"
+            )
+        return rec
+
+
+def apply_tampers(
+    tampers: list[Tamper], records: list[StreamRecord], journal: Journal, *, aggregated: bool
+) -> tuple[list[TamperReport], set[int]]:
+    """Apply ``tampers`` in order to ``records`` (in place); return the reports and the blocks
+    whose KPL aggregate must get a corrupt MD5 (``kpl=`` targets).
+    """
+    index = _Index(records)
+    first, last = journal.blocks[0].sequence_no, journal.blocks[-1].sequence_no
+    reports: list[TamperReport] = []
+    corrupt: set[int] = set()
+    for tamper in tampers:
+        spec = tamper.spec
+        t = tamper.target
+        if isinstance(t, KplTarget):
+            if not aggregated:
+                raise ConfigurationError(f"tamper {spec!r}: kpl= needs aggregated delivery")
+            if tamper.field != "md5" or tamper.value is not AUTO or tamper.rehash != "none":
+                raise ConfigurationError(f"tamper {spec!r}: the only KPL field is md5 (kpl=N:md5)")
+            index.block(t.sequence_no, spec)
+            corrupt.add(t.sequence_no)
+            reports.append(
+                TamperReport(
+                    spec,
+                    f"KPL aggregate of block {t.sequence_no}",
+                    "md5",
+                    "none",
+                    "",
+                    "",
+                    (Failure("V1", t.sequence_no),),
+                    (t.sequence_no,),
+                    ("the aggregate's user records cannot be read: their checks and links are unverifiable",),
+                )
+            )
+            continue
+        if isinstance(t, BlockTarget):
+            reports.append(
+                _tamper_block(tamper, index.block(t.sequence_no, spec), index, journal, first, last)
+            )
+        else:
+            reports.append(_tamper_revision(tamper, index.revision(t, spec), index, first, last))
+    return reports, corrupt
+
+
+def _new_value(tamper: Tamper, old: IonValue, spec: str) -> IonValue:
+    if tamper.value is not AUTO:
+        if old is not MISSING and simpleion.dumps(old) == simpleion.dumps(tamper.value):
+            raise ConfigurationError(f"tamper {spec!r}: {tamper.field} already has that value")
+        return tamper.value
+    if old is MISSING:
+        raise ConfigurationError(
+            f"tamper {spec!r}: the record has no field {tamper.field} (=ION_TEXT adds it)"
+        )
+    if isinstance(old, dict | list):
+        raise ConfigurationError(f"tamper {spec!r}: {tamper.field} is a container: name a field inside it")
+    return mutate(old)
+
+
+def _tamper_revision(tamper: Tamper, rec: StreamRecord, index: _Index, first: int, last: int) -> TamperReport:
+    spec = tamper.spec
+    path = parse_path(tamper.field, spec)
+    if path[0] == "payload" and len(path) > 1:
+        path = path[1:]
+    if path[0] == "revision" and len(path) > 1:
+        path = path[1:]
+    root = path[0]
+    if root not in _REVISION_ROOTS:
+        raise ConfigurationError(
+            f"tamper {spec!r}: a revision's fields are {', '.join(_REVISION_ROOTS)} (got {root!r})"
+        )
+    revision = rec.value["payload"]["revision"]
+    if root == "data" and "data" not in revision:
+        kind = "redacted (it has dataHash)" if "dataHash" in revision else "a delete (it has no data)"
+        raise ConfigurationError(f"tamper {spec!r}: {rec.describe()} is {kind}")
+    if root == "dataHash" and "dataHash" not in revision:
+        raise ConfigurationError(f"tamper {spec!r}: {rec.describe()} is not redacted (it has no dataHash)")
+    if tamper.rehash != "none" and root not in ("data", "dataHash", "metadata"):
+        raise ConfigurationError(f"tamper {spec!r}: +rehash applies to data, dataHash and metadata")
+    full = ["payload", *path] if root == "tableInfo" else ["payload", "revision", *path]
+    old = get_path(rec.value, full)
+    if old is MISSING and tamper.value is AUTO and root == "data":
+        table = rec.value["payload"]["tableInfo"]["tableName"]
+        raise ConfigurationError(
+            f"tamper {spec!r}: {rec.describe()} (table {table}) has no field {format_path(path)}; its data "
+            f"fields are {', '.join(revision['data'])} (TABLE#N picks the N-th revision of a table)"
+        )
+    new = _new_value(tamper, old, spec)
+    rec.replace_value(set_path(rec.value, full, new))
+    old_meta = revision["metadata"]
+    new_meta = rec.value["payload"]["revision"]["metadata"]
+    identity_changed = any(old_meta.get(k) != new_meta.get(k) for k in ("id", "txId"))
+    n = rec.sequence_no
+    assert n is not None and rec.document_id is not None and rec.version is not None
+    if tamper.rehash != "none":
+        rehash_revision(rec, index.blocks[n], tamper.rehash == "block")
+    failures, notes = revision_failures(
+        root,
+        rehash=tamper.rehash,
+        sequence_no=n,
+        document_id=rec.document_id,
+        version=rec.version,
+        identity_changed=identity_changed,
+        has_next=n < last,
+    )
+    return TamperReport(
+        spec,
+        rec.describe(),
+        format_path(path),
+        tamper.rehash,
+        "" if old is MISSING else ion_text(old),
+        ion_text(new),
+        tuple(failures),
+        notes=tuple(notes),
+    )
+
+
+def _tamper_block(
+    tamper: Tamper, rec: StreamRecord, index: _Index, journal: Journal, first: int, last: int
+) -> TamperReport:
+    spec = tamper.spec
+    path = parse_path(tamper.field, spec)
+    if path[0] == "payload" and len(path) > 1:
+        path = path[1:]
+    root = path[0]
+    if root == "blockAddress":
+        raise ConfigurationError(
+            f"tamper {spec!r}: blockAddress is the block's identity; it cannot be tampered"
+        )
+    if root not in _BLOCK_ROOTS:
+        raise ConfigurationError(
+            f"tamper {spec!r}: a block's fields are {', '.join(_BLOCK_ROOTS)} (got {root!r})"
+        )
+    rehashable = root in ("transactionInfo", "redactionInfo") or (
+        root == "revisionSummaries" and path[-1] == "hash"
+    )
+    if tamper.rehash == "revision" or (tamper.rehash == "block" and not rehashable):
+        raise ConfigurationError(
+            f"tamper {spec!r}: blocks take +rehash-block only, for transactionInfo, redactionInfo and "
+            "revisionSummaries[i].hash"
+        )
+    full = ["payload", *path]
+    old = get_path(rec.value, full)
+    if old is MISSING and (tamper.value is AUTO or not isinstance(get_path(rec.value, full[:-1]), dict)):
+        raise ConfigurationError(f"tamper {spec!r}: {rec.describe()} has no field {tamper.field}")
+    if root in ("transactionInfo", "redactionInfo") and (isinstance(old, dict | list) or old is MISSING):
+        raise ConfigurationError(f"tamper {spec!r}: name an existing scalar field inside {root}")
+    n = rec.sequence_no
+    assert n is not None
+    block = journal.block(n)
+    summary_revision = None
+    if root == "revisionSummaries":
+        if len(path) < 3 or not isinstance(path[1], int) or path[2] not in ("hash", "documentId"):
+            raise ConfigurationError(
+                f"tamper {spec!r}: name revisionSummaries[i].hash or revisionSummaries[i].documentId"
+            )
+        entry = rec.value["payload"]["revisionSummaries"][path[1]]
+        if "documentId" in entry:
+            doc = str(entry["documentId"])
+            summary_revision = next(
+                (d, v) for d, v in ((r.document_id, r.version) for r in block.revisions) if d == doc
+            )
+        elif path[2] == "documentId":
+            raise ConfigurationError(
+                f"tamper {spec!r}: revisionSummaries[{path[1]}] is a system entry (no documentId)"
+            )
+    before_statements = rec.value["payload"]["transactionInfo"]["statements"]
+    new = _new_value(tamper, old, spec)
+    rec.replace_value(set_path(rec.value, full, new))
+    after_statements = rec.value["payload"]["transactionInfo"]["statements"]
+    changed = [
+        (i, block.has_parameters(i))
+        for i, (b, a) in enumerate(zip(before_statements, after_statements, strict=True))
+        if b["statement"] != a["statement"] or b["statementDigest"] != a["statementDigest"]
+    ]
+    if tamper.rehash == "block":
+        rehash_block(rec)
+    failures, notes = block_failures(
+        path,
+        rehash=tamper.rehash,
+        sequence_no=n,
+        has_previous=n > first,
+        has_next=n < last,
+        changed_statements=changed,
+        summary_revision=summary_revision,
+        block_revisions=[(r.document_id, r.version) for r in block.revisions],
+    )
+    return TamperReport(
+        spec,
+        rec.describe(),
+        format_path(path),
+        tamper.rehash,
+        "" if old is MISSING else ion_text(old),
+        ion_text(new),
+        tuple(failures),
+        notes=tuple(notes),
+    )
