@@ -44,6 +44,7 @@ from qldbstream.ion.binary import (
     parse_record,
     read_timestamp,
     read_uint,
+    read_varuint,
     struct_slots,
 )
 from qldbstream.ion.hash import ion_hash_at
@@ -519,16 +520,22 @@ def _typed(view: RecordView, fields: dict[str, _Slot], name: str, where: str, t:
 
 
 def _decode_text(view: RecordView, slot: _Slot) -> str:
-    t, ln, s, e = header(view.buf, slot[0], slot[1])
-    if ln == 15:
+    buf = view.buf
+    pos, end = slot
+    td = buf[pos]
+    t = td >> 4
+    if td & 0x0F == 15:
         raise MalformedRecordError("a text field is null")
+    body = pos + 1
+    if td & 0x0F == 14:
+        _, body = read_varuint(buf, body, end)
     if t == T_STRING:
         try:
-            return view.buf[s:e].decode("utf-8")
+            return buf[body:end].decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedIonError("Ion string is not valid UTF-8") from None
     if t == T_SYMBOL:
-        sid = read_uint(view.buf, s, e)
+        sid = read_uint(buf, body, end)
         if sid >= len(view.symbols) or view.symbols[sid] is None:
             raise MalformedIonError(f"Ion symbol ID {sid} has no text")
         return view.symbols[sid]  # type: ignore[return-value]

@@ -227,14 +227,59 @@ class DuplicateFieldError(MalformedIonError):
         self.name = name
 
 
-def iter_list(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """Iterate a list/sexp body: ``(value_pos, value_end)``, NOP padding skipped."""
+def iter_list(buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """A list/sexp body's values as ``(value_pos, value_end)``, NOP padding skipped.
+
+    Value headers are decoded inline (this runs for every list of every record).
+    """
+    out = []
     pos = start
     while pos < end:
-        t, ln, _, stop = header(buf, pos, end)
-        if not (t == T_NULL and ln != 15):
-            yield pos, stop
-        pos = stop
+        vpos = pos
+        td = buf[pos]
+        pos += 1
+        ln = td & 0x0F
+        t = td >> 4
+        if t == 15 or (t == T_ANNOTATION and ln == 15):
+            raise MalformedIonError(f"invalid Ion type descriptor 0x{td:02x}")
+        if ln == 14 or (ln == 1 and t == T_STRUCT):
+            length = 0
+            while True:
+                if pos >= end:
+                    raise MalformedIonError("Ion VarUInt runs past the end of its value")
+                b = buf[pos]
+                pos += 1
+                length = (length << 7) | (b & 0x7F)
+                if b & 0x80:
+                    break
+        elif ln == 15 or t == T_BOOL:
+            length = 0
+        else:
+            length = ln
+        pos += length
+        if pos > end:
+            raise MalformedIonError("Ion value is truncated (its length runs past the end of its container)")
+        if td >= 0x0F:  # not NOP padding
+            out.append((vpos, pos))
+    return out
+
+
+def _symbol_strings(buf: bytes, start: int, end: int) -> list[str | None]:
+    """The ``symbols`` list of a local symbol table: texts, ``None`` for non-string entries."""
+    out: list[str | None] = []
+    for spos, send in iter_list(buf, start, end):
+        td = buf[spos]
+        if td >> 4 == T_STRING and td != 0x8F:
+            body = spos + 1
+            if td & 0x0F == 14:
+                _, body = read_varuint(buf, body, send)
+            try:
+                out.append(buf[body:send].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise MalformedIonError("Ion string is not valid UTF-8") from None
+        else:
+            out.append(None)  # not a string: a symbol with unknown text
+    return out
 
 
 def unwrap(buf: bytes, pos: int, end: int) -> tuple[list[int], int, int, int, int, int]:
@@ -274,12 +319,7 @@ def _local_symbol_table(buf: bytes, start: int, end: int, current: list[str | No
                 for ipos, iend in iter_list(buf, bstart, bend):
                     symbols.extend(_shared_import(buf, ipos, iend, current))
         elif sid == _SID_SYMBOLS and t == T_LIST and ln != 15:
-            for spos, send in iter_list(buf, bstart, bend):
-                st, sln, sbs, sbe = header(buf, spos, send)
-                if st == T_STRING and sln != 15:
-                    new.append(_utf8(buf, sbs, sbe))
-                else:
-                    new.append(None)  # not a string: a symbol with unknown text
+            new.extend(_symbol_strings(buf, bstart, bend))
     return symbols + new
 
 
