@@ -410,7 +410,7 @@ def _scan_block(view: RecordView, arn: str, payload: dict[str, _Slot]) -> tuple[
 # --- building records from a scan ----------------------------------------------------------
 
 try:  # the compiled scanner (Rust, qldbstream-native); identical results, ~10x faster
-    from qldbstream_native import NativeDecodeError as _NativeError  # type: ignore[import-not-found]
+    from qldbstream_native import NativeDecodeError as _NativeError
     from qldbstream_native import scan_record as _native_scan
 except ImportError:  # pragma: no cover - depends on the installation
     _native_scan = None
