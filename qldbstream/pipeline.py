@@ -37,6 +37,7 @@ from qldbstream.handler import BatchItemError, Handler, HandlerContext
 from qldbstream.metrics import Metrics, NullMetrics
 from qldbstream.records import KinesisRecord, UserRecord
 from qldbstream.reliability import CircuitBreaker, Disposition, RetryPolicy, classify
+from qldbstream.tracing import span
 from qldbstream.verify import Failure, Verifier
 
 __all__ = ["BatchResult", "Pipeline", "PipelineSettings", "VerificationAction"]
@@ -183,12 +184,41 @@ class Pipeline:
     ) -> BatchResult:
         """Run one shard's batch (records in sequence order) through every stage."""
         result = BatchResult(shard_id, records=len(records))
+        self.metrics.observe("batch_size", len(records), shard=shard_id or "")
+        newest = records[-1].approximate_arrival_timestamp if records else None
+        if newest is not None:
+            self.metrics.gauge(
+                "iterator_age_ms", max(0.0, (time.time() - newest) * 1000), shard=shard_id or ""
+            )
+        # 1. deaggregate, decode, verify; poison to the DLQ
+        with span("verify", shard=shard_id or "", records=len(records)):
+            entries, dead_kinesis, halt_at, halt_k = self._decode_batch(records, result)
+        self.metrics.incr("records_in", len(records), stage="kinesis")
+        self.metrics.incr("records_in", result.user_records, stage="user")
+        # 2. hand the records to each handler, in order
+        limit = halt_at if halt_at is not None else len(entries)
+        if halt_at is not None:
+            result.halted, result.halt_reason = (
+                True,
+                result.halt_reason or "a record could not be dead-lettered",
+            )
+        for handler in self.handlers:
+            with span("handler", handler=handler.name, shard=shard_id or ""):
+                stop = self._run_handler(handler, shard_id, entries, limit, result, deadline, window_state)
+            if stop is not None and self.settings.stop_on_first_failure:
+                limit = min(limit, stop)
+        # 3. the checkpoint rule
+        self._checkpoint(records, entries, dead_kinesis, halt_k, limit, shard_id, result)
+        return result
+
+    def _decode_batch(
+        self, records: Sequence[KinesisRecord], result: BatchResult
+    ) -> tuple[list[_Entry], set[int], int | None, int | None]:
+        """Stage 1 for a batch: ``(entries, dead Kinesis records, halt entry index, halt record index)``."""
         entries: list[_Entry] = []
         dead_kinesis: set[int] = set()
         halt_at: int | None = None  # index into entries
         halt_k: int | None = None  # index into records (a Kinesis-level halt)
-        self.metrics.observe("batch_size", len(records), shard=shard_id or "")
-        # 1. deaggregate, decode, verify; poison to the DLQ
         for k, kr in enumerate(records):
             if halt_at is not None or halt_k is not None:
                 break
@@ -212,22 +242,7 @@ class Pipeline:
                     halt_at = len(entries) - 1
                     if not self.settings.stop_on_first_failure:
                         halt_at = None
-        self.metrics.incr("records_in", len(records), stage="kinesis")
-        self.metrics.incr("records_in", result.user_records, stage="user")
-        # 2. hand the records to each handler, in order
-        limit = halt_at if halt_at is not None else len(entries)
-        if halt_at is not None:
-            result.halted, result.halt_reason = (
-                True,
-                result.halt_reason or "a record could not be dead-lettered",
-            )
-        for handler in self.handlers:
-            stop = self._run_handler(handler, shard_id, entries, limit, result, deadline, window_state)
-            if stop is not None and self.settings.stop_on_first_failure:
-                limit = min(limit, stop)
-        # 3. the checkpoint rule
-        self._checkpoint(records, entries, dead_kinesis, halt_k, limit, shard_id, result)
-        return result
+        return entries, dead_kinesis, halt_at, halt_k
 
     def _decode_and_verify(self, entry: _Entry, kr: KinesisRecord, result: BatchResult) -> bool:
         """Return False when the record could not be finished (its DLQ write failed)."""
