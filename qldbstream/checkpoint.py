@@ -8,7 +8,7 @@ only read once its parents are finished.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 __all__ = ["Checkpoint", "CheckpointStore", "InMemoryCheckpointStore", "sequence_key"]
@@ -52,12 +52,13 @@ class InMemoryCheckpointStore:
     def save(self, stream: str, checkpoint: Checkpoint) -> None:
         current = self._data.get((stream, checkpoint.shard_id))
         if current is not None:
+            behind = sequence_key(current.sequence_number, current.sub_sequence_number) > sequence_key(
+                checkpoint.sequence_number, checkpoint.sub_sequence_number
+            )
+            if behind:  # never backwards; a shard end behind the stored position only marks the end
+                if checkpoint.shard_ended and not current.shard_ended:
+                    self._data[(stream, checkpoint.shard_id)] = replace(current, shard_ended=True)
+                return
             if current.shard_ended and not checkpoint.shard_ended:
-                return
-            if (
-                sequence_key(current.sequence_number, current.sub_sequence_number)
-                > sequence_key(checkpoint.sequence_number, checkpoint.sub_sequence_number)
-                and not checkpoint.shard_ended
-            ):
-                return
+                return  # shard end is sticky: a late save (a zombie worker) changes nothing
         self._data[(stream, checkpoint.shard_id)] = checkpoint

@@ -18,7 +18,7 @@ from qldbstream.errors import ConfigurationError, InputError, QldbStreamError
 __all__ = ["main"]
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("demo", "verify", "inspect", "simulate", "handlers", "config")
+COMMANDS = ("demo", "verify", "inspect", "simulate", "replay-dlq", "handlers", "config")
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"qldbstream.commands.{name}")
+        module = importlib.import_module(f"qldbstream.commands.{name.replace('-', '_')}")
         module.register(sub)
     return parser
 

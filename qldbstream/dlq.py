@@ -14,12 +14,13 @@ de-duplicate, so a replay is idempotent) and deletes each entry only after it su
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -162,11 +163,19 @@ class DirectoryDeadLetterQueue:
     def put(self, letter: DeadLetter) -> None:
         name = f"{int(letter.last_failure_time * 1000):015d}-{letter.id}.json"
         tmp = self.path / f".{name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(letter.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / name)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(letter.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        directory = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself must survive a power loss
+        finally:
+            os.close(directory)
 
     def receive(self, limit: int = 10) -> Iterator[tuple[str, DeadLetter]]:
         for entry in sorted(self.path.glob("*.json"))[:limit]:
@@ -189,24 +198,40 @@ class SqsDeadLetterQueue:
         self.fifo = queue_url.endswith(".fifo")
 
     def put(self, letter: DeadLetter) -> None:
-        body = letter.to_json()
-        if len(body.encode()) > SQS_MAX_BYTES and letter.kinesis_data is not None:
-            letter.kinesis_data = None
-            body = letter.to_json()
-        if len(body.encode()) > SQS_MAX_BYTES:
-            raise ValueError(
-                f"dead letter for {letter.position.describe()} is {len(body.encode())} bytes, over SQS's "
-                f"{SQS_MAX_BYTES}: use a directory DLQ for records this large"
-            )
         attributes = {
             "stage": {"DataType": "String", "StringValue": letter.stage},
             "errorType": {"DataType": "String", "StringValue": letter.error_type},
         }
         if letter.handler:
             attributes["handler"] = {"DataType": "String", "StringValue": letter.handler}
+        # SQS counts the body and every attribute's name, type and value against the limit
+        overhead = sum(
+            len(k) + len(v["DataType"]) + len(v["StringValue"].encode()) for k, v in attributes.items()
+        )
+        body = letter.to_json()
+        if len(body.encode()) + overhead > SQS_MAX_BYTES and letter.kinesis_data is not None:
+            body = replace(letter, kinesis_data=None).to_json()
+        if len(body.encode()) + overhead > SQS_MAX_BYTES:
+            raise ValueError(
+                f"dead letter for {letter.position.describe()} is {len(body.encode())} bytes, over SQS's "
+                f"{SQS_MAX_BYTES}: use a directory DLQ for records this large"
+            )
         extra: dict[str, Any] = {}
         if self.fifo:
-            extra = {"MessageGroupId": letter.shard_id or "qldbstream", "MessageDeduplicationId": letter.id}
+            # the same record failing the same way (a redelivered batch) is one entry, not two
+            identity = "/".join(
+                str(x)
+                for x in (
+                    letter.stream_arn,
+                    letter.shard_id,
+                    letter.sequence_number,
+                    letter.sub_sequence_number,
+                    letter.stage,
+                    letter.handler,
+                )
+            )
+            dedup = hashlib.sha256(identity.encode()).hexdigest()
+            extra = {"MessageGroupId": letter.shard_id or "qldbstream", "MessageDeduplicationId": dedup}
         self.client.send_message(
             QueueUrl=self.queue_url, MessageBody=body, MessageAttributes=attributes, **extra
         )

@@ -344,7 +344,17 @@ class Pipeline:
         if not wanted:
             return None
         planner = self.planners[name]
-        plan = planner.plan([e.record for e in wanted], allow_hold=self.allow_hold)  # type: ignore[misc]
+        try:
+            plan = planner.plan([e.record for e in wanted], allow_hold=self.allow_hold)  # type: ignore[misc]
+        except Exception as exc:  # the de-duplication store cannot be read: stop here, retry later
+            log.error("de-duplication store failed for %s: %r", name, exc)
+            for e in wanted:
+                e.hstate[name] = "pending"
+            if held:
+                self._held[(shard_id, name)] = held
+            result.halted, result.halt_reason = True, f"de-duplication store failed: {exc!r}"
+            first = next((e for e in wanted if e in entries), None)
+            return entries.index(first) if first is not None else 0
         for i, reason in plan.skipped.items():
             wanted[i].hstate[name] = "skip"
             if reason == "duplicate":

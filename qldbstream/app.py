@@ -1,0 +1,152 @@
+"""The application: settings, the active handlers and the services they share, assembled once.
+
+Runtimes build one :class:`App` at start-up (``App.from_env()`` reads and validates the
+configuration, loads the plugins and calls each handler's ``setup``) and ask it for a
+:class:`~qldbstream.pipeline.Pipeline`. Code that wants to assemble its own app passes handlers
+and services directly::
+
+    app = App(Settings(dlq="dir:./dlq"), handlers=[router])
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from qldbstream.config import Settings, load_settings
+from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore
+from qldbstream.dlq import DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue, SqsDeadLetterQueue
+from qldbstream.errors import ConfigurationError
+from qldbstream.handler import Handler, SetupContext
+from qldbstream.logs import configure_logging
+from qldbstream.metrics import Metrics, build_metrics
+from qldbstream.pipeline import Pipeline
+from qldbstream.plugins import load_handlers
+
+__all__ = ["App", "NoDeadLetterQueue"]
+
+log = logging.getLogger("qldbstream.app")
+
+
+class NoDeadLetterQueue:
+    """No DLQ configured: dead-lettering fails, so a poison record halts its shard (nothing lost)."""
+
+    def put(self, letter: DeadLetter) -> None:
+        raise ConfigurationError(
+            f"no dead-letter queue is configured (QLDBSTREAM_DLQ), so {letter.position.describe()} "
+            "cannot be set aside: the shard stops here"
+        )
+
+    def receive(self, limit: int = 10) -> Any:
+        return iter(())
+
+    def delete(self, handle: str) -> None:
+        pass
+
+
+class App:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        handlers: Sequence[Handler] | None = None,
+        *,
+        dlq: DeadLetterQueue | None = None,
+        store: DedupeStore | None = None,
+        metrics: Metrics | None = None,
+        clients: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self._client_factory = clients
+        self.metrics = metrics if metrics is not None else build_metrics(self.settings.metrics)
+        self.handlers = (
+            list(handlers)
+            if handlers is not None
+            else load_handlers(self.settings.handlers, self.settings.handler_settings)
+        )
+        if not self.handlers:
+            log.warning("no handlers are active: records are verified and checkpointed, nothing else")
+        self.dlq = dlq if dlq is not None else self._build_dlq()
+        self.store = store if store is not None else self._build_store()
+        self._setup_done = False
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, config_file: str | None = None, **kwargs: Any
+    ) -> App:
+        """The app a runtime runs: configuration from the environment/file, logging configured."""
+        settings = load_settings(environ, config_file)
+        configure_logging(settings.log_level, settings.log_format)
+        return cls(settings, **kwargs)
+
+    # --- AWS clients ---------------------------------------------------------------------
+    def client(self, service: str) -> Any:
+        """A boto3 client for ``service`` honouring the configured region and endpoints."""
+        if self._client_factory is not None:
+            return self._client_factory(service)
+        import boto3
+
+        return boto3.client(
+            service,  # type: ignore[call-overload]
+            region_name=self.settings.region,
+            endpoint_url=self.settings.endpoint(service),
+        )
+
+    def _build_dlq(self) -> DeadLetterQueue:
+        spec = self.settings.dlq
+        if not spec:
+            return NoDeadLetterQueue()
+        if spec.startswith("dir:"):
+            return DirectoryDeadLetterQueue(spec[4:])
+        url = spec[4:] if spec.startswith("sqs:") else spec
+        return SqsDeadLetterQueue(self.client("sqs"), url)
+
+    def _build_store(self) -> DedupeStore:
+        spec = self.settings.dedupe_store
+        if spec == "memory":
+            return InMemoryDedupeStore(ttl=self.settings.dedupe_ttl_seconds)
+        from qldbstream.stores.dynamodb import DynamoDBDedupeStore
+
+        store = DynamoDBDedupeStore(
+            self.client("dynamodb"), spec.split(":", 1)[1], ttl=self.settings.dedupe_ttl_seconds
+        )
+        store.check()  # a missing table or a wrong key schema fails here, at start-up
+        return store
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def setup(self) -> None:
+        if self._setup_done:
+            return
+        for handler in self.handlers:
+            own = self.settings.handler_settings.get(handler.name, {})
+            handler.setup(
+                SetupContext(dict(own), logging.getLogger(f"qldbstream.handler.{handler.name}"), self.metrics)
+            )
+        self._setup_done = True
+
+    def pipeline(
+        self,
+        *,
+        allow_hold: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Pipeline:
+        self.setup()
+        return Pipeline(
+            self.handlers,
+            dlq=self.dlq,
+            store=self.store,
+            settings=self.settings.pipeline_settings(),
+            metrics=self.metrics,
+            clock=clock,
+            sleep=sleep,
+            allow_hold=allow_hold,
+        )
+
+    def close(self) -> None:
+        for handler in self.handlers:
+            try:
+                handler.close()
+            except Exception:  # closing must reach every handler; the error is logged
+                log.exception("closing handler %s failed", handler.name)
