@@ -6,6 +6,12 @@ The public API for handler authors::
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for type checkers; at run time these are imported lazily (see __getattr__)
+    from qldbstream.decode import BlockSummary, ControlRecord, RevisionDetails
+    from qldbstream.handler import BatchItemError, Handler, HandlerContext, SetupContext
+    from qldbstream.router import Router
 
 try:
     __version__ = version("qldbstream")
