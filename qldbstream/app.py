@@ -11,6 +11,7 @@ and services directly::
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from qldbstream.dlq import DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue
 from qldbstream.errors import ConfigurationError
 from qldbstream.handler import Handler, SetupContext
 from qldbstream.logs import configure_logging
+from qldbstream.masking import AesGcmSealer, Masker, MaskingLogFilter, Sealer, masking_from_settings
 from qldbstream.metrics import Metrics, build_metrics
 from qldbstream.pipeline import Pipeline
 from qldbstream.plugins import load_handlers
@@ -69,6 +71,8 @@ class App:
             log.warning("no handlers are active: records are verified and checkpointed, nothing else")
         self.dlq = dlq if dlq is not None else self._build_dlq()
         self.store = store if store is not None else self._build_store()
+        self.masker, self.sealer = self._build_masking()
+        self._log_filter: MaskingLogFilter | None = None
         self._setup_done = False
 
     @classmethod
@@ -114,10 +118,29 @@ class App:
         store.check()  # a missing table or a wrong key schema fails here, at start-up
         return store
 
+    def _build_masking(self) -> tuple[Masker | None, Sealer | None]:
+        s = self.settings
+        if not s.masking:
+            return None, None
+        masker, sealer = masking_from_settings(
+            s.masking_rules,
+            s.masking_hash_key,
+            s.masking_dlq_key,
+            s.masking_dlq_kms_key_id,
+            kms_client=lambda: self.client("kms"),
+        )
+        if sealer is None:  # no DLQ (validated): nothing is ever stored, so a throw-away key will do
+            sealer = AesGcmSealer(os.urandom(32), "ephemeral")
+        return masker, sealer
+
     # --- lifecycle -----------------------------------------------------------------------
     def setup(self) -> None:
         if self._setup_done:
             return
+        if self.masker is not None:  # structured log arguments are masked on every root handler
+            self._log_filter = MaskingLogFilter(self.masker)
+            for log_handler in logging.getLogger().handlers:
+                log_handler.addFilter(self._log_filter)
         for handler in self.handlers:
             own = self.settings.handler_settings.get(handler.name, {})
             handler.setup(
@@ -142,9 +165,14 @@ class App:
             clock=clock,
             sleep=sleep,
             allow_hold=allow_hold,
+            masker=self.masker,
+            sealer=self.sealer,
         )
 
     def close(self) -> None:
+        if self._log_filter is not None:
+            for log_handler in logging.getLogger().handlers:
+                log_handler.removeFilter(self._log_filter)
         for handler in self.handlers:
             try:
                 handler.close()

@@ -80,6 +80,17 @@ class Settings:
     log_level: str = "INFO"
     #: ``json`` (structured, on stderr) or ``text``
     log_format: str = "json"
+    #: mask sensitive fields before handlers, the DLQ and logs see them (docs/handlers/masking.md)
+    masking: bool = False
+    #: the seed's JSON rules or ``ssn|social_security=HASH; credit_card|card_number=PARTIAL:4``;
+    #: empty: the seed's rules
+    masking_rules: str | None = None
+    #: the HMAC-SHA-256 key of HASH rules (a secret; at least 16 bytes)
+    masking_hash_key: str | None = None
+    #: base64 of 32 random bytes: seals dead letters' raw bytes with AES-256-GCM (a secret)
+    masking_dlq_key: str | None = None
+    #: or a KMS key (id, ARN or alias) for envelope encryption of dead letters
+    masking_dlq_kms_key_id: str | None = None
     handler_settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def pipeline_settings(self) -> PipelineSettings:
@@ -255,5 +266,15 @@ def _validate(s: Settings) -> None:
         raise ConfigurationError(f"metrics: {s.metrics!r} is not none, emf or prometheus:<port>")
     if s.log_format not in ("json", "text"):
         raise ConfigurationError(f"log_format: {s.log_format!r} is not json or text")
+    if s.masking:
+        from qldbstream.masking import DEFAULT_RULES, Masker, parse_rules
+
+        rules = parse_rules(s.masking_rules) if s.masking_rules else DEFAULT_RULES
+        Masker(rules, s.masking_hash_key)  # raises ConfigurationError (e.g. HASH rules without a key)
+        if s.dlq and not (s.masking_dlq_key or s.masking_dlq_kms_key_id):
+            raise ConfigurationError(
+                "masking with a dead-letter queue needs masking_dlq_key or masking_dlq_kms_key_id "
+                "(dead letters keep the raw bytes, sealed, so that replay can verify them)"
+            )
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigurationError(f"log_level: {s.log_level!r} is not a logging level")

@@ -103,7 +103,7 @@ _Slot = tuple[int, int]
 class JournalRecord:
     """Common part of the three record types."""
 
-    __slots__ = ("_ion", "position", "raw", "stream_arn", "user_record")
+    __slots__ = ("_ion", "masker", "position", "raw", "stream_arn", "user_record")
     record_type: RecordType
 
     def __init__(self, raw: bytes, stream_arn: str, position: Position, user_record: UserRecord | None):
@@ -113,15 +113,35 @@ class JournalRecord:
         self.position = position
         self.user_record = user_record
         self._ion: Any = None
+        #: a :class:`~qldbstream.masking.Masker` once the pipeline verified the record and the app masks
+        self.masker: Any = None
 
     @property
     def ion(self) -> Any:
-        """The whole record as exact Ion values (parsed on first use, then cached)."""
+        """The whole record as exact Ion values (parsed on first use, then cached).
+
+        When the app masks (:meth:`mask_with`), revision data is masked; ``raw`` always holds the
+        original bytes, which verification checked.
+        """
         if self._ion is None:
             from amazon.ion import simpleion
 
-            self._ion = simpleion.loads(self.raw)
+            value = simpleion.loads(self.raw)
+            self._ion = value if self.masker is None else self.masker.mask_record(value)
         return self._ion
+
+    def mask_with(self, masker: Any) -> None:
+        """From now on ``ion`` and ``data`` are masked by ``masker`` (the pipeline, after verification)."""
+        self.masker = masker
+        self._ion = None
+
+    def original_ion(self) -> Any:
+        """The unmasked Ion values: for sealing a dead letter, never for handlers or logs."""
+        if self.masker is None:
+            return self.ion
+        from amazon.ion import simpleion
+
+        return simpleion.loads(self.raw)
 
 
 class ControlRecord(JournalRecord):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qldbstream import __version__
+from qldbstream.masking import Sealer, open_envelope
 from qldbstream.records import KinesisRecord, Position, UserRecord
 
 __all__ = [
@@ -68,6 +69,11 @@ class DeadLetter:
     verification_failures: list[dict[str, Any]] = field(default_factory=list)
     qldbstream_version: str = __version__
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: masking on: the raw fields encrypted (``user_record_data``/``kinesis_data`` are then null)
+    sealed: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: masking on: the document with its sensitive fields masked, as Ion text, for humans
+    masked_data: str | None = None
+    masked: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -82,9 +88,18 @@ class DeadLetter:
     def position(self) -> Position:
         return Position(self.source, self.shard_id, self.sequence_number, self.sub_sequence_number)
 
-    def kinesis_record(self) -> KinesisRecord:
-        """The record to re-drive: the user record alone (already deaggregated) when known."""
-        raw = self.user_record_data or self.kinesis_data
+    def kinesis_record(self, sealer: Sealer | None = None) -> KinesisRecord:
+        """The record to re-drive: the user record alone (already deaggregated) when known.
+
+        A sealed envelope needs the ``sealer`` (the masking DLQ key) to give its bytes back.
+        """
+        user_record_data, kinesis_data = self.user_record_data, self.kinesis_data
+        if self.sealed:
+            if sealer is None:
+                raise ValueError(f"dead letter {self.id} is sealed: replay needs the masking DLQ key")
+            opened = open_envelope(asdict(self), sealer)
+            user_record_data, kinesis_data = opened["user_record_data"], opened["kinesis_data"]
+        raw = user_record_data or kinesis_data
         if raw is None:
             raise ValueError(f"dead letter {self.id} carries no record data")
         return KinesisRecord(
@@ -211,6 +226,9 @@ class SqsDeadLetterQueue:
         body = letter.to_json()
         if len(body.encode()) + overhead > SQS_MAX_BYTES and letter.kinesis_data is not None:
             body = replace(letter, kinesis_data=None).to_json()
+        if len(body.encode()) + overhead > SQS_MAX_BYTES and "kinesis_data" in letter.sealed:
+            sealed = {k: v for k, v in letter.sealed.items() if k != "kinesis_data"}
+            body = replace(letter, sealed=sealed).to_json()
         if len(body.encode()) + overhead > SQS_MAX_BYTES:
             raise ValueError(
                 f"dead letter for {letter.position.describe()} is {len(body.encode())} bytes, over SQS's "

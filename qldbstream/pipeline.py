@@ -13,13 +13,17 @@ checkpoint is the last user record of the batch's finished prefix; Lambda report
 unfinished Kinesis record instead (``batchItemFailures``).
 
 The pipeline does no I/O of its own: handlers, the de-duplication store, the DLQ, the clock and
-``sleep`` are passed in. By default a failure stops the shard at that record (order is kept);
+``sleep`` are passed in. With a :class:`~qldbstream.masking.Masker`, every record is verified on
+its original bytes and then masked (handlers see masked ``data``), and dead letters are sealed
+(the raw bytes encrypted, a masked copy for humans; :func:`~qldbstream.masking.seal_envelope`).
+By default a failure stops the shard at that record (order is kept);
 with ``stop_on_first_failure=False`` later records are still processed, but the checkpoint
 stays at the first unfinished one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -31,9 +35,10 @@ from typing import Any
 from qldbstream.deaggregate import KPL_MAGIC, deaggregate
 from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails, decode
 from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore, LatePolicy, Planner
-from qldbstream.dlq import DeadLetterQueue, envelope_for
+from qldbstream.dlq import DeadLetter, DeadLetterQueue, envelope_for
 from qldbstream.errors import DeaggregationError, PoisonRecordError
 from qldbstream.handler import BatchItemError, Handler, HandlerContext
+from qldbstream.masking import Masker, Sealer, seal_envelope
 from qldbstream.metrics import Metrics, NullMetrics
 from qldbstream.records import KinesisRecord, UserRecord
 from qldbstream.reliability import CircuitBreaker, Disposition, RetryPolicy, classify
@@ -138,7 +143,11 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         allow_hold: bool = True,
+        masker: Masker | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
+        if masker is not None and sealer is None:
+            raise ValueError("a masking pipeline needs a sealer: dead letters must not carry unmasked bytes")
         names = [h.name for h in handlers]
         if len(set(names)) != len(names):
             raise ValueError(f"handler names must be unique: {names}")
@@ -150,6 +159,8 @@ class Pipeline:
         self.clock = clock
         self.sleep = sleep
         self.allow_hold = allow_hold
+        self.masker = masker
+        self.sealer = sealer
         self.verifier = Verifier()
         s = self.settings
         self.breakers = {
@@ -277,6 +288,8 @@ class Pipeline:
                     return True
                 result.halt_reason = "the DLQ write failed"
                 return False
+        if self.masker is not None:
+            record.mask_with(self.masker)  # verified on the original bytes; handlers see masked data
         entry.record = record
         return True
 
@@ -313,6 +326,8 @@ class Pipeline:
             block_sequence_no=seq,
             verification_failures=[f.as_dict() for f in failures or []],
         )
+        if self.masker is not None and self.sealer is not None:
+            letter = self._seal(letter, record)
         try:
             self.dlq.put(letter)
         except Exception as dlq_error:  # any failure to store it: the checkpoint must hold
@@ -322,6 +337,15 @@ class Pipeline:
         result.dead_lettered += 1
         self.metrics.incr("dlq_writes", stage=stage, handler=handler or "")
         return True
+
+    def _seal(self, letter: DeadLetter, record: JournalRecord | None) -> DeadLetter:
+        """The envelope with its raw bytes encrypted, a masked copy of the document, scrubbed messages."""
+        assert self.masker is not None and self.sealer is not None
+        data = None
+        if isinstance(record, RevisionDetails) and not record.is_deleted and not record.is_redacted:
+            data = record.original_ion()["payload"]["revision"]["data"]
+        sealed = seal_envelope(json.loads(letter.to_json()), self.masker, self.sealer, data)
+        return DeadLetter.from_json(json.dumps(sealed))
 
     # --- handlers -----------------------------------------------------------------------
     def _run_handler(

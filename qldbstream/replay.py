@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from qldbstream.dedupe import DedupeStore
 from qldbstream.dlq import DeadLetter, DeadLetterQueue
 from qldbstream.errors import InputError
+from qldbstream.masking import Sealer
 from qldbstream.pipeline import Pipeline
 from qldbstream.records import KinesisRecord
 from qldbstream.sources.kinesis import Backoff
@@ -170,9 +171,13 @@ class _Run:
 class Replayer:
     """Re-drives records through one replay pipeline per handler set, capturing re-dead-letters."""
 
-    def __init__(self, pipeline_for: PipelineFactory, handlers: Sequence[str]) -> None:
+    def __init__(
+        self, pipeline_for: PipelineFactory, handlers: Sequence[str], sealer: Sealer | None = None
+    ) -> None:
         self.pipeline_for = pipeline_for
         self.handlers = tuple(handlers)
+        #: opens sealed dead letters (masking on); verification then runs on the original bytes
+        self.sealer = sealer
         self._pipelines: dict[frozenset[str] | None, tuple[Pipeline, CapturingDeadLetterQueue]] = {}
 
     def run(self, shard_id: str, records: Sequence[KinesisRecord], only: frozenset[str] | None) -> _Run:
@@ -218,7 +223,7 @@ def _replay_one(replayer: Replayer, letter: DeadLetter, dry_run: bool) -> EntryO
         outcome.detail = f"handler {letter.handler} is not active: activate it to replay this entry"
         return outcome
     try:
-        record = letter.kinesis_record()
+        record = letter.kinesis_record(replayer.sealer)
     except ValueError as exc:
         outcome.detail = str(exc)
         return outcome

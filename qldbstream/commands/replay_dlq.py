@@ -125,10 +125,17 @@ def _replay(args: argparse.Namespace, app: App) -> ReplayReport:
     def pipeline_for(dlq: DeadLetterQueue, only: frozenset[str] | None) -> Pipeline:
         handlers = [h for h in app.handlers if only is None or h.name in only]
         return Pipeline(
-            handlers, dlq=dlq, store=app.store, settings=settings, metrics=app.metrics, allow_hold=False
+            handlers,
+            dlq=dlq,
+            store=app.store,
+            settings=settings,
+            metrics=app.metrics,
+            allow_hold=False,
+            masker=app.masker,
+            sealer=app.sealer,
         )
 
-    replayer = Replayer(pipeline_for, names)
+    replayer = Replayer(pipeline_for, names, app.sealer)
     options = {"limit": args.limit, "handler": args.handler_name, "dry_run": args.dry_run}
     if args.lambda_failures:
         source = _lambda_source(args.lambda_failures, app)

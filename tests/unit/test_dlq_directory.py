@@ -40,6 +40,9 @@ def full_letter(**changes: object) -> DeadLetter:
         "verification_failures": [{"check": "V2", "expected": "abc=", "actual": "def=", "inferred": False}],
         "qldbstream_version": "9.9.9",
         "id": "0123456789abcdef0123456789abcdef",
+        "sealed": {"user_record_data": {"alg": "AES-256-GCM", "kid": "k", "nonce": "bm9uY2U=", "ct": "Y3Q="}},
+        "masked_data": '{ssn:"9f2c"}',
+        "masked": True,
     }
     values.update(changes)
     return DeadLetter(**values)  # type: ignore[arg-type]
@@ -161,13 +164,15 @@ def test_a_reader_never_sees_a_partial_entry(tmp_path: Path) -> None:
 
 
 def test_kinesis_record_prefers_the_user_record_and_needs_some_data() -> None:
-    record = full_letter().kinesis_record()
+    record = full_letter(sealed={}).kinesis_record()
     assert record.data == b"\xe0\x01\x00\xea"
     assert (record.sequence_number, record.shard_id, record.source) == (
         "49590338271490256608559692538361571095921575989136588898",
         "shardId-000000000003",
         "dlq " + "0123456789abcdef0123456789abcdef",
     )
-    assert full_letter(user_record_data=None).kinesis_record().data == b"\xf3\x89\x9a\xc2"
+    assert full_letter(user_record_data=None, sealed={}).kinesis_record().data == b"\xf3\x89\x9a\xc2"
     with pytest.raises(ValueError, match="carries no record data"):
-        full_letter(user_record_data=None, kinesis_data=None).kinesis_record()
+        full_letter(user_record_data=None, kinesis_data=None, sealed={}).kinesis_record()
+    with pytest.raises(ValueError, match="sealed"):  # masking on: only the key opens it
+        full_letter().kinesis_record()
