@@ -58,10 +58,14 @@ class KinesisRecord:
     stream_arn: str | None = None
     #: Human-readable origin: ``file.json line 3``, ``lambda event``, ``stream NAME``.
     source: str = ""
+    #: Set when the runtime hands over user records already deaggregated (the KCL does): this user
+    #: record's sub-sequence number, which :func:`~qldbstream.deaggregate.deaggregate` keeps, so the
+    #: checkpoint and the DLQ envelope name the user record, not sub-sequence 0 of its aggregate.
+    sub_sequence_number: int | None = None
 
     @property
     def position(self) -> Position:
-        return Position(self.source, self.shard_id, self.sequence_number or None, None)
+        return Position(self.source, self.shard_id, self.sequence_number or None, self.sub_sequence_number)
 
 
 @dataclass(frozen=True, slots=True)
