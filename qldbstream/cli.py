@@ -18,7 +18,18 @@ from qldbstream.errors import ConfigurationError, InputError, QldbStreamError
 __all__ = ["main"]
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("demo", "run", "verify", "inspect", "simulate", "replay-dlq", "dr-check", "handlers", "config")
+COMMANDS = (
+    "demo",
+    "run",
+    "verify",
+    "inspect",
+    "simulate",
+    "export",
+    "replay-dlq",
+    "dr-check",
+    "handlers",
+    "config",
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 

@@ -105,8 +105,8 @@ def test_plugins_are_found_through_entry_points_and_paths() -> None:
     assert (
         load_handler("tests.functional.test_config_and_plugins:factory", {"level": "low"}).name == "factory"
     )
-    with pytest.raises(ConfigurationError, match=r"unknown handler plugin 'fraud' \(installed: .*audit"):
-        load_handler("fraud")
+    with pytest.raises(ConfigurationError, match=r"unknown handler plugin 'fruad' \(installed: .*audit"):
+        load_handler("fruad")
     with pytest.raises(ConfigurationError, match="level must be low or high"):
         load_handler("tests.functional.test_config_and_plugins:factory", {"level": "mid"})
     with pytest.raises(ConfigurationError, match="takes no settings"):
@@ -116,7 +116,7 @@ def test_plugins_are_found_through_entry_points_and_paths() -> None:
     with pytest.raises(ConfigurationError, match="audit handler: unknown settings"):
         load_handler("audit", {"pth": "x"})
     with pytest.raises(ConfigurationError, match="not active"):
-        load_handlers(("audit",), {"audit": {}, "fraud": {"x": "1"}})
+        load_handlers(("audit",), {"audit": {}, "fruad": {"x": "1"}})
 
 
 def test_router_decorators_filters_and_explicit_registration() -> None:
