@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: demo test lint format unit bench venv node kcl clean
+.PHONY: demo test lint format unit bench venv node kcl kcl-image-check clean
 
 $(STAMP): pyproject.toml handlers/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ node: $(NODE_STAMP)
 kcl: $(STAMP)
 	deploy/kcl/install.sh $(BIN)/python
 
+# The KCL worker image's install steps (the Dockerfile runs this script; no Docker engine here).
+kcl-image-check: $(STAMP)
+	dir=$$(mktemp -d) && deploy/kcl/image-setup.sh "$$dir" >/dev/null && rm -rf "$$dir"
+
 demo: $(STAMP)
 	$(BIN)/qldbstream demo
 
@@ -38,7 +42,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) $(NODE_STAMP) kcl lint
+test: $(STAMP) $(NODE_STAMP) kcl lint kcl-image-check
 	$(BIN)/pytest
 
 unit: $(STAMP)

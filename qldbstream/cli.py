@@ -21,6 +21,7 @@ __all__ = ["main"]
 COMMANDS = (
     "demo",
     "run",
+    "kcl",
     "verify",
     "inspect",
     "simulate",

@@ -30,11 +30,12 @@ avoids a protobuf runtime dependency in every Lambda package.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from qldbstream.errors import DeaggregationError
 from qldbstream.records import KinesisRecord, UserRecord
 
-__all__ = ["KPL_MAGIC", "deaggregate", "is_aggregate", "parse_aggregate"]
+__all__ = ["KPL_MAGIC", "deaggregate", "is_aggregate", "native_available", "parse_aggregate", "use_native"]
 
 KPL_MAGIC = b"\xf3\x89\x9a\xc2"
 _MD5_LEN = 16
@@ -61,7 +62,7 @@ def deaggregate(record: KinesisRecord) -> list[UserRecord]:
             UserRecord(
                 data,
                 record.sequence_number,
-                0,
+                record.sub_sequence_number or 0,
                 record.partition_key,
                 record.explicit_hash_key,
                 False,
@@ -69,9 +70,13 @@ def deaggregate(record: KinesisRecord) -> list[UserRecord]:
             )
         ]
     try:
-        entries = parse_aggregate(data)
+        entries = _parse(data)
     except DeaggregationError as exc:
         raise exc.with_position(record.position) from None
+    except Exception as exc:
+        if _NativeError is not None and isinstance(exc, _NativeError):
+            raise DeaggregationError(exc.args[1], record.position) from None
+        raise
     seq = record.sequence_number
     return [
         UserRecord(payload, seq, i, pk, ehk, True, record) for i, (pk, ehk, payload) in enumerate(entries)
@@ -128,6 +133,33 @@ def parse_aggregate(data: bytes) -> list[tuple[str, str | None, bytes]]:
             ehk = ehk_table[ehk_index]
         out.append((pk_table[pk_index], ehk, payload))
     return out
+
+
+# --- the compiled parser ---------------------------------------------------------------------
+
+try:  # qldbstream-native (Rust): identical results and messages, NativeDecodeError("kpl", message)
+    from qldbstream_native import NativeDecodeError as _NativeError
+    from qldbstream_native import parse_aggregate as _native_parse
+except ImportError:  # pragma: no cover - depends on the installation
+    _native_parse = None
+    _NativeError = None
+
+_parse: Callable[[bytes], list[tuple[str, str | None, bytes]]] = _native_parse or parse_aggregate
+
+
+def native_available() -> bool:
+    return _native_parse is not None
+
+
+def use_native(enabled: bool) -> None:
+    """Switch between the compiled and the pure-Python KPL parser (tests and benchmarks)."""
+    global _parse  # noqa: PLW0603 - one module-level switch, read on the hot path
+    if enabled and _native_parse is None:
+        raise RuntimeError("qldbstream-native is not installed")
+    _parse = _native_parse if enabled else parse_aggregate
+
+
+# --- protobuf walking (pure-Python parser) ---------------------------------------------------
 
 
 def _parse_record(buf: bytes, pos: int, end: int, index: int) -> tuple[int, int | None, bytes]:

@@ -95,20 +95,24 @@ class BatchResult:
 class _Entry:
     """One user record's progress through the batch."""
 
-    __slots__ = ("dead", "hstate", "k", "record", "user")
+    __slots__ = ("dead", "hstate", "k", "poison", "record", "user")
 
     def __init__(self, k: int, user: UserRecord | None, record: JournalRecord | None) -> None:
         self.k = k
+        #: ``None`` for a Kinesis record that could not be deaggregated (the entry stands for it)
         self.user = user
         self.record = record
         self.dead = False
+        #: set when the record is poison: (stage, error, record, verification failures); it is
+        #: dead-lettered once the batch knows how far the checkpoint may go (never beyond)
+        self.poison: tuple[str, BaseException, JournalRecord | None, list[Failure] | None] | None = None
         #: handler -> "done" | "skip" | "dlq" | "pending"; absent means the handler does not want it
         self.hstate: dict[str, str] = {}
 
     def finished(self) -> bool:
         if self.dead:
             return True
-        if self.record is None:
+        if self.record is None or self.poison is not None:
             return False
         return all(s != "pending" for s in self.hstate.values())
 
@@ -203,60 +207,76 @@ class Pipeline:
             )
         # 1. deaggregate, decode, verify; poison to the DLQ
         with span("verify", shard=shard_id or "", records=len(records)):
-            entries, dead_kinesis, halt_at, halt_k = self._decode_batch(records, result)
+            entries, halt_at = self._decode_batch(records, result)
         self.metrics.incr("records_in", len(records), stage="kinesis")
         self.metrics.incr("records_in", result.user_records, stage="user")
         # 2. hand the records to each handler, in order
         limit = halt_at if halt_at is not None else len(entries)
         if halt_at is not None:
-            result.halted, result.halt_reason = (
-                True,
-                result.halt_reason or "a record could not be dead-lettered",
-            )
+            result.halted = True
         for handler in self.handlers:
             with span("handler", handler=handler.name, shard=shard_id or ""):
                 stop = self._run_handler(handler, shard_id, entries, limit, result, deadline, window_state)
             if stop is not None and self.settings.stop_on_first_failure:
                 limit = min(limit, stop)
-        # 3. the checkpoint rule
-        self._checkpoint(records, entries, dead_kinesis, halt_k, limit, shard_id, result)
+        # 3. poison records to the DLQ - only those the checkpoint may pass (no duplicate entries
+        #    for a record that will be delivered again anyway)
+        limit = self._set_aside(records, entries, limit, result)
+        # 4. the checkpoint rule
+        self._checkpoint(records, entries, limit, shard_id, result)
         return result
+
+    def _set_aside(
+        self, records: Sequence[KinesisRecord], entries: list[_Entry], limit: int, result: BatchResult
+    ) -> int:
+        """Dead-letter the poison entries before ``limit`` (all of them in continue mode)."""
+        stop_mode = self.settings.stop_on_first_failure
+        for i, e in enumerate(entries):
+            if e.poison is None or e.dead:
+                continue
+            if stop_mode and i >= limit:
+                break
+            stage, error, record, failures = e.poison
+            kr = e.user.parent if e.user is not None else records[e.k]
+            if self._dead_letter(result, stage, error, kr, e.user, record, failures):
+                e.dead = True
+                continue
+            result.halted, result.halt_reason = True, "the DLQ write failed"
+            if stop_mode:
+                return i
+        return limit
 
     def _decode_batch(
         self, records: Sequence[KinesisRecord], result: BatchResult
-    ) -> tuple[list[_Entry], set[int], int | None, int | None]:
-        """Stage 1 for a batch: ``(entries, dead Kinesis records, halt entry index, halt record index)``."""
+    ) -> tuple[list[_Entry], int | None]:
+        """Stage 1: one entry per user record (or per undeaggregatable Kinesis record), and the
+        entry index where verification says to halt (``verification_action = halt``)."""
         entries: list[_Entry] = []
-        dead_kinesis: set[int] = set()
-        halt_at: int | None = None  # index into entries
-        halt_k: int | None = None  # index into records (a Kinesis-level halt)
+        halt_at: int | None = None
         for k, kr in enumerate(records):
-            if halt_at is not None or halt_k is not None:
+            if halt_at is not None:
                 break
             try:
                 users = deaggregate(kr)
             except DeaggregationError as exc:
                 result.verification_failures.extend(self.verifier.aggregate(kr.position, exc))
                 self.metrics.incr("verification_failures", check="V1")
-                if self._dead_letter(result, "deaggregate", exc, kr, None):
-                    dead_kinesis.add(k)
-                    continue
-                halt_k = k
-                break
+                entry = _Entry(k, None, None)
+                entry.poison = ("deaggregate", exc, None, None)
+                entries.append(entry)
+                continue
             if kr.data[:4] == KPL_MAGIC:
                 self.verifier.aggregate(kr.position, None)
             for user in users:
                 result.user_records += 1
                 entry = _Entry(k, user, None)
                 entries.append(entry)
-                if not self._decode_and_verify(entry, kr, result) and halt_at is None:
+                if not self._decode_and_verify(entry, result) and halt_at is None:
                     halt_at = len(entries) - 1
-                    if not self.settings.stop_on_first_failure:
-                        halt_at = None
-        return entries, dead_kinesis, halt_at, halt_k
+        return entries, halt_at
 
-    def _decode_and_verify(self, entry: _Entry, kr: KinesisRecord, result: BatchResult) -> bool:
-        """Return False when the record could not be finished (its DLQ write failed)."""
+    def _decode_and_verify(self, entry: _Entry, result: BatchResult) -> bool:
+        """Decode and verify one user record; False when verification says to halt the shard."""
         user = entry.user
         assert user is not None
         try:
@@ -264,11 +284,8 @@ class Pipeline:
             failures = self.verifier.verify(record)
         except PoisonRecordError as exc:
             self.metrics.incr("decode_errors", error=type(exc).__name__)
-            if self._dead_letter(result, "decode", exc, kr, user):
-                entry.dead = True
-                return True
-            result.halt_reason = "the DLQ write failed"
-            return False
+            entry.poison = ("decode", exc, None, None)
+            return True
         self.metrics.incr("records_verified", record_type=record.record_type.value)
         if failures:
             result.verification_failures.extend(failures)
@@ -282,12 +299,8 @@ class Pipeline:
                 return False
             if action is VerificationAction.DEAD_LETTER:
                 summary = "; ".join(f"{f.check}: {f.message}" for f in failures)
-                poison = PoisonRecordError(summary, user.position)
-                if self._dead_letter(result, "verify", poison, kr, user, record, failures):
-                    entry.dead = True
-                    return True
-                result.halt_reason = "the DLQ write failed"
-                return False
+                entry.poison = ("verify", PoisonRecordError(summary, user.position), record, failures)
+                return True
         if self.masker is not None:
             record.mask_with(self.masker)  # verified on the original bytes; handlers see masked data
         entry.record = record
@@ -363,7 +376,7 @@ class Pipeline:
         held = self._held.pop((shard_id, name), [])
         wanted: list[_Entry] = list(held)
         for e in entries[:limit]:
-            if e.record is not None and not e.dead and handler.wants(e.record):
+            if e.record is not None and e.poison is None and not e.dead and handler.wants(e.record):
                 wanted.append(e)
         if not wanted:
             return None
@@ -560,8 +573,6 @@ class Pipeline:
         self,
         records: Sequence[KinesisRecord],
         entries: list[_Entry],
-        dead_kinesis: set[int],
-        halt_k: int | None,
         limit: int,
         shard_id: str | None,
         result: BatchResult,
@@ -573,20 +584,15 @@ class Pipeline:
         stop_mode = self.settings.stop_on_first_failure
         checkpoint: tuple[str, int] | None = None
         for k, kr in enumerate(records):
-            if halt_k is not None and k >= halt_k:
-                result.first_unfinished = kr
-                break
-            if k in dead_kinesis:
-                checkpoint = (kr.sequence_number, 0)
-                result.finished += 1
-                continue
             unfinished = False
             for i, e in by_k.get(k, []):
                 if (stop_mode and i >= limit) or not e.finished():
                     unfinished = True
                     break
-                assert e.user is not None
-                checkpoint = (e.user.sequence_number, e.user.sub_sequence_number)
+                if e.user is not None:
+                    checkpoint = (e.user.sequence_number, e.user.sub_sequence_number)
+                else:  # a dead-lettered Kinesis record that could not be deaggregated
+                    checkpoint = (kr.sequence_number, kr.sub_sequence_number or 0)
             if unfinished:
                 result.first_unfinished = kr
                 break

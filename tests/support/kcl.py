@@ -50,6 +50,9 @@ JVM_OPTIONS = ("-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel
 #: metrics every 30 s) put the first record ~60 s after start-up; these put it ~5-35 s after (the rest is
 #: the KCL's hard-coded random 1-30 s wait for an empty lease table, see deploy/kcl/README.md).
 FAST_TEST_PROPERTIES: Mapping[str, str] = {
+    # Without it the KCL drops whole KPL aggregates whose user records' partition keys hash outside
+    # the shard (every QLDB aggregate on a multi-shard stream): awslabs/amazon-kinesis-client#343.
+    "skipShardSyncAtWorkerInitializationIfLeasesExist": "true",
     # A lease not renewed for this long is expired; the leader reassigns it (KCL 3: only the leader does).
     "failoverTimeMillis": "5000",
     # How often the leader's LeaseAssignmentManager runs; workers look for new leases twice as often.
