@@ -6,8 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
+NATIVE_STAMP := $(VENV)/.native-stamp
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 
-.PHONY: demo test lint format unit bench venv node kcl kcl-image-check clean
+.PHONY: demo test lint format unit bench venv node native kcl kcl-image-check clean
 
 $(STAMP): pyproject.toml handlers/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +21,14 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The compiled hot path (Rust, PyO3 + maturin): optional - qldbstream falls back to pure Python.
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SRC)
+	$(BIN)/python -m pip install --quiet ./native
+	touch $@
+
 venv: $(STAMP)
 node: $(NODE_STAMP)
+native: $(NATIVE_STAMP)
 
 # The real KCL MultiLangDaemon: its jars from Maven Central, then amazon-kclpy (fast when done).
 kcl: $(STAMP)
@@ -42,13 +50,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) $(NODE_STAMP) kcl lint kcl-image-check
+test: $(STAMP) $(NATIVE_STAMP) $(NODE_STAMP) kcl lint kcl-image-check
 	$(BIN)/pytest
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -m "not integration"
 
-bench: $(STAMP)
+bench: $(STAMP) $(NATIVE_STAMP)
 	$(BIN)/python bench/run.py
 
 clean:

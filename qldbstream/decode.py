@@ -103,18 +103,29 @@ _Slot = tuple[int, int]
 class JournalRecord:
     """Common part of the three record types."""
 
-    __slots__ = ("_ion", "masker", "position", "raw", "stream_arn", "user_record")
+    __slots__ = ("_ion", "_position", "masker", "raw", "stream_arn", "user_record")
     record_type: RecordType
 
-    def __init__(self, raw: bytes, stream_arn: str, position: Position, user_record: UserRecord | None):
+    def __init__(
+        self, raw: bytes, stream_arn: str, position: Position | None, user_record: UserRecord | None
+    ):
         #: The record's Ion binary bytes, exactly as received.
         self.raw = raw
         self.stream_arn = stream_arn
-        self.position = position
+        self._position = position
         self.user_record = user_record
         self._ion: Any = None
         #: a :class:`~qldbstream.masking.Masker` once the pipeline verified the record and the app masks
         self.masker: Any = None
+
+    @property
+    def position(self) -> Position:
+        """Where the record came from (built from the user record on first use)."""
+        position = self._position
+        if position is None:
+            assert self.user_record is not None  # _decode() always gets one of the two
+            position = self._position = self.user_record.position
+        return position
 
     @property
     def ion(self) -> Any:
@@ -459,18 +470,24 @@ def use_native(enabled: bool) -> None:
 
 def decode(user_record: UserRecord) -> JournalRecord:
     """Decode one user record; raises a :class:`DecodeError` carrying its position."""
-    return decode_bytes(user_record.data, user_record.position, user_record)
+    return _decode(user_record.data, None, user_record)
 
 
 def decode_bytes(data: bytes, position: Position, user_record: UserRecord | None = None) -> JournalRecord:
+    return _decode(data, position, user_record)
+
+
+def _decode(data: bytes, position: Position | None, user_record: UserRecord | None) -> JournalRecord:
+    """``position`` may be ``None`` when ``user_record`` is given: it is built only if needed."""
     try:
         s = _scan(data)
     except DecodeError as exc:
-        raise exc.with_position(position) from None
+        raise exc.with_position(position or user_record.position) from None  # type: ignore[union-attr]
     except Exception as exc:
         if _NativeError is not None and isinstance(exc, _NativeError):
             kind, message = exc.args
-            raise _NATIVE_ERRORS[kind](message, position) from None
+            where = position or user_record.position  # type: ignore[union-attr]
+            raise _NATIVE_ERRORS[kind](message, where) from None
         raise
     record: JournalRecord
     kind = s[0]

@@ -14,7 +14,7 @@ Specified identically by the QLDB drivers, samples and verification docs
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 __all__ = ["HASH_LENGTH", "compare_hashes", "dot", "fold_proof", "merkle_root"]
 
@@ -40,7 +40,7 @@ def compare_hashes(h1: bytes, h2: bytes) -> int:
     return 0
 
 
-def dot(h1: bytes, h2: bytes) -> bytes:
+def _dot_py(h1: bytes, h2: bytes) -> bytes:
     """QLDB's combination of two hashes (an empty hash is the identity)."""
     if not h1:
         return h2
@@ -51,17 +51,29 @@ def dot(h1: bytes, h2: bytes) -> bytes:
     return _sha256(h2 + h1).digest()
 
 
-def merkle_root(hashes: Sequence[bytes]) -> bytes:
+def _merkle_root_py(hashes: Sequence[bytes]) -> bytes:
     """Merkle root as QLDB computes it for ``entriesHashList`` and a block's revisions."""
     level = list(hashes)
     if not level:
         return b""
     while len(level) > 1:
-        nxt = [dot(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        nxt = [_dot_py(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
     return level[0]
+
+
+try:  # the same two functions compiled (qldbstream-native): identical results, bytes only
+    from qldbstream_native import dot as _dot_native
+    from qldbstream_native import merkle_root as _merkle_root_native
+except ImportError:  # pragma: no cover - depends on the installation
+    _dot_native = _merkle_root_native = None
+
+#: ``dot(h1, h2)``: QLDB's combination of two hashes (an empty hash is the identity).
+dot: Callable[[bytes, bytes], bytes] = _dot_native or _dot_py
+#: ``merkle_root(hashes)``: the Merkle root of ``entriesHashList`` and of a block's revisions.
+merkle_root: Callable[[Sequence[bytes]], bytes] = _merkle_root_native or _merkle_root_py
 
 
 def fold_proof(leaf: bytes, proof: Iterable[bytes]) -> bytes:

@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.servers import LocalServer, MotoServer, start_kinesis_local, start_moto_server
 
+pytest_plugins = ["tests.support.scanners"]
+
 SERVER_FIXTURES = frozenset({"kinesis_local", "moto_server", "kinesis_server"})
 
 

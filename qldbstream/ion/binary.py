@@ -12,7 +12,8 @@ Positions are offsets of a value's type descriptor in the record's bytes. Every 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,7 +25,9 @@ __all__ = [
     "SYSTEM_SYMBOLS",
     "SYSTEM_TABLE",
     "RecordView",
+    "SparseSymbols",
     "SymbolTable",
+    "Symbols",
     "header",
     "iter_list",
     "iter_struct",
@@ -39,6 +42,8 @@ __all__ = [
 ]
 
 IVM = b"\xe0\x01\x00\xea"
+#: A symbol table: texts by symbol ID (``None``: the text is unknown).
+Symbols = Sequence[str | None]
 SYSTEM_SYMBOLS: tuple[str | None, ...] = (
     None,
     "$ion",
@@ -139,14 +144,14 @@ def header(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
     return t, ln, pos, stop
 
 
-def symbol_text(symbols: list[str | None], sid: int) -> str | None:
+def symbol_text(symbols: Symbols, sid: int) -> str | None:
     if sid >= len(symbols):
         raise MalformedIonError(f"Ion symbol ID {sid} is not in the symbol table (max ID {len(symbols) - 1})")
     return symbols[sid]
 
 
 def iter_struct(
-    buf: bytes, start: int, end: int, symbols: list[str | None]
+    buf: bytes, start: int, end: int, symbols: Symbols
 ) -> Iterator[tuple[int, str | None, int, int]]:
     """Iterate a struct body: ``(sid, name, value_pos, value_end)``, NOP padding skipped."""
     pos = start
@@ -160,9 +165,7 @@ def iter_struct(
         pos = stop
 
 
-def struct_slots(
-    buf: bytes, start: int, end: int, symbols: list[str | None]
-) -> dict[str | None, tuple[int, int]]:
+def struct_slots(buf: bytes, start: int, end: int, symbols: Symbols) -> dict[str | None, tuple[int, int]]:
     """Map each field name of a struct body to ``(value_pos, value_end)``; NOP padding skipped.
 
     A name whose text is unknown maps as ``None``; a name that appears twice raises
@@ -306,28 +309,74 @@ def unwrap(buf: bytes, pos: int, end: int) -> tuple[list[int], int, int, int, in
 # --- symbol tables -------------------------------------------------------------------------
 
 
-def _local_symbol_table(buf: bytes, start: int, end: int, current: list[str | None]) -> list[str | None]:
+#: Up to this many imported IDs of unknown shared tables get a slot each; beyond, the table is
+#: kept sparse (a 60-byte record could otherwise ask for billions of slots).
+_DENSE_IMPORT_LIMIT = 1 << 16
+
+
+class SparseSymbols(Sequence[str | None]):
+    """A symbol table with large imported ranges whose texts are unknown: texts by ID, no slot per ID."""
+
+    __slots__ = ("_known", "_size")
+
+    def __init__(self, known: dict[int, str | None], size: int) -> None:
+        self._known = known
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, sid: int) -> str | None:  # type: ignore[override]
+        if not 0 <= sid < self._size:
+            raise IndexError(sid)
+        return self._known.get(sid)
+
+
+def _local_symbol_table(
+    buf: bytes, start: int, end: int, current: Sequence[str | None]
+) -> Sequence[str | None]:
     """Apply a ``$ion_symbol_table::{...}`` struct body and return the new symbol table."""
-    symbols: list[str | None] = list(SYSTEM_SYMBOLS)
+    segments: list[Sequence[str | None] | int] = [SYSTEM_SYMBOLS]
     new: list[str | None] = []
     for sid, _, vpos, vend in iter_struct(buf, start, end, current):
         t, ln, bstart, bend = header(buf, vpos, vend)
         if sid == _SID_IMPORTS and ln != 15:
             if t == T_SYMBOL and read_uint(buf, bstart, bend) == _SID_ION_SYMBOL_TABLE:
-                symbols = list(current)  # append to the current local symbol table
+                segments = [current]  # append to the current local symbol table
             elif t == T_LIST:
                 for ipos, iend in iter_list(buf, bstart, bend):
-                    symbols.extend(_shared_import(buf, ipos, iend, current))
+                    segments.append(_shared_import(buf, ipos, iend, current))
         elif sid == _SID_SYMBOLS and t == T_LIST and ln != 15:
             new.extend(_symbol_strings(buf, bstart, bend))
-    return symbols + new
+    segments.append(new)
+    size = sum(x if isinstance(x, int) else len(x) for x in segments)
+    if size > sys.maxsize:
+        raise MalformedIonError("Ion symbol table is too large (more than 2**64 symbols)")
+    gaps = sum(x for x in segments if isinstance(x, int))
+    if gaps <= _DENSE_IMPORT_LIMIT and not any(isinstance(x, SparseSymbols) for x in segments):
+        dense: list[str | None] = []
+        for x in segments:
+            dense.extend([None] * x if isinstance(x, int) else x)
+        return dense
+    known: dict[int, str | None] = {}
+    offset = 0
+    for x in segments:
+        if isinstance(x, int):
+            offset += x
+            continue
+        if isinstance(x, SparseSymbols):
+            known.update((offset + k, v) for k, v in x._known.items())
+        else:
+            known.update((offset + i, v) for i, v in enumerate(x) if v is not None)
+        offset += len(x)
+    return SparseSymbols(known, offset)
 
 
-def _shared_import(buf: bytes, pos: int, end: int, current: list[str | None]) -> list[str | None]:
-    """A shared symbol table import we do not have: its symbols are known only by ID."""
+def _shared_import(buf: bytes, pos: int, end: int, current: Sequence[str | None]) -> int:
+    """A shared symbol table import we do not have: how many IDs it takes (texts unknown)."""
     t, ln, bstart, bend = header(buf, pos, end)
     if t != T_STRUCT or ln == 15:
-        return []
+        return 0
     name: str | None = None
     max_id: int | None = None
     for sid, _, vpos, vend in iter_struct(buf, bstart, bend, current):
@@ -337,10 +386,10 @@ def _shared_import(buf: bytes, pos: int, end: int, current: list[str | None]) ->
         elif sid == _SID_MAX_ID and vt == T_POSINT and vln != 15:
             max_id = read_uint(buf, vbs, vbe)
     if name is None or name == "$ion":
-        return []
+        return 0
     if max_id is None:
         raise MalformedIonError(f"Ion import of unknown shared symbol table {name!r} has no max_id")
-    return [None] * max_id
+    return max_id
 
 
 def _utf8(buf: bytes, start: int, end: int) -> str:
@@ -359,7 +408,7 @@ class SymbolTable:
 
     __slots__ = ("serialized", "symbols")
 
-    def __init__(self, symbols: list[str | None]) -> None:
+    def __init__(self, symbols: Symbols) -> None:
         self.symbols = symbols
         #: sid -> s(symbol) for the Ion hash (see :mod:`qldbstream.ion.hash`)
         self.serialized: dict[int, bytes] = {}
@@ -368,6 +417,7 @@ class SymbolTable:
 SYSTEM_TABLE = SymbolTable(list(SYSTEM_SYMBOLS))
 _TABLE_CACHE: dict[bytes, SymbolTable] = {}
 _TABLE_CACHE_LIMIT = 4096
+_TABLE_CACHE_MAX_BYTES = 16 * 1024
 
 
 class RecordView:
@@ -388,6 +438,8 @@ def _symbol_table(
 ) -> SymbolTable:
     if current is SYSTEM_TABLE:
         key = buf[pos:stop]
+        if len(key) > _TABLE_CACHE_MAX_BYTES:  # bound the cache's memory: huge tables are not shared
+            return SymbolTable(_local_symbol_table(buf, bstart, bend, current.symbols))
         table = _TABLE_CACHE.get(key)
         if table is None:
             if len(_TABLE_CACHE) >= _TABLE_CACHE_LIMIT:

@@ -38,6 +38,7 @@ from qldbstream.ion.binary import (
     T_STRUCT,
     T_SYMBOL,
     T_TIMESTAMP,
+    Symbols,
     header,
     parse_record,
     read_int,
@@ -73,7 +74,7 @@ def _escape(rep: bytes) -> bytes:
     return rep.replace(b"\x0c", b"\x0c\x0c").replace(b"\x0b", b"\x0c\x0b").replace(b"\x0e", b"\x0c\x0e")
 
 
-def _symbol(symbols: list[str | None], sid: int, cache: dict[int, bytes]) -> bytes:
+def _symbol(symbols: Symbols, sid: int, cache: dict[int, bytes]) -> bytes:
     """``s(symbol)`` for a symbol ID (field names, annotations and symbol values)."""
     ser = cache.get(sid)
     if ser is not None:
@@ -230,7 +231,7 @@ def serialize_at(
     buf: bytes,
     pos: int,
     end: int,
-    symbols: list[str | None],
+    symbols: Symbols,
     h: HashFunction = _sha256,
     cache: dict[int, bytes] | None = None,
 ) -> bytes:
@@ -238,10 +239,23 @@ def serialize_at(
     return _ser(buf, pos, end, symbols, h, {} if cache is None else cache)[0]
 
 
+#: Deeper nesting is rejected as malformed (a hostile record must not exhaust the stack); the
+#: compiled scanner has the same limit and message.
+MAX_DEPTH = 100
+
+
 def _ser(
-    buf: bytes, pos: int, end: int, symbols: list[str | None], h: HashFunction, cache: dict[int, bytes]
+    buf: bytes,
+    pos: int,
+    end: int,
+    symbols: Symbols,
+    h: HashFunction,
+    cache: dict[int, bytes],
+    depth: int = 0,
 ) -> tuple[bytes, int]:
     """``(s(value), end of value)``. The value header is decoded inline: this is the hot loop."""
+    if depth > MAX_DEPTH:
+        raise MalformedIonError(f"Ion value is nested more than {MAX_DEPTH} levels deep")
     td = buf[pos]
     t = td >> 4
     ln = td & 0x0F
@@ -290,7 +304,7 @@ def _ser(
             if vtd < 0x0F:  # NOP padding (type 0, any length but 15)
                 p = header(buf, p, stop)[3]
                 continue
-            value, p = _ser(buf, p, stop, symbols, h, cache)
+            value, p = _ser(buf, p, stop, symbols, h, cache, depth + 1)
             name = cache.get(sid)
             if name is None:
                 name = _symbol(symbols, sid, cache)
@@ -320,7 +334,7 @@ def _ser(
             if buf[p] < 0x0F:  # NOP padding
                 p = header(buf, p, stop)[3]
                 continue
-            value, p = _ser(buf, p, stop, symbols, h, cache)
+            value, p = _ser(buf, p, stop, symbols, h, cache, depth + 1)
             parts.append(value)
         parts.append(_E)
         return b"".join(parts), stop
@@ -338,7 +352,7 @@ def _ser(
             parts.append(_symbol(symbols, sid, cache))
         if buf[aend] >> 4 == T_ANNOTATION or buf[aend] < 0x0F:
             raise MalformedIonError("Ion annotation wrapper must wrap exactly one value")
-        value, p = _ser(buf, aend, stop, symbols, h, cache)
+        value, p = _ser(buf, aend, stop, symbols, h, cache, depth + 1)
         if p != stop:
             raise MalformedIonError("Ion annotation wrapper length does not match its value")
         parts.append(value)
@@ -353,7 +367,7 @@ def ion_hash_at(
     buf: bytes,
     pos: int,
     end: int,
-    symbols: list[str | None],
+    symbols: Symbols,
     h: HashFunction = _sha256,
     cache: dict[int, bytes] | None = None,
 ) -> bytes:

@@ -27,17 +27,18 @@ def kinesis_record(entry: Mapping[str, Any], source: str) -> KinesisRecord:
         raise MalformedKinesisRecordError("event record has no 'kinesis' object", Position(source))
     seq = kinesis.get("sequenceNumber")
     shard = shard_id_of(entry.get("eventID"))
-    position = Position(source, shard, seq if isinstance(seq, str) else None)
+    # The Position is built only for an error: KinesisRecord.position gives it otherwise.
     if not isinstance(seq, str) or not seq:
-        raise MalformedKinesisRecordError("event record has no sequenceNumber", position)
+        where = Position(source, shard, seq if isinstance(seq, str) else None)
+        raise MalformedKinesisRecordError("event record has no sequenceNumber", where)
     data = kinesis.get("data")
     if not isinstance(data, str):
-        raise MalformedKinesisRecordError("event record has no base64 'data'", position)
+        raise MalformedKinesisRecordError("event record has no base64 'data'", Position(source, shard, seq))
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise MalformedKinesisRecordError(
-            "event record 'data' is not valid base64 (truncated?)", position
+            "event record 'data' is not valid base64 (truncated?)", Position(source, shard, seq)
         ) from None
     arrival = kinesis.get("approximateArrivalTimestamp")
     return KinesisRecord(

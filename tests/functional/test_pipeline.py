@@ -19,6 +19,9 @@ from qldbstream.reliability import RetryPolicy
 from qldbstream.router import Router
 from tests.support.streams import batches, kinesis_records, simulation
 
+#: every test here runs with both scanners: pure Python and the compiled extension
+pytestmark = pytest.mark.usefixtures("scanner")
+
 
 class FakeTime:
     def __init__(self) -> None:

@@ -37,6 +37,9 @@ from qldbstream.simulate import (
 )
 from tests.support.oracles import import_ionhash, reference_dot
 
+#: every test here runs with both scanners: pure Python and the compiled extension
+pytestmark = pytest.mark.usefixtures("scanner")
+
 KPL_MAGIC = b"\xf3\x89\x9a\xc2"
 H: Callable[[Any], bytes] = import_ionhash()
 

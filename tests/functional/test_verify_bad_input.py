@@ -22,6 +22,9 @@ from qldbstream.errors import DecodeError, MalformedIonError, MalformedRecordErr
 from qldbstream.records import Position
 from qldbstream.verify import Verifier
 
+#: every test here runs with both scanners: pure Python and the compiled extension
+pytestmark = pytest.mark.usefixtures("scanner")
+
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "qldb-real"
 S1 = json.loads((FIXTURES / "simpledemo_streams-dynamodb_data.json").read_text())
 S1_DATA = base64.b64decode(S1["Records"][0]["kinesis"]["data"])

@@ -10,6 +10,9 @@ import pytest
 
 from qldbstream.cli import main
 
+#: every test here runs with both scanners: pure Python and the compiled extension
+pytestmark = pytest.mark.usefixtures("scanner")
+
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "qldb-real"
 ALL_BLOCK_CHECKS = {"V1", "V2", "V3", "V4", "V5", "V7", "V8"}
 

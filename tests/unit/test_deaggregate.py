@@ -16,6 +16,9 @@ from qldbstream.deaggregate import KPL_MAGIC, deaggregate, parse_aggregate
 from qldbstream.errors import DeaggregationError
 from qldbstream.records import KinesisRecord
 
+#: every test here runs with both scanners: pure Python and the compiled extension
+pytestmark = pytest.mark.usefixtures("scanner")
+
 SEQ = "49608533396912580565843582016389495421776335424639205378"
 
 partition_keys = st.text(min_size=1, max_size=40)

@@ -1,0 +1,234 @@
+//! ``qldbstream_native``: the compiled hot path of qldbstream.
+//!
+//! * ``scan_record(data)`` - the scan contract of ``qldbstream.decode`` (see its comment block);
+//! * ``parse_aggregate(data)`` - ``qldbstream.deaggregate.parse_aggregate``;
+//! * ``ion_hash_bytes(data, algorithm)`` - Ion Hash of a binary Ion stream's single value;
+//! * ``dot(h1, h2)``, ``merkle_root(hashes)`` - ``qldbstream.qldb_hash``.
+//!
+//! Malformed input raises ``NativeDecodeError(kind, message)`` with ``kind`` one of ``"ion"``,
+//! ``"record"``, ``"type"``, ``"hash"`` (Ion/record errors) or ``"kpl"`` (aggregates). The core
+//! modules never index out of bounds and never panic on any input; a panic would still reach
+//! Python as ``pyo3_runtime.PanicException`` rather than abort the interpreter.
+//!
+//! No ``unsafe`` code: PyO3's safe API is fast enough here (the result tuples are small).
+
+pub mod error;
+pub mod hash;
+pub mod kpl;
+pub mod minimal;
+pub mod qldb_hash;
+pub mod reader;
+pub mod scan;
+pub mod symbols;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
+
+use crate::error::{Error, Part};
+use crate::hash::{Algo, IdentityAlgo, Md5Algo, Serializer, Sha256Algo};
+use crate::scan::{Scanned, UInt};
+
+create_exception!(
+    qldbstream_native,
+    NativeDecodeError,
+    PyValueError,
+    "Malformed input: ``args == (kind, message)``, kind one of ion, record, type, hash, kpl."
+);
+
+fn to_py_err(py: Python<'_>, e: Error) -> PyErr {
+    let mut message = String::new();
+    for part in e.parts {
+        match part {
+            Part::Text(t) => message.push_str(&t),
+            Part::Repr(None) => message.push_str("None"),
+            Part::Repr(Some(t)) => match PyString::new(py, &t).repr() {
+                Ok(r) => message.push_str(&r.to_string()),
+                Err(err) => return err,
+            },
+        }
+    }
+    NativeDecodeError::new_err((e.kind.as_str(), message))
+}
+
+type Obj<'py> = Bound<'py, PyAny>;
+
+#[inline]
+fn s<'py>(py: Python<'py>, text: &str) -> Obj<'py> {
+    PyString::new(py, text).into_any()
+}
+
+#[inline]
+fn b<'py>(py: Python<'py>, bytes: &[u8]) -> Obj<'py> {
+    PyBytes::new(py, bytes).into_any()
+}
+
+fn opt_b<'py>(py: Python<'py>, bytes: Option<&[u8]>) -> Obj<'py> {
+    match bytes {
+        Some(v) => b(py, v),
+        None => py.None().into_bound(py),
+    }
+}
+
+#[inline]
+fn int<'py>(py: Python<'py>, v: usize) -> PyResult<Obj<'py>> {
+    Ok(v.into_pyobject(py)?.into_any())
+}
+
+/// A big-endian unsigned integer of any size as a Python ``int``.
+fn uint<'py>(py: Python<'py>, data: &[u8], u: UInt) -> PyResult<Obj<'py>> {
+    let body = &data[u.start..u.end];
+    let first = body.iter().position(|&x| x != 0).unwrap_or(body.len());
+    let body = &body[first..];
+    if body.len() <= 8 {
+        let v = body.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
+        return Ok(v.into_pyobject(py)?.into_any());
+    }
+    py.get_type::<PyInt>().call_method1("from_bytes", (PyBytes::new(py, body), "big"))
+}
+
+fn slot<'py>(py: Python<'py>, slot: (usize, usize)) -> PyResult<Obj<'py>> {
+    Ok(PyTuple::new(py, [int(py, slot.0)?, int(py, slot.1)?])?.into_any())
+}
+
+fn tuple<'py>(py: Python<'py>, items: Vec<Obj<'py>>) -> PyResult<Obj<'py>> {
+    Ok(PyTuple::new(py, items)?.into_any())
+}
+
+/// Scan one QLDB stream record (Ion binary) into the flat tuple of the scan contract.
+#[pyfunction]
+fn scan_record<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Obj<'py>> {
+    let scanned = scan::scan_record(data).map_err(|e| to_py_err(py, e))?;
+    match scanned {
+        Scanned::Control { arn, control_record_type } => {
+            tuple(py, vec![intern!(py, "CONTROL").clone().into_any(), s(py, arn), s(py, control_record_type)])
+        }
+        Scanned::Revision(r) => tuple(
+            py,
+            vec![
+                intern!(py, "REVISION_DETAILS").clone().into_any(),
+                s(py, r.arn),
+                s(py, r.table_name),
+                s(py, r.table_id),
+                s(py, r.strand_id),
+                uint(py, data, r.sequence_no)?,
+                b(py, r.hash),
+                s(py, r.document_id),
+                uint(py, data, r.version)?,
+                s(py, r.tx_id),
+                slot(py, r.tx_time_slot)?,
+                int(py, usize::from(r.kind))?,
+                opt_b(py, r.data_hash),
+                b(py, &r.metadata_hash),
+                opt_b(py, r.content_hash.as_ref().map(|h| &h[..])),
+            ],
+        ),
+        Scanned::Block(k) => {
+            let entries = PyList::new(py, k.entries_hash_list.iter().map(|h| b(py, h)))?;
+            let mut summaries = Vec::with_capacity(k.revision_summaries.len());
+            for (h, doc) in &k.revision_summaries {
+                let doc = match doc {
+                    Some(d) => s(py, d),
+                    None => py.None().into_bound(py),
+                };
+                summaries.push(tuple(py, vec![b(py, h), doc])?);
+            }
+            let mut statements = Vec::with_capacity(k.statements.len());
+            for (text, digest, text_hash) in &k.statements {
+                statements.push(tuple(py, vec![s(py, text), b(py, digest), b(py, text_hash)])?);
+            }
+            tuple(
+                py,
+                vec![
+                    intern!(py, "BLOCK_SUMMARY").clone().into_any(),
+                    s(py, k.arn),
+                    s(py, k.strand_id),
+                    uint(py, data, k.sequence_no)?,
+                    s(py, k.transaction_id),
+                    slot(py, k.block_timestamp_slot)?,
+                    b(py, k.block_hash),
+                    b(py, k.entries_hash),
+                    b(py, k.previous_block_hash),
+                    entries.into_any(),
+                    PyList::new(py, summaries)?.into_any(),
+                    PyList::new(py, statements)?.into_any(),
+                    opt_b(py, k.transaction_info_hash.as_ref().map(|h| &h[..])),
+                    opt_b(py, k.redaction_info_hash.as_ref().map(|h| &h[..])),
+                ],
+            )
+        }
+    }
+}
+
+/// Parse a KPL aggregate into ``[(partition_key, explicit_hash_key | None, data), ...]``.
+#[pyfunction]
+fn parse_aggregate<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+    let entries = kpl::parse_aggregate(data).map_err(|e| to_py_err(py, e))?;
+    let mut items = Vec::with_capacity(entries.len());
+    for (pk, ehk, payload) in entries {
+        let ehk = match ehk {
+            Some(e) => s(py, e),
+            None => py.None().into_bound(py),
+        };
+        items.push(tuple(py, vec![s(py, pk), ehk, b(py, payload)])?);
+    }
+    PyList::new(py, items)
+}
+
+fn hash_with<A: Algo>(py: Python<'_>, data: &[u8]) -> PyResult<Vec<u8>> {
+    let view = reader::parse_record(data).map_err(|e| to_py_err(py, e))?;
+    let mut ser = Serializer::<A>::new(view.buf, &view.table);
+    let digest = ser.hash_at(view.pos, view.end).map_err(|e| to_py_err(py, e))?;
+    Ok(digest.as_ref().to_vec())
+}
+
+/// ``H(value)`` of the single top-level value of an Ion binary stream. ``algorithm`` is
+/// ``"sha256"``, ``"md5"`` or ``"identity"`` (which returns the serialization ``s(value)``).
+#[pyfunction]
+#[pyo3(signature = (data, algorithm = "sha256"))]
+fn ion_hash_bytes<'py>(py: Python<'py>, data: &[u8], algorithm: &str) -> PyResult<Obj<'py>> {
+    let digest = match algorithm {
+        "sha256" => hash_with::<Sha256Algo>(py, data)?,
+        "md5" => hash_with::<Md5Algo>(py, data)?,
+        "identity" => hash_with::<IdentityAlgo>(py, data)?,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown Ion hash algorithm {other:?} (expected sha256, md5 or identity)"
+            )));
+        }
+    };
+    Ok(b(py, &digest))
+}
+
+/// QLDB's ``dot`` of two hashes (an empty hash is the identity).
+#[pyfunction]
+fn dot<'py>(py: Python<'py>, h1: &[u8], h2: &[u8]) -> Obj<'py> {
+    b(py, &qldb_hash::dot(h1, h2))
+}
+
+/// QLDB's Merkle root of a sequence of hashes (``b""`` for none).
+#[pyfunction]
+fn merkle_root<'py>(py: Python<'py>, hashes: &Bound<'py, PyAny>) -> PyResult<Obj<'py>> {
+    let mut items: Vec<Bound<'py, PyBytes>> = Vec::new();
+    for item in hashes.try_iter()? {
+        let item = item?;
+        let bytes = item
+            .cast_into::<PyBytes>()
+            .map_err(|_| PyTypeError::new_err("merkle_root() takes a sequence of bytes"))?;
+        items.push(bytes);
+    }
+    let slices: Vec<&[u8]> = items.iter().map(|h| h.as_bytes()).collect();
+    Ok(b(py, &qldb_hash::merkle_root(&slices)))
+}
+
+/// The compiled hot path of qldbstream (KPL deaggregation, QLDB record scan, Ion hash).
+#[pymodule]
+mod qldbstream_native {
+    #[pymodule_export]
+    use super::{NativeDecodeError, dot, ion_hash_bytes, merkle_root, parse_aggregate, scan_record};
+
+    #[pymodule_export]
+    const MAX_DEPTH: usize = crate::hash::MAX_DEPTH;
+}

@@ -1,0 +1,67 @@
+"""pytest plugin: run tests under both scanners, the pure-Python one and qldbstream-native.
+
+Register it once (``pytest_plugins = ["tests.support.scanners"]`` in ``tests/conftest.py``).
+Then a test - or a suite, through an autouse fixture of its own - that asks for ``scanner``
+runs twice: with ``"python"`` (``qldbstream.decode.scan_record`` and
+``qldbstream.deaggregate.parse_aggregate``) and with ``"native"`` (the compiled extension).
+The switch is undone after each test, back to the default (native when installed).
+
+Without the extension the ``"native"`` runs are skipped, unless ``QLDBSTREAM_REQUIRE_NATIVE=1``
+(CI), which makes them fail instead: a CI that silently tested only the fallback would pass for
+the wrong reason. The run's header says which scanner is the default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from qldbstream import deaggregate, decode
+
+__all__ = ["REQUIRE_NATIVE", "SCANNERS", "scanner"]
+
+SCANNERS = ("python", "native")
+REQUIRE_NATIVE = os.environ.get("QLDBSTREAM_REQUIRE_NATIVE") == "1"
+
+
+def _use(native: bool) -> None:
+    decode.use_native(native)
+    deaggregate.use_native(native)
+
+
+def _default() -> None:
+    decode.use_native(decode.native_available())
+    deaggregate.use_native(deaggregate.native_available())
+
+
+@pytest.fixture(params=SCANNERS)
+def scanner(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``"python"`` or ``"native"``: the scanner (and KPL parser) the test runs with."""
+    name: str = request.param
+    native = name == "native"
+    if native and not (decode.native_available() and deaggregate.native_available()):
+        if REQUIRE_NATIVE:
+            pytest.fail("QLDBSTREAM_REQUIRE_NATIVE=1 but qldbstream-native is not installed")
+        pytest.skip("qldbstream-native is not installed")
+    _use(native)
+    try:
+        yield name
+    finally:
+        _default()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if decode.native_available():
+        import qldbstream_native
+
+        where = os.path.dirname(qldbstream_native.__file__ or "")
+        return f"qldbstream-native: installed ({where}), the default scanner"
+    required = " - REQUIRED (QLDBSTREAM_REQUIRE_NATIVE=1)" if REQUIRE_NATIVE else ""
+    return f"qldbstream-native: not installed, pure-Python scanner{required}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if REQUIRE_NATIVE and not decode.native_available():
+        raise pytest.UsageError("QLDBSTREAM_REQUIRE_NATIVE=1 but qldbstream-native is not installed")
