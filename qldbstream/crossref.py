@@ -78,6 +78,9 @@ class CrossReferencer:
         self._blocks: OrderedDict[_Key, _Block] = OrderedDict()
         self._revisions: OrderedDict[_Key, list[_Revision]] = OrderedDict()
         self._done: OrderedDict[_Key, None] = OrderedDict()  # blocks fully matched (for duplicates)
+        #: failed pairs, so that a duplicate delivery of a failing revision fails again (and is not
+        #: waved through as "already judged")
+        self._failed: OrderedDict[tuple[_Key, bytes, str, int], CrossCheck] = OrderedDict()
         self._pending_revisions = 0
         self.evicted: list[Unmatched] = []
 
@@ -106,6 +109,9 @@ class CrossReferencer:
         revision_hash: bytes,
     ) -> list[CrossCheck]:
         key = (strand_id, sequence_no)
+        failed = self._failed.get((key, revision_hash, document_id, version))
+        if failed is not None:
+            return [failed]  # a duplicate of a revision that failed: it fails again
         rev = _Revision(document_id, version, tx_id, revision_hash)
         block = self._blocks.get(key)
         if block is not None:
@@ -125,6 +131,14 @@ class CrossReferencer:
         return []
 
     def _judge(self, key: _Key, block: _Block, rev: _Revision) -> CrossCheck:
+        result = self._compare(key, block, rev)
+        if not result.passed:
+            self._failed[(key, rev.hash, rev.document_id, rev.version)] = result
+            if len(self._failed) > self.max_pending:
+                self._failed.popitem(last=False)
+        return result
+
+    def _compare(self, key: _Key, block: _Block, rev: _Revision) -> CrossCheck:
         seq = key[1]
         expected_doc = block.waiting.pop(rev.hash, None)
         if expected_doc is None:

@@ -301,6 +301,22 @@ class Pipeline:
                 summary = "; ".join(f"{f.check}: {f.message}" for f in failures)
                 entry.poison = ("verify", PoisonRecordError(summary, user.position), record, failures)
                 return True
+        if (
+            isinstance(record, RevisionDetails)
+            and self.settings.verification_action is not VerificationAction.DELIVER
+        ):
+            ba = record.block_address
+            bad = self.verifier.failed_block(ba.strand_id, ba.sequence_no)
+            if bad is not None:  # the revision passed, but its block summary failed: not authentic
+                reason = (
+                    f"its block {ba.sequence_no} failed {bad}: the block does not vouch for this revision"
+                )
+                if self.settings.verification_action is VerificationAction.HALT:
+                    result.halt_reason = reason
+                    entry.record = record
+                    return False
+                entry.poison = ("verify", PoisonRecordError(reason, user.position), record, [])
+                return True
         if self.masker is not None:
             record.mask_with(self.masker)  # verified on the original bytes; handlers see masked data
         entry.record = record

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from qldbstream.chain import ChainTracker
@@ -153,6 +154,18 @@ class Verifier:
         self.tally = Tally()
         self.chain = ChainTracker()
         self.crossref = CrossReferencer(max_pending=max_pending)
+        self.max_pending = max_pending
+        #: blocks whose own checks failed (V4-V8), for :meth:`failed_block`
+        self._bad_blocks: OrderedDict[tuple[str, int], str] = OrderedDict()
+
+    def failed_block(self, strand_id: str, sequence_no: int) -> str | None:
+        """The checks a block summary failed (e.g. ``"V4/V7"``), if it was seen and failed any of V4-V8.
+
+        Its revisions may pass their own checks (a forger can recompute a revision hash and patch
+        the summary entry), but the block no longer vouches for them: the pipeline does not
+        deliver them either.
+        """
+        return self._bad_blocks.get((strand_id, sequence_no))
 
     # V1 ----------------------------------------------------------------------------------
     def aggregate(self, position: Position, error: DeaggregationError | None) -> list[Failure]:
@@ -299,6 +312,11 @@ class Verifier:
                     _b64(b.block_hash),
                 )
             )
+        own = sorted({f.check for f in failures})  # V4-V8: the block's own content is not authentic
+        if own:
+            self._bad_blocks[(b.block_address.strand_id, seq)] = "/".join(own)
+            if len(self._bad_blocks) > self.max_pending:
+                self._bad_blocks.popitem(last=False)
         # V9
         for link in self.chain.add(b.block_address.strand_id, seq, b.block_hash, b.previous_block_hash):
             counts["V9"][not link.passed] += 1

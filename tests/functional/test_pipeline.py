@@ -327,3 +327,21 @@ def test_directory_dlq_round_trip(tmp_path: Path) -> None:
     assert replay.data.startswith(b"\xe0\x01\x00\xea")  # the user record itself
     dlq.delete(handle)
     assert len(dlq) == 0
+
+
+def test_revisions_of_a_block_that_fails_its_own_checks_are_not_delivered() -> None:
+    # The forger recomputes the revision hash and patches the block's summary entry: the revision
+    # passes V2 and V3, only the block fails (V4). The block no longer vouches for its revisions.
+    sim = simulation(40, tampers=("Transactions#3+rehash:data.amount",))
+    (v4,) = [f for f in sim.expected.failures if f.check == "V4"]
+    router, seen = counting_router()
+    dlq = MemoryDLQ()
+    pipeline = make_pipeline([router], FakeTime(), dlq)
+    (records,) = kinesis_records(sim).values()
+    result = pipeline.process("s", records)
+    assert result.first_unfinished is None
+    forged = [r for r in sim.ledger.revisions if r.sequence_no == v4.sequence_no]
+    assert forged and not any((r.document_id, r.version) in seen for r in forged)
+    stages = sorted((letter.stage, letter.block_sequence_no) for letter in dlq.letters)
+    assert stages == [("verify", v4.sequence_no)] * (len(forged) + 1)  # the block and each revision
+    assert any("does not vouch" in letter.error_message for letter in dlq.letters)

@@ -122,3 +122,13 @@ def test_crossref_memory_is_bounded_and_evictions_are_reported() -> None:
 )
 def test_has_parameters(statement: str, expected: bool) -> None:
     assert has_parameters(statement) is expected
+
+
+def test_a_duplicate_of_a_failing_revision_fails_again() -> None:
+    x = CrossReferencer()
+    h = b"\x01" * 32
+    x.add_block("S", 7, "tx", [(h, "doc1")])
+    (first,) = x.add_revision("S", 7, "doc1", 0, "tx-forged", h)
+    assert not first.passed
+    (again,) = x.add_revision("S", 7, "doc1", 0, "tx-forged", h)  # the same record delivered twice
+    assert again is first

@@ -1,0 +1,468 @@
+"""The demo, step by step (see :mod:`qldbstream.demo` for the overview)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qldbstream.demo.aws import DemoResources, create_resources, drain_queue, local_credentials, scan_table
+from qldbstream.demo.checks import Check, Observed, evaluate
+from qldbstream.demo.collect import (
+    BatchRecorder,
+    ReadBack,
+    RouteRecorder,
+    read_audit,
+    read_dead_letters,
+    read_export,
+    read_velocity_items,
+    read_velocity_parquet,
+)
+from qldbstream.demo.options import DemoNames, DemoOptions, worker_environ
+from qldbstream.demo.report import build_report
+from qldbstream.demo.scrape import MetricsEndpoint, Scrape, TeeMetrics
+from qldbstream.demo.truth import GroundTruth
+from qldbstream.errors import ConfigurationError, InputError
+
+if TYPE_CHECKING:
+    from qldbstream_handlers.fraud import Alert
+
+    from qldbstream.app import App
+    from qldbstream.simulate import Simulation
+    from qldbstream.worker import ShardStatus, WorkerReport
+
+__all__ = [
+    "DEMO_BURST_WINDOW_MS",
+    "DEMO_MIX",
+    "DemoProgress",
+    "DemoResult",
+    "Progress",
+    "run_demo",
+    "simulation",
+]
+
+#: The simulated bank runs a little more of what the handlers look for than the default mix:
+#: planted bursts, high-value wires and account reviews (frozen or flagged accounts).
+DEMO_MIX = {"small_burst": 5.0, "high_value": 4.0, "account_review": 3.0}
+#: A burst's payments within one minute (default four), so that few are cut off by the run's end.
+DEMO_BURST_WINDOW_MS = 60_000
+
+
+@dataclass(frozen=True)
+class DemoProgress:
+    """Where the demo stands; ``shards`` and the counters are filled while the worker runs."""
+
+    stage: str
+    done: int = 0
+    total: int | None = None
+    shards: tuple[ShardStatus, ...] = ()
+    #: Kinesis records put into each shard (what "read" counts up to)
+    put: dict[str, int] = field(default_factory=dict)
+    #: user records through the pipeline (duplicates included), Kinesis records read
+    processed: int = 0
+    kinesis_records: int = 0
+    dead_lettered: int = 0
+    dedupe_hits: int = 0
+    late: int = 0
+    alerts: int = 0
+    scrapes: int = 0
+    elapsed: float = 0.0
+
+
+Progress = Callable[[DemoProgress], None]
+
+
+@dataclass
+class DemoResult:
+    """The report (JSON-ready, ``report["checks"]`` included) and the checks behind the exit status."""
+
+    report: dict[str, Any]
+    checks: list[Check]
+    output: Path
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def _requirements() -> None:
+    """Fail with one line, before anything starts, when the demo's extras are not installed."""
+    import importlib.util
+
+    for module, what in (
+        ("moto", "the embedded local AWS needs moto: pip install 'qldbstream[demo]'"),
+        ("qldbstream_handlers", "the demo runs the built-in handlers: pip install -e ./handlers"),
+        ("pyarrow", "the export and velocity handlers write Parquet: pip install pyarrow"),
+    ):
+        if importlib.util.find_spec(module) is None:
+            raise ConfigurationError(what)
+
+
+def _output(options: DemoOptions) -> Path:
+    if options.output is None:
+        return Path(tempfile.mkdtemp(prefix="qldbstream-demo-"))
+    out = options.output.resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"--output {out}: not an empty directory (the demo appends to its files)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def simulation(options: DemoOptions) -> Simulation:
+    """The demo's simulated ledger for these options (deterministic: same options, same bytes)."""
+    from qldbstream.simulate import (
+        DeliveryOptions,
+        SimulationConfig,
+        Workload,
+        WorkloadMix,
+        parse_tamper,
+        simulate,
+    )
+
+    return simulate(
+        SimulationConfig(
+            seed=options.seed,
+            workload=Workload(
+                transactions=options.transactions,
+                mix=WorkloadMix(**DEMO_MIX),
+                burst_window_ms=DEMO_BURST_WINDOW_MS,
+            ),
+            delivery=DeliveryOptions(
+                aggregate=True,
+                shards=options.shards,
+                duplicate_rate=options.duplicate_rate,
+                reorder_window=options.reorder_window,
+                # an open stream (no CONTROL COMPLETED): the worker stops once caught up, and the
+                # demo ends the run itself (it drains the fraud and analytics handlers)
+                completed=False,
+            ),
+            tampers=(parse_tamper(options.tamper),),
+        )
+    )
+
+
+def _route_logs(path: Path) -> logging.Handler:
+    """Replace the stderr handler ``App.from_env`` installed with a JSON file handler."""
+    from qldbstream.logs import JsonFormatter
+
+    logger = logging.getLogger("qldbstream")
+    for existing in list(logger.handlers):
+        if getattr(existing, "_qldbstream", False):
+            logger.removeHandler(existing)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    return handler
+
+
+@contextmanager
+def _saved_logging() -> Iterator[None]:
+    """Put the ``qldbstream`` logger back as it was (``App.from_env`` configures it for a process)."""
+    logger = logging.getLogger("qldbstream")
+    saved = (logger.level, list(logger.handlers), logger.propagate)
+    try:
+        yield
+    finally:
+        for handler in logger.handlers:
+            if handler not in saved[1]:
+                handler.close()
+        logger.setLevel(saved[0])
+        logger.handlers[:] = saved[1]
+        logger.propagate = saved[2]
+
+
+class _Observer:
+    """The worker's ``on_progress``: live counters, per-shard maxima, scrapes while it runs."""
+
+    def __init__(
+        self,
+        worker_status: Callable[[], dict[str, ShardStatus]],
+        metrics: MetricsEndpoint,
+        interval: float,
+        progress: Progress | None,
+        started: float,
+        put: dict[str, int],
+    ) -> None:
+        self.put = put
+        self.status = worker_status
+        self.endpoint = metrics
+        self.interval = interval
+        self.progress = progress
+        self.started = started
+        self.max_lag: dict[str, int] = {}
+        self.max_age: dict[str, float] = {}
+        self._last_scrape = 0.0
+        self.scrape_errors: list[str] = []
+
+    def snapshot(self, stage: str) -> DemoProgress:
+        m = self.endpoint.metrics
+        return DemoProgress(
+            stage,
+            shards=tuple(self.status().values()),
+            put=self.put,
+            processed=int(m.total("records_in", stage="user")),
+            kinesis_records=int(m.total("records_in", stage="kinesis")),
+            dead_lettered=int(m.total("dlq_writes")),
+            dedupe_hits=int(m.total("dedupe_hits")),
+            late=int(m.total("late_revisions")),
+            alerts=int(m.total("fraud_alerts")),
+            scrapes=len(self.endpoint.scrapes),
+            elapsed=time.monotonic() - self.started,
+        )
+
+    def __call__(self, shard: ShardStatus) -> None:
+        if shard.millis_behind_latest is not None:
+            self.max_lag[shard.shard_id] = max(
+                self.max_lag.get(shard.shard_id, 0), shard.millis_behind_latest
+            )
+        if shard.iterator_age_ms is not None:
+            self.max_age[shard.shard_id] = max(self.max_age.get(shard.shard_id, 0.0), shard.iterator_age_ms)
+        now = time.monotonic()
+        counted = self.endpoint.metrics.total("records_in", stage="user") > 0
+        first = not any(s.phase == "during" for s in self.endpoint.scrapes)
+        if counted and (first or now - self._last_scrape >= self.interval):
+            self._last_scrape = now
+            try:
+                self.endpoint.scrape("during")  # a GET of /metrics while the worker is mid-run
+            except OSError as exc:  # the metrics check reports the missing scrape; the run goes on
+                self.scrape_errors.append(repr(exc))
+        if self.progress is not None:
+            self.progress(self.snapshot("worker"))
+
+
+def run_demo(options: DemoOptions | None = None, progress: Progress | None = None) -> DemoResult:
+    """Run the whole demo (see the package docstring) and return its report and checks."""
+    from qldbstream.localaws import LocalAws
+
+    options = options or DemoOptions()
+    _requirements()
+    started = time.monotonic()
+
+    def step(stage: str, done: int = 0, total: int | None = None) -> None:
+        if progress is not None:
+            progress(DemoProgress(stage, done, total, elapsed=time.monotonic() - started))
+
+    output = _output(options)
+    step("simulating the ledger", 0, 1)
+    sim = simulation(options)
+    truth = GroundTruth.of(sim)
+    step("simulating the ledger", 1, 1)
+    with local_credentials(), LocalAws() as aws:
+        names = DemoNames(options.stream_name, output, aws.endpoint)
+        step("creating streams, tables, queues and a topic on the local AWS", 0, 1)
+        resources = create_resources(aws, names, options.shards)
+        step("creating streams, tables, queues and a topic on the local AWS", 1, 1)
+        put = _put(aws, names, sim, step)
+        run = _run_worker(options, names, resources, progress, started, put)
+        step("reading back the handlers' output", 0, 1)
+        observed, read_back = _collect(aws, names, resources, run)
+        step("reading back the handlers' output", 1, 1)
+    checks = evaluate(truth, observed)
+    report = build_report(
+        options, names, sim, truth, run, observed, read_back, checks, time.monotonic() - started
+    )
+    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return DemoResult(report, checks, output)
+
+
+def _put(
+    aws: Any, names: DemoNames, sim: Simulation, step: Callable[[str, int, int | None], None]
+) -> dict[str, int]:
+    """Put the simulated stream into Kinesis; return how many records went to each shard."""
+    from qldbstream.sources.kinesis_put import PutEntry, put_records
+
+    kinesis = aws.client("kinesis")
+    entries = [PutEntry(d.data, d.partition_key, d.explicit_hash_key) for d in sim.deliveries]
+    what = "putting the simulated QLDB stream into Kinesis"
+    shards: Counter[str] = Counter()
+    step(what, 0, len(entries))
+    for start in range(0, len(entries), 500):
+        results = put_records(kinesis, names.stream, entries[start : start + 500])
+        shards.update(r.shard_id for r in results)
+        step(what, min(start + 500, len(entries)), len(entries))
+    return dict(shards)
+
+
+@dataclass
+class _Run:
+    """What the worker run left behind, for the read-back and the report."""
+
+    report: WorkerReport
+    tally: dict[str, dict[str, int]]
+    metrics: TeeMetrics
+    scrapes: list[Scrape]
+    metrics_url: str
+    observer: _Observer
+    recorder: RouteRecorder
+    bus_alerts: list[Alert]
+    batches: BatchRecorder
+
+
+def _handlers(app: App) -> dict[str, Any]:
+    try:
+        from qldbstream_handlers.analytics import AnalyticsHandler
+        from qldbstream_handlers.fraud import FraudHandler
+        from qldbstream_handlers.workflow import WorkflowHandler
+    except ImportError:  # pragma: no cover - make demo installs them
+        raise ConfigurationError("the demo needs the built-in handlers: pip install -e ./handlers") from None
+    by_name = {h.name: h for h in app.handlers}
+    for name, kind in (
+        ("fraud", FraudHandler),
+        ("analytics", AnalyticsHandler),
+        ("workflow", WorkflowHandler),
+    ):
+        if not isinstance(by_name.get(name), kind):
+            raise ConfigurationError(f"the demo's {name} handler is not the built-in one")
+    return by_name
+
+
+def _run_worker(
+    options: DemoOptions,
+    names: DemoNames,
+    resources: DemoResources,
+    progress: Progress | None,
+    started: float,
+    put: dict[str, int],
+) -> _Run:
+    from qldbstream_handlers.fraud import default_bus
+
+    from qldbstream.app import App
+    from qldbstream.handler import HandlerContext
+    from qldbstream.stores.dynamodb import DynamoDBCheckpointStore
+    from qldbstream.worker import Worker, WorkerOptions
+
+    environ = worker_environ(
+        names,
+        shards=options.shards,
+        alert_queue_url=resources.alert_queue_url,
+        security_topic_arn=resources.security_topic_arn,
+    )
+    endpoint = MetricsEndpoint.start()
+    bus_alerts: list[Alert] = []
+    unsubscribe = default_bus.subscribe(bus_alerts.append)
+    try:
+        with _saved_logging():
+            app = App.from_env(environ=environ, metrics=endpoint.metrics)
+            _route_logs(names.log_file)
+            try:
+                handlers = _handlers(app)
+                interpreter = handlers["workflow"].interpreter
+                assert interpreter is not None  # local mode
+                recorder = RouteRecorder(interpreter)
+                store = DynamoDBCheckpointStore(app.client("dynamodb"), app.settings.checkpoint_table)
+                worker_options = WorkerOptions.from_settings(
+                    app.settings, poll_interval=options.poll_interval
+                )
+                worker = Worker.from_app(app, store, options=worker_options)
+                batches = BatchRecorder(worker.pipeline)
+                observer = _Observer(worker.status, endpoint, options.scrape_interval, progress, started, put)
+                worker.on_progress = observer
+                report = worker.run(until_caught_up=True)
+                if progress is not None:
+                    progress(observer.snapshot("evaluating what waits for the watermark"))
+                # A bounded run ends here: evaluate what still waits for the watermark and publish it
+                # (fraud windows, the last velocity windows), as a shutdown of a bounded export would.
+                fraud = handlers["fraud"]
+                fraud.drain()
+                fraud.flush(HandlerContext("fraud", None, metrics=app.metrics))
+                handlers["analytics"].drain()
+                endpoint.scrape("final")
+                tally = worker.pipeline.verifier.tally.as_dict()
+            finally:
+                app.close()
+    finally:
+        unsubscribe()
+        endpoint.stop()
+    return _Run(
+        report,
+        tally,
+        endpoint.metrics,
+        endpoint.scrapes,
+        endpoint.url,
+        observer,
+        recorder,
+        bus_alerts,
+        batches,
+    )
+
+
+def _collect(aws: Any, names: DemoNames, resources: DemoResources, run: _Run) -> tuple[Observed, ReadBack]:
+    import boto3
+    from qldbstream_handlers.fraud import Alert
+
+    from qldbstream.commands.dr_check import Copy, compare, scan
+    from qldbstream.decode import RecordType
+    from qldbstream.sources.kinesis import read_stream
+
+    letters = read_dead_letters(names.dlq_dir)
+    audit, audit_lines = read_audit(names.audit_file)
+    export = read_export(names.export_dir)
+    velocity_parquet, velocity_files = read_velocity_parquet(names.velocity_dir)
+    dynamodb = aws.client("dynamodb")
+    velocity_items = read_velocity_items(scan_table(dynamodb, names.velocity_table))
+    sqs = aws.client("sqs")
+    alerts = [Alert.from_json(body) for body in drain_queue(sqs, resources.alert_queue_url)]
+    sns_messages = drain_queue(sqs, resources.security_queue_url)
+    compliance = {i["EventId"]["S"] for i in scan_table(dynamodb, names.compliance_table)}
+    checkpoints = {i["shard_id"]["S"]: i for i in scan_table(dynamodb, names.checkpoint_table)}
+    types = frozenset({RecordType.REVISION_DETAILS})
+    source = scan(
+        Copy(f"{names.region}:{names.stream}"),
+        read_stream(aws.client("kinesis"), names.stream, poll_interval=0.05),
+        types=types,
+    )
+    west = boto3.client("kinesis", region_name=names.replica_region, endpoint_url=names.endpoint)
+    target = scan(
+        Copy(f"{names.replica_region}:{names.replica_stream}"),
+        read_stream(west, names.replica_stream, poll_interval=0.05),
+        types=types,
+    )
+    replica = compare(source, target, limit=5)
+    m = run.metrics
+    executions = Counter(
+        {
+            (dict(dims).get("trigger", ""), dict(dims).get("outcome", "")): int(n)
+            for (name, dims), n in m.counters.items()
+            if name == "workflow_executions"
+        }
+    )
+    observed = Observed(
+        dead_letters=[letter for _, letter in letters],
+        tally_failed={c: v["failed"] for c, v in run.tally.items()},
+        audit=audit,
+        export_rows=export.rows,
+        replica=replica,
+        replica_keys=set(target.entries),
+        alerts=alerts,
+        bus_alerts=len(run.bus_alerts),
+        alerts_raised=int(m.total("fraud_alerts")),
+        velocity_parquet=velocity_parquet,
+        velocity_items=velocity_items,
+        routes=run.recorder.routes,
+        route_names=run.recorder.names,
+        revision_executions=sum(n for (trigger, _), n in executions.items() if trigger == "revision"),
+        sns_messages=len(sns_messages),
+        compliance_ids=compliance,
+        scrapes=run.scrapes,
+        records_in_user=m.total("records_in", stage="user"),
+        worker_reason=run.report.reason,
+        checkpoints={s: s in checkpoints and "sequence_number" in checkpoints[s] for s in run.report.shards},
+        shard_records={s: st.user_records for s, st in run.report.shards.items()},
+    )
+    read_back = ReadBack(
+        [name for name, _ in letters],
+        audit_lines,
+        export,
+        velocity_files,
+        checkpoints,
+        executions,
+        sns_messages[:1],
+    )
+    return observed, read_back
