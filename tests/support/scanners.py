@@ -6,7 +6,8 @@ runs twice: with ``"python"`` (``qldbstream.decode.scan_record`` and
 ``qldbstream.deaggregate.parse_aggregate``) and with ``"native"`` (the compiled extension).
 The switch is undone after each test, back to the default (native when installed).
 
-Without the extension the ``"native"`` runs are skipped, unless ``QLDBSTREAM_REQUIRE_NATIVE=1``
+Without the extension the ``"native"`` runs are skipped, unless ``REQUIRE_QLDBSTREAM_NATIVE=1``
+(not a ``QLDBSTREAM_`` variable: those are settings, and unknown settings are refused)
 (CI), which makes them fail instead: a CI that silently tested only the fallback would pass for
 the wrong reason. The run's header says which scanner is the default.
 """
@@ -23,7 +24,7 @@ from qldbstream import deaggregate, decode
 __all__ = ["REQUIRE_NATIVE", "SCANNERS", "scanner"]
 
 SCANNERS = ("python", "native")
-REQUIRE_NATIVE = os.environ.get("QLDBSTREAM_REQUIRE_NATIVE") == "1"
+REQUIRE_NATIVE = os.environ.get("REQUIRE_QLDBSTREAM_NATIVE") == "1"
 
 
 def _use(native: bool) -> None:
@@ -43,7 +44,7 @@ def scanner(request: pytest.FixtureRequest) -> Iterator[str]:
     native = name == "native"
     if native and not (decode.native_available() and deaggregate.native_available()):
         if REQUIRE_NATIVE:
-            pytest.fail("QLDBSTREAM_REQUIRE_NATIVE=1 but qldbstream-native is not installed")
+            pytest.fail("REQUIRE_QLDBSTREAM_NATIVE=1 but qldbstream-native is not installed")
         pytest.skip("qldbstream-native is not installed")
     _use(native)
     try:
@@ -58,10 +59,10 @@ def pytest_report_header(config: pytest.Config) -> str:
 
         where = os.path.dirname(qldbstream_native.__file__ or "")
         return f"qldbstream-native: installed ({where}), the default scanner"
-    required = " - REQUIRED (QLDBSTREAM_REQUIRE_NATIVE=1)" if REQUIRE_NATIVE else ""
+    required = " - REQUIRED (REQUIRE_QLDBSTREAM_NATIVE=1)" if REQUIRE_NATIVE else ""
     return f"qldbstream-native: not installed, pure-Python scanner{required}"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if REQUIRE_NATIVE and not decode.native_available():
-        raise pytest.UsageError("QLDBSTREAM_REQUIRE_NATIVE=1 but qldbstream-native is not installed")
+        raise pytest.UsageError("REQUIRE_QLDBSTREAM_NATIVE=1 but qldbstream-native is not installed")

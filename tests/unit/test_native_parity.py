@@ -9,7 +9,7 @@ vectors, hypothesis-generated Ion values and QLDB records, and fuzzing (random b
 Ion version marker, byte-mutated real and simulated records, corrupted KPL aggregates).
 
 The module is skipped when the extension is not installed, unless
-``QLDBSTREAM_REQUIRE_NATIVE=1`` (CI), which turns a missing extension into a failure.
+``REQUIRE_QLDBSTREAM_NATIVE=1`` (CI), which turns a missing extension into a failure.
 ``QLDBSTREAM_FUZZ_EXAMPLES`` sets the number of fuzz cases per fuzz test (default 3000; run
 100000 once locally after touching the native code) and ``QLDBSTREAM_FUZZ_SEED`` shifts the
 seeds (default 0) to explore other inputs.
@@ -52,7 +52,7 @@ from qldbstream.sources.files import read_file
 from tests.unit.test_ion_hash_oracle import ion_values
 from tests.unit.test_ion_hash_vectors import _final_digest, _load_vectors, _source_binary
 
-if os.environ.get("QLDBSTREAM_REQUIRE_NATIVE") == "1":
+if os.environ.get("REQUIRE_QLDBSTREAM_NATIVE") == "1":
     import qldbstream_native as native  # a missing extension fails the run
 else:
     native = pytest.importorskip("qldbstream_native", reason="qldbstream-native is not installed")
