@@ -23,31 +23,19 @@ from qldbstream.config import Settings
 from qldbstream.deaggregate import deaggregate
 from qldbstream.decode import BlockSummary, RevisionDetails, decode
 from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
-from qldbstream.dlq import DeadLetter, DirectoryDeadLetterQueue
+from qldbstream.dlq import DirectoryDeadLetterQueue
 from qldbstream.errors import ConfigurationError, HaltShardError, RetryableError
 from qldbstream.handler import HandlerContext
 from qldbstream.metrics import InMemoryMetrics
 from qldbstream.router import Router
 from qldbstream.simulate import Simulation
 from qldbstream.sources.lambda_event import kinesis_record
+from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import simulation
 
 Event = dict[str, Any]
 Key = tuple[str, int]
 Decide = Callable[[RevisionDetails], BaseException | None]
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 class FakeContext:
@@ -59,23 +47,6 @@ class FakeContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self.end - self.t.now) * 1000))
-
-
-class MemoryDLQ:
-    def __init__(self, fail: bool = False) -> None:
-        self.letters: list[DeadLetter] = []
-        self.fail = fail
-
-    def put(self, letter: DeadLetter) -> None:
-        if self.fail:
-            raise ConnectionError("DLQ unavailable")
-        self.letters.append(letter)
-
-    def receive(self, limit: int = 10) -> Iterator[tuple[str, DeadLetter]]:
-        return iter(())
-
-    def delete(self, handle: str) -> None:
-        pass
 
 
 class Recorder(Router):

@@ -11,46 +11,17 @@ import pytest
 
 from qldbstream.decode import JournalRecord, RevisionDetails
 from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
-from qldbstream.dlq import DeadLetter, DirectoryDeadLetterQueue
+from qldbstream.dlq import DirectoryDeadLetterQueue
 from qldbstream.errors import RetryableError
 from qldbstream.handler import Handler, HandlerContext
 from qldbstream.pipeline import Pipeline, PipelineSettings, VerificationAction
 from qldbstream.reliability import RetryPolicy
 from qldbstream.router import Router
+from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records, simulation
 
 #: every test here runs with both scanners: pure Python and the compiled extension
 pytestmark = pytest.mark.usefixtures("scanner")
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-class MemoryDLQ:
-    def __init__(self, fail: bool = False) -> None:
-        self.letters: list[DeadLetter] = []
-        self.fail = fail
-
-    def put(self, letter: DeadLetter) -> None:
-        if self.fail:
-            raise ConnectionError("DLQ unavailable")
-        self.letters.append(letter)
-
-    def receive(self, limit: int = 10):  # type: ignore[no-untyped-def]
-        return iter(())
-
-    def delete(self, handle: str) -> None:
-        pass
 
 
 def counting_router(name: str = "count") -> tuple[Router, Counter[tuple[str, int]]]:

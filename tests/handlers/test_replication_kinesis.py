@@ -34,39 +34,13 @@ from qldbstream.simulate import Simulation
 from qldbstream.sources.kinesis import read_stream
 from qldbstream.sources.kinesis_put import PutEntry, create_stream, put_records
 from tests.support.aws import REGION, client
+from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.servers import LocalServer
 from tests.support.streams import simulation
 
 pytestmark = pytest.mark.integration
 
 REVISIONS = frozenset({RecordType.REVISION_DETAILS})
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-class MemoryDLQ:
-    def __init__(self) -> None:
-        self.letters: list[Any] = []
-
-    def put(self, letter: Any) -> None:
-        self.letters.append(letter)
-
-    def receive(self, limit: int = 10) -> Iterator[Any]:
-        return iter(())
-
-    def delete(self, handle: str) -> None:
-        pass
 
 
 class Link:

@@ -26,37 +26,11 @@ from qldbstream.metrics import InMemoryMetrics
 from qldbstream.pipeline import Pipeline
 from qldbstream.simulate import Simulation, WorkloadMix
 from tests.support.aws import client
+from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.servers import MotoServer
 from tests.support.streams import batches, kinesis_records, simulation
 
 pytestmark = pytest.mark.integration
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1_709_283_600.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-class MemoryDLQ:
-    def __init__(self) -> None:
-        self.letters: list[Any] = []
-
-    def put(self, letter: Any) -> None:
-        self.letters.append(letter)
-
-    def receive(self, limit: int = 10) -> Any:
-        return iter(())
-
-    def delete(self, handle: str) -> None:
-        pass
 
 
 class FlakyCompliance:
@@ -135,7 +109,7 @@ def expected_routes(sim: Simulation) -> tuple[set[str], set[str], set[str]]:
 def test_the_seed_workflow_on_the_simulated_bank(aws: dict[str, Any]) -> None:
     mix = WorkloadMix(small_burst=4.0, high_value=5.0, account_review=6.0)
     sim = simulation(110, seed=41, duplicates=0.1, mix=mix)
-    bus, t, metrics = AlertBus(), FakeTime(), InMemoryMetrics()
+    bus, t, metrics = AlertBus(), FakeTime(1_709_283_600.0), InMemoryMetrics()
     raised: list[Alert] = []
     bus.subscribe(raised.append)
     fraud = FraudHandler({"anomaly": "off", "velocity_max_count": "off"}, bus=bus)

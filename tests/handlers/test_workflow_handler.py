@@ -20,6 +20,7 @@ from qldbstream.metrics import InMemoryMetrics
 from qldbstream.pipeline import Pipeline, PipelineSettings
 from qldbstream.plugins import load_handler
 from qldbstream.reliability import RetryPolicy
+from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records, simulation
 
 DEFINITION = {
@@ -35,31 +36,6 @@ DEFINITION = {
         "Done": {"Type": "Succeed"},
     },
 }
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class MemoryDLQ:
-    def __init__(self) -> None:
-        self.letters: list[Any] = []
-
-    def put(self, letter: Any) -> None:
-        self.letters.append(letter)
-
-    def receive(self, limit: int = 10) -> Any:
-        return iter(())
-
-    def delete(self, handle: str) -> None:
-        pass
 
 
 class Recorder:
