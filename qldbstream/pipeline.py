@@ -27,6 +27,7 @@ import json
 import logging
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -181,6 +182,10 @@ class Pipeline:
         self.planners = {
             h.name: Planner(h.name, self.store, s.late_policy, s.reorder_window, clock) for h in handlers
         }
+        #: poison records this pipeline dead-lettered recently (not written again on redelivery)
+        self._recently_dead: OrderedDict[tuple[str | None, str | None, str, int | None, str], None] = (
+            OrderedDict()
+        )
         #: records held back by the reorder policy: (shard, handler) -> entries
         self._held: dict[tuple[str | None, str], list[_Entry]] = {}
 
@@ -219,32 +224,34 @@ class Pipeline:
                 stop = self._run_handler(handler, shard_id, entries, limit, result, deadline, window_state)
             if stop is not None and self.settings.stop_on_first_failure:
                 limit = min(limit, stop)
-        # 3. poison records to the DLQ - only those the checkpoint may pass (no duplicate entries
-        #    for a record that will be delivered again anyway)
-        limit = self._set_aside(records, entries, limit, result)
-        # 4. the checkpoint rule
+        # 3. the checkpoint rule
         self._checkpoint(records, entries, limit, shard_id, result)
         return result
 
-    def _set_aside(
-        self, records: Sequence[KinesisRecord], entries: list[_Entry], limit: int, result: BatchResult
-    ) -> int:
-        """Dead-letter the poison entries before ``limit`` (all of them in continue mode)."""
-        stop_mode = self.settings.stop_on_first_failure
-        for i, e in enumerate(entries):
-            if e.poison is None or e.dead:
-                continue
-            if stop_mode and i >= limit:
-                break
-            stage, error, record, failures = e.poison
-            kr = e.user.parent if e.user is not None else records[e.k]
-            if self._dead_letter(result, stage, error, kr, e.user, record, failures):
-                e.dead = True
-                continue
-            result.halted, result.halt_reason = True, "the DLQ write failed"
-            if stop_mode:
-                return i
-        return limit
+    def _set_aside(self, records: Sequence[KinesisRecord], entry: _Entry, result: BatchResult) -> bool:
+        """Dead-letter a poison entry now; False when the DLQ write failed (the record stays unfinished).
+
+        A batch halted after a poison record is delivered again (the worker re-reads it, the KCL
+        processor keeps it, Lambda retries it): a record this pipeline already dead-lettered is
+        not written a second time.
+        """
+        assert entry.poison is not None
+        stage, error, record, failures = entry.poison
+        kr = entry.user.parent if entry.user is not None else records[entry.k]
+        sub = entry.user.sub_sequence_number if entry.user is not None else kr.sub_sequence_number
+        key = (kr.stream_arn, kr.shard_id, kr.sequence_number, sub, stage)
+        if key in self._recently_dead and kr.sequence_number:
+            self._recently_dead.move_to_end(key)
+            entry.dead = True
+            return True
+        if not self._dead_letter(result, stage, error, kr, entry.user, record, failures):
+            return False
+        entry.dead = True
+        if kr.sequence_number:
+            self._recently_dead[key] = None
+            if len(self._recently_dead) > 10_000:
+                self._recently_dead.popitem(last=False)
+        return True
 
     def _decode_batch(
         self, records: Sequence[KinesisRecord], result: BatchResult
@@ -264,6 +271,10 @@ class Pipeline:
                 entry = _Entry(k, None, None)
                 entry.poison = ("deaggregate", exc, None, None)
                 entries.append(entry)
+                if not self._set_aside(records, entry, result):
+                    result.halt_reason = "the DLQ write failed"
+                    if self.settings.stop_on_first_failure:
+                        halt_at = len(entries) - 1
                 continue
             if kr.data[:4] == KPL_MAGIC:
                 self.verifier.aggregate(kr.position, None)
@@ -273,6 +284,10 @@ class Pipeline:
                 entries.append(entry)
                 if not self._decode_and_verify(entry, result) and halt_at is None:
                     halt_at = len(entries) - 1
+                elif entry.poison is not None and not self._set_aside(records, entry, result):
+                    result.halt_reason = "the DLQ write failed"
+                    if self.settings.stop_on_first_failure and halt_at is None:
+                        halt_at = len(entries) - 1
         return entries, halt_at
 
     def _decode_and_verify(self, entry: _Entry, result: BatchResult) -> bool:

@@ -155,11 +155,11 @@ class Verifier:
         self.chain = ChainTracker()
         self.crossref = CrossReferencer(max_pending=max_pending)
         self.max_pending = max_pending
-        #: blocks whose own checks failed (V4-V8), for :meth:`failed_block`
+        #: blocks that failed V4 or V7, for :meth:`failed_block`
         self._bad_blocks: OrderedDict[tuple[str, int], str] = OrderedDict()
 
     def failed_block(self, strand_id: str, sequence_no: int) -> str | None:
-        """The checks a block summary failed (e.g. ``"V4/V7"``), if it was seen and failed any of V4-V8.
+        """The checks a block summary failed (``"V4"``, ``"V7"`` or ``"V4/V7"``), if it was seen and did.
 
         Its revisions may pass their own checks (a forger can recompute a revision hash and patch
         the summary entry), but the block no longer vouches for them: the pipeline does not
@@ -312,7 +312,9 @@ class Verifier:
                     _b64(b.block_hash),
                 )
             )
-        own = sorted({f.check for f in failures})  # V4-V8: the block's own content is not authentic
+        # V4 / V7 break the link between the block's revisions and its entries hash: the block no
+        # longer vouches for them (V5/V6 concern transactionInfo; V8/V9 the block's place in the chain)
+        own = sorted({f.check for f in failures} & {"V4", "V7"})
         if own:
             self._bad_blocks[(b.block_address.strand_id, seq)] = "/".join(own)
             if len(self._bad_blocks) > self.max_pending:

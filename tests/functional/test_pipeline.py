@@ -316,3 +316,24 @@ def test_revisions_of_a_block_that_fails_its_own_checks_are_not_delivered() -> N
     stages = sorted((letter.stage, letter.block_sequence_no) for letter in dlq.letters)
     assert stages == [("verify", v4.sequence_no)] * (len(forged) + 1)  # the block and each revision
     assert any("does not vouch" in letter.error_message for letter in dlq.letters)
+
+
+def test_a_poison_record_after_a_stuck_one_is_dead_lettered_once_across_redeliveries() -> None:
+    sim = simulation(40, tampers=("Transactions#6:data.amount",))
+    first = sim.ledger.revisions[2]
+    router = Router("stuck")
+
+    @router.revision()
+    def on_revision(revision: RevisionDetails, ctx: HandlerContext) -> None:
+        if (revision.document_id, revision.version) == (first.document_id, first.version):
+            raise ConnectionError("sink down")
+
+    dlq = MemoryDLQ()
+    t = FakeTime()
+    pipeline = make_pipeline([router], t, dlq, breaker_failures=1000)
+    (records,) = kinesis_records(sim).values()
+    for _ in range(3):  # the halted batch is delivered again and again, as a runtime would
+        result = pipeline.process("s", records)
+        assert result.halted and result.first_unfinished is not None
+        t.now += 120
+    assert len(dlq.letters) == 1 and dlq.letters[0].stage == "verify"
