@@ -238,10 +238,14 @@ class UserRecordInfo:
     data: bytes
 
 
-def user_records(sim: Simulation, puts: Sequence[PutResult], tampered: set[str]) -> list[UserRecordInfo]:
-    """Every user record put (KCL's view: a corrupt aggregate is one record), in put order."""
+def user_records(
+    sim: Simulation, puts: Sequence[PutResult], tampered: set[str], upto: int | None = None
+) -> list[UserRecordInfo]:
+    """Every user record put (KCL's view: a corrupt aggregate is one record), in put order.
+
+    ``puts`` answers the first ``upto`` deliveries (all of them by default)."""
     out = []
-    for delivery, put in zip(sim.deliveries, puts, strict=True):
+    for delivery, put in zip(sim.deliveries[:upto], puts, strict=True):
         kr = KinesisRecord(delivery.data, put.sequence_number, delivery.partition_key, put.shard_id)
         seq = int(put.sequence_number)
         try:
@@ -266,6 +270,15 @@ def user_records(sim: Simulation, puts: Sequence[PutResult], tampered: set[str])
 
 def tampered_keys(sim: Simulation) -> set[str]:
     return {f"rev#{f.document_id}#{f.version}" for f in sim.expected.failing("V2")}
+
+
+def poison_delivery_index(sim: Simulation, tampered: set[str]) -> int:
+    """The index of the first delivery that carries a tampered revision."""
+    for index, delivery in enumerate(sim.deliveries):
+        kr = KinesisRecord(delivery.data, "0", delivery.partition_key, "shardId-000000000000")
+        if any(effect_key(decode(user)) in tampered for user in deaggregate(kr)):
+            return index
+    raise AssertionError("the simulation has no tampered revision")
 
 
 def effects(records: Sequence[UserRecordInfo]) -> set[str]:
@@ -340,6 +353,18 @@ def run_takeover(kinesis_local: LocalServer, moto_server: LocalServer, work_dir:
                 list(daemons.values()),
             )
             victim = next(w for w in daemons if w != leader)
+
+            def victim_reading() -> bool:
+                # KCL 3 hands a lease over gracefully: the table names the new owner while the old one still
+                # reads the shard. Records put before the new owner's processor starts may all be taken by
+                # the old owner, so wait for the victim's processors to start on every shard it owns.
+                owned = [
+                    k for k, lease in leases(dynamodb, table).items() if lease.get("leaseOwner") == victim
+                ]
+                log = daemons[victim].log_text()
+                return bool(owned) and all(f"shard {shard}: processing from" in log for shard in owned)
+
+            wait_until(f"{victim} to start reading its shards", 60, victim_reading, list(daemons.values()))
             # More records while both run (the leader may have finished the first ones before the other
             # worker got its leases), then UpdateShardCount 4 -> 8 with records still coming.
             puts += put_to_stream(kinesis, stream, phases[1])
@@ -494,12 +519,14 @@ def run_outages(kinesis_local: LocalServer, moto_server: LocalServer, work_dir: 
     down_file = work_dir / "sink-is-down"
     down_file.touch()
     timings: dict[str, float] = {}
+    # Poison records are dead-lettered as soon as they are seen, even while an earlier record in the same
+    # batch is stuck. So the deliveries from the one holding the poison on are put only after the DLQ is
+    # gone: the worker first meets the poison when the DLQ cannot take it.
+    tampered = tampered_keys(sim)
+    split = poison_delivery_index(sim, tampered)
     with stream_of(kinesis, 1, "kcl-outages") as stream, tables(dynamodb, moto_server, stream):
-        puts = put_to_stream(kinesis, stream, sim.deliveries)
-        records = user_records(sim, puts, tampered_keys(sim))
-        stuck = next(r for r in records if r.key is not None)
-        poison = next(r for r in records if r.poison)
-        before_poison = records[records.index(poison) - 1]
+        puts = put_to_stream(kinesis, stream, sim.deliveries[:split])
+        stuck = next(r for r in user_records(sim, puts, tampered, upto=split) if r.key is not None)
         settings = settings_for(
             stream, kinesis_local, moto_server, work_dir, QLDBSTREAM_HANDLER_SINK__DOWN_FILE=str(down_file)
         )
@@ -513,6 +540,10 @@ def run_outages(kinesis_local: LocalServer, moto_server: LocalServer, work_dir: 
             dlq, hidden = work_dir / "dlq", work_dir / "dlq-hidden"
             dlq.rename(hidden)
             dlq.write_text("not a directory")
+            puts += put_to_stream(kinesis, stream, sim.deliveries[split:])
+            records = user_records(sim, puts, tampered)
+            poison = next(r for r in records if r.poison)
+            before_poison = records[records.index(poison) - 1]
             time.sleep(3.0)  # a few retries, with the breaker half-open in between
             sink_down = {
                 "checkpoint": checkpoint_of(leases(dynamodb, table)["shardId-000000000000"]),
