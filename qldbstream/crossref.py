@@ -61,12 +61,17 @@ class _Block:
     matched: set[bytes] = field(default_factory=set)
 
 
-@dataclass(frozen=True, slots=True)
 class _Revision:
-    document_id: str
-    version: int
-    tx_id: str
-    hash: bytes
+    """A revision waiting for (or judged against) its block. Built once per revision on the hot
+    path: a plain slotted class (~0.2 us) rather than a frozen dataclass (~0.75 us); never mutated."""
+
+    __slots__ = ("document_id", "hash", "tx_id", "version")
+
+    def __init__(self, document_id: str, version: int, tx_id: str, hash_: bytes) -> None:
+        self.document_id = document_id
+        self.version = version
+        self.tx_id = tx_id
+        self.hash = hash_
 
 
 _Key = tuple[str, int]

@@ -48,7 +48,7 @@ from qldbstream.ion.binary import (
     struct_slots,
 )
 from qldbstream.ion.hash import ion_hash_at
-from qldbstream.qldb_hash import HASH_LENGTH
+from qldbstream.qldb_hash import HASH_LENGTH, dot, merkle_root
 from qldbstream.records import Position, UserRecord
 
 __all__ = [
@@ -193,12 +193,15 @@ class BlockSummary(JournalRecord):
         "block_address",
         "block_hash",
         "block_timestamp_slot",
+        "chained_hash",
         "entries_hash",
         "entries_hash_list",
+        "entries_root",
         "previous_block_hash",
         "redaction_info_hash",
         "revision_summaries",
         "statements",
+        "summaries_root",
         "transaction_id",
         "transaction_info_hash",
     )
@@ -215,6 +218,12 @@ class BlockSummary(JournalRecord):
     #: Ion hashes of ``transactionInfo`` / ``redactionInfo`` (``None`` when the field is absent)
     transaction_info_hash: bytes | None
     redaction_info_hash: bytes | None
+    #: computed by the scan for V4 / V7 / V8: the Merkle root of the revisionSummaries hashes
+    #: (``None`` when there are none), the Merkle root of entriesHashList, and
+    #: dot(entriesHash, previousBlockHash)
+    summaries_root: bytes | None
+    entries_root: bytes
+    chained_hash: bytes
 
     @property
     def sequence_no(self) -> int:
@@ -252,6 +261,7 @@ class RevisionDetails(JournalRecord):
         "content_hash",
         "data_hash",
         "document_id",
+        "expected_hash",
         "hash",
         "kind",
         "metadata_hash",
@@ -277,6 +287,8 @@ class RevisionDetails(JournalRecord):
     metadata_hash: bytes
     #: Ion hash of ``data`` for a live revision, ``dataHash`` for a redacted one, ``None`` if deleted
     content_hash: bytes | None
+    #: what ``hash`` must equal (V2 / V2b): dot(metadata_hash, content_hash), or metadata_hash
+    expected_hash: bytes
 
     @property
     def is_deleted(self) -> bool:
@@ -313,11 +325,18 @@ class RevisionDetails(JournalRecord):
 #
 #   ("CONTROL", arn, controlRecordType)
 #   ("REVISION_DETAILS", arn, tableName, tableId, strandId, sequenceNo, hash, documentId, version,
-#    txId, txTimeSlot, kind, dataHash | None, H(metadata), H(data) | dataHash | None)
+#    txId, txTimeSlot, kind, dataHash | None, H(metadata), H(data) | dataHash | None, expected)
 #   ("BLOCK_SUMMARY", arn, strandId, sequenceNo, transactionId, blockTimestampSlot, blockHash,
 #    entriesHash, previousBlockHash, [entriesHashList...], [(hash, documentId | None)...],
 #    [(statement, statementDigest, H(statement))...], H(transactionInfo) | None,
-#    H(redactionInfo) | None)
+#    H(redactionInfo) | None, summariesRoot | None, entriesRoot, chained)
+#
+# The last items are what V2 / V4 / V7 / V8 compare against, computed where the hashes already
+# are (in the compiled scanner, without a Python object per intermediate hash):
+#   expected      dot(H(metadata), content), or H(metadata) for a deleted revision (V2 / V2b)
+#   summariesRoot Merkle root of the revisionSummaries hashes, None when there are none (V4)
+#   entriesRoot   Merkle root of entriesHashList (V7)
+#   chained       dot(entriesHash, previousBlockHash) (V8)
 #
 # and raises MalformedIonError, MalformedRecordError, UnknownRecordTypeError or IonHashError.
 
@@ -386,6 +405,7 @@ def _scan_revision(view: RecordView, arn: str, payload: dict[str, _Slot]) -> tup
         data_hash,
         h_meta,
         content,
+        h_meta if content is None else dot(h_meta, content),
     )
 
 
@@ -435,6 +455,9 @@ def _scan_block(view: RecordView, arn: str, payload: dict[str, _Slot]) -> tuple[
         statements,
         tx_info_hash,
         redaction_hash,
+        merkle_root([h for h, _ in summaries]) if summaries else None,
+        merkle_root(entries),
+        dot(entries_hash, previous),
     )
 
 
@@ -505,6 +528,7 @@ def _decode(data: bytes, position: Position | None, user_record: UserRecord | No
         r.data_hash = s[12]
         r.metadata_hash = s[13]
         r.content_hash = s[14]
+        r.expected_hash = s[15]
         record = r
     elif kind == "BLOCK_SUMMARY":
         b = BlockSummary(data, s[1], position, user_record)
@@ -519,6 +543,9 @@ def _decode(data: bytes, position: Position | None, user_record: UserRecord | No
         b.statements = [Statement(t, d, h) for t, d, h in s[11]]
         b.transaction_info_hash = s[12]
         b.redaction_info_hash = s[13]
+        b.summaries_root = s[14]
+        b.entries_root = s[15]
+        b.chained_hash = s[16]
         record = b
     else:
         c = ControlRecord(data, s[1], position, user_record)

@@ -34,7 +34,6 @@ from qldbstream.chain import ChainTracker
 from qldbstream.crossref import CrossReferencer
 from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails
 from qldbstream.errors import DeaggregationError, DecodeError
-from qldbstream.qldb_hash import dot, merkle_root
 from qldbstream.records import Position
 
 __all__ = ["CHECKS", "Failure", "Tally", "Verifier", "has_parameters"]
@@ -195,13 +194,9 @@ class Verifier:
     def _revision(self, r: RevisionDetails) -> list[Failure]:
         failures: list[Failure] = []
         counts = self.tally.counts  # [passed, failed, skipped] per check; indexed by `not ok`
-        content = r.content_hash
-        if content is not None:  # live: H(data); redacted: dataHash
-            expected = dot(r.metadata_hash, content)
-            check = "V2"
-        else:
-            expected = r.metadata_hash
-            check = "V2b"
+        # live: dot(H(metadata), H(data)); redacted: dot(H(metadata), dataHash); deleted: H(metadata)
+        expected = r.expected_hash  # computed by the scan
+        check = "V2" if r.content_hash is not None else "V2b"
         ok = expected == r.hash
         counts[check][not ok] += 1
         if not ok:
@@ -239,8 +234,8 @@ class Verifier:
         seq = b.block_address.sequence_no
         summaries = b.revision_summaries
         # V4
-        if summaries:
-            root = merkle_root([s.hash for s in summaries])
+        root = b.summaries_root  # computed by the scan, None when there are no summaries
+        if root is not None:
             ok = root in entries
             counts["V4"][not ok] += 1
             if not ok:
@@ -279,7 +274,7 @@ class Verifier:
                     )
                 )
         # V7
-        root = merkle_root(entries)
+        root = b.entries_root
         ok = root == b.entries_hash
         counts["V7"][not ok] += 1
         if not ok:
@@ -296,7 +291,7 @@ class Verifier:
                 )
             )
         # V8
-        expected = dot(b.entries_hash, b.previous_block_hash)
+        expected = b.chained_hash
         ok = expected == b.block_hash
         counts["V8"][not ok] += 1
         if not ok:

@@ -105,26 +105,34 @@ fn scan_record<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Obj<'py>> {
         Scanned::Control { arn, control_record_type } => {
             tuple(py, vec![intern!(py, "CONTROL").clone().into_any(), s(py, arn), s(py, control_record_type)])
         }
-        Scanned::Revision(r) => tuple(
-            py,
-            vec![
-                intern!(py, "REVISION_DETAILS").clone().into_any(),
-                s(py, r.arn),
-                s(py, r.table_name),
-                s(py, r.table_id),
-                s(py, r.strand_id),
-                uint(py, data, r.sequence_no)?,
-                b(py, r.hash),
-                s(py, r.document_id),
-                uint(py, data, r.version)?,
-                s(py, r.tx_id),
-                slot(py, r.tx_time_slot)?,
-                int(py, usize::from(r.kind))?,
-                opt_b(py, r.data_hash),
-                b(py, &r.metadata_hash),
-                opt_b(py, r.content_hash.as_ref().map(|h| &h[..])),
-            ],
-        ),
+        Scanned::Revision(r) => {
+            // V2 / V2b's expected hash, computed here: one bytes object instead of a dot() call
+            let expected = match &r.content_hash {
+                Some(content) => qldb_hash::dot(&r.metadata_hash, content),
+                None => r.metadata_hash.to_vec(),
+            };
+            tuple(
+                py,
+                vec![
+                    intern!(py, "REVISION_DETAILS").clone().into_any(),
+                    s(py, r.arn),
+                    s(py, r.table_name),
+                    s(py, r.table_id),
+                    s(py, r.strand_id),
+                    uint(py, data, r.sequence_no)?,
+                    b(py, r.hash),
+                    s(py, r.document_id),
+                    uint(py, data, r.version)?,
+                    s(py, r.tx_id),
+                    slot(py, r.tx_time_slot)?,
+                    int(py, usize::from(r.kind))?,
+                    opt_b(py, r.data_hash),
+                    b(py, &r.metadata_hash),
+                    opt_b(py, r.content_hash.as_ref().map(|h| &h[..])),
+                    b(py, &expected),
+                ],
+            )
+        }
         Scanned::Block(k) => {
             let entries = PyList::new(py, k.entries_hash_list.iter().map(|h| b(py, h)))?;
             let mut summaries = Vec::with_capacity(k.revision_summaries.len());
@@ -139,6 +147,15 @@ fn scan_record<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Obj<'py>> {
             for (text, digest, text_hash) in &k.statements {
                 statements.push(tuple(py, vec![s(py, text), b(py, digest), b(py, text_hash)])?);
             }
+            // V4 / V7 / V8's computed values (see the scan contract in qldbstream/decode.py)
+            let summaries_root = if k.revision_summaries.is_empty() {
+                py.None().into_bound(py)
+            } else {
+                let hashes: Vec<&[u8]> = k.revision_summaries.iter().map(|(h, _)| *h).collect();
+                b(py, &qldb_hash::merkle_root(&hashes))
+            };
+            let entries_root = b(py, &qldb_hash::merkle_root(&k.entries_hash_list));
+            let chained = b(py, &qldb_hash::dot(k.entries_hash, k.previous_block_hash));
             tuple(
                 py,
                 vec![
@@ -156,6 +173,9 @@ fn scan_record<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Obj<'py>> {
                     PyList::new(py, statements)?.into_any(),
                     opt_b(py, k.transaction_info_hash.as_ref().map(|h| &h[..])),
                     opt_b(py, k.redaction_info_hash.as_ref().map(|h| &h[..])),
+                    summaries_root,
+                    entries_root,
+                    chained,
                 ],
             )
         }

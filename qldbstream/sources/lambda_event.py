@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -23,7 +22,8 @@ def shard_id_of(event_id: str | None) -> str | None:
 def kinesis_record(entry: Mapping[str, Any], source: str) -> KinesisRecord:
     """One ``Records[i]`` entry of a Lambda event; raises :class:`MalformedKinesisRecordError`."""
     kinesis = entry.get("kinesis")
-    if not isinstance(kinesis, Mapping):
+    # `type(...) is dict` first: a Lambda event is parsed JSON, and the ABC check costs ~0.5 us
+    if type(kinesis) is not dict and not isinstance(kinesis, Mapping):
         raise MalformedKinesisRecordError("event record has no 'kinesis' object", Position(source))
     seq = kinesis.get("sequenceNumber")
     shard = shard_id_of(entry.get("eventID"))
@@ -35,21 +35,22 @@ def kinesis_record(entry: Mapping[str, Any], source: str) -> KinesisRecord:
     if not isinstance(data, str):
         raise MalformedKinesisRecordError("event record has no base64 'data'", Position(source, shard, seq))
     try:
-        raw = base64.b64decode(data, validate=True)
+        # what base64.b64decode(data, validate=True) does, minus its wrapper and str.encode
+        raw = binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
         raise MalformedKinesisRecordError(
             "event record 'data' is not valid base64 (truncated?)", Position(source, shard, seq)
         ) from None
     arrival = kinesis.get("approximateArrivalTimestamp")
-    return KinesisRecord(
-        data=raw,
-        sequence_number=seq,
-        partition_key=str(kinesis.get("partitionKey") or ""),
-        shard_id=shard,
-        approximate_arrival_timestamp=float(arrival) if isinstance(arrival, int | float) else None,
-        explicit_hash_key=kinesis.get("explicitHashKey") or None,
-        stream_arn=entry.get("eventSourceARN"),
-        source=source,
+    return KinesisRecord(  # positional: one per record, and keywords cost ~30% more
+        raw,
+        seq,
+        str(kinesis.get("partitionKey") or ""),
+        shard,
+        float(arrival) if isinstance(arrival, (int, float)) else None,
+        kinesis.get("explicitHashKey") or None,
+        entry.get("eventSourceARN"),
+        source,
     )
 
 
@@ -63,7 +64,7 @@ def records_from_event(
     for i, entry in enumerate(records):
         where = f"{source} Records[{i}]"
         try:
-            if not isinstance(entry, Mapping):
+            if type(entry) is not dict and not isinstance(entry, Mapping):
                 raise MalformedKinesisRecordError("event record is not an object", Position(where))
             yield kinesis_record(entry, where)
         except MalformedKinesisRecordError as exc:
