@@ -114,9 +114,10 @@ class CrossReferencer:
         revision_hash: bytes,
     ) -> list[CrossCheck]:
         key = (strand_id, sequence_no)
-        failed = self._failed.get((key, revision_hash, document_id, version))
-        if failed is not None:
-            return [failed]  # a duplicate of a revision that failed: it fails again
+        if self._failed:  # (usually empty: skip building the lookup key)
+            failed = self._failed.get((key, revision_hash, document_id, version))
+            if failed is not None:
+                return [failed]  # a duplicate of a revision that failed: it fails again
         rev = _Revision(document_id, version, tx_id, revision_hash)
         block = self._blocks.get(key)
         if block is not None:

@@ -309,7 +309,7 @@ class Verifier:
             )
         # V4 / V7 break the link between the block's revisions and its entries hash: the block no
         # longer vouches for them (V5/V6 concern transactionInfo; V8/V9 the block's place in the chain)
-        own = sorted({f.check for f in failures} & {"V4", "V7"})
+        own = sorted({f.check for f in failures} & {"V4", "V7"}) if failures else None
         if own:
             self._bad_blocks[(b.block_address.strand_id, seq)] = "/".join(own)
             if len(self._bad_blocks) > self.max_pending:
