@@ -25,7 +25,6 @@ from qldbstream.config import Settings
 from qldbstream.deaggregate import deaggregate
 from qldbstream.decode import RevisionDetails, decode
 from qldbstream.dedupe import LatePolicy
-from qldbstream.dlq import DeadLetter
 from qldbstream.errors import ConfigurationError, InputError, RetryableError
 from qldbstream.handler import HandlerContext
 from qldbstream.metrics import InMemoryMetrics
@@ -35,23 +34,13 @@ from qldbstream.shards import covered
 from qldbstream.simulate import Simulation
 from qldbstream.sources.kinesis import LATEST, StartPosition
 from qldbstream.worker import Worker, WorkerOptions, completed_index
+from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import simulation
 
+#: the fake clock's start (epoch seconds)
+T0 = 1_800_000_000.0
 STREAM = "fake-stream"
 BASE_SEQ = 49_600_000_000_000_000_000_000_000_000_000_000_000_000_000
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float | None) -> None:
-        self.slept.append(seconds or 0.0)
-        self.now += seconds or 0.0
 
 
 class FakeKinesis:
@@ -179,20 +168,6 @@ class FakeKinesis:
         return [p for _, op, p in self.calls if op == operation]
 
 
-class MemoryDLQ:
-    def __init__(self) -> None:
-        self.letters: list[DeadLetter] = []
-
-    def put(self, letter: DeadLetter) -> None:
-        self.letters.append(letter)
-
-    def receive(self, limit: int = 10) -> Any:
-        return iter(())
-
-    def delete(self, handle: str) -> None:
-        pass
-
-
 class Sink(Router):
     """An idempotent sink keyed by (documentId, version) that counts calls, remembers the order of
     the shards it saw, and can fail on chosen revisions (ConnectionError: transient, halts the shard)."""
@@ -266,7 +241,7 @@ def last_user_record(records: list[tuple[str, bytes, str, float]]) -> tuple[str,
 
 
 def test_every_revision_once_over_three_shards_with_checkpoints_at_the_ends() -> None:
-    t, sim, sink, metrics = FakeTime(), simulation(60, shards=3), Sink(), InMemoryMetrics()
+    t, sim, sink, metrics = FakeTime(T0), simulation(60, shards=3), Sink(), InMemoryMetrics()
     kinesis = FakeKinesis(t, 3)
     put_simulation(kinesis, sim)
     store = InMemoryCheckpointStore()
@@ -294,7 +269,7 @@ def test_every_revision_once_over_three_shards_with_checkpoints_at_the_ends() ->
 
 
 def test_restart_resumes_at_the_checkpoint_and_redelivers_nothing() -> None:
-    t, sim, store = FakeTime(), simulation(60, shards=2), InMemoryCheckpointStore()
+    t, sim, store = FakeTime(T0), simulation(60, shards=2), InMemoryCheckpointStore()
     kinesis = FakeKinesis(t, 2)
     put_simulation(kinesis, sim)
     first, second = Sink(), Sink()
@@ -320,7 +295,7 @@ def test_restart_resumes_at_the_checkpoint_and_redelivers_nothing() -> None:
 
 
 def test_a_halted_batch_is_read_again_from_its_checkpoint_inside_the_aggregate() -> None:
-    t, sim, sink, store = FakeTime(), simulation(40), Sink(), InMemoryCheckpointStore()
+    t, sim, sink, store = FakeTime(T0), simulation(40), Sink(), InMemoryCheckpointStore()
     kinesis = FakeKinesis(t, 1)
     put_simulation(kinesis, sim)
     # a revision that is not first in its block's aggregate fails 5 times: two halted batches
@@ -345,7 +320,7 @@ def test_a_halted_batch_is_read_again_from_its_checkpoint_inside_the_aggregate()
 
 
 def test_a_halt_before_any_checkpoint_rereads_from_the_first_record_even_under_latest() -> None:
-    t, sim, sink = FakeTime(), simulation(20), Sink()
+    t, sim, sink = FakeTime(T0), simulation(20), Sink()
     kinesis = FakeKinesis(t, 1)
     first = sim.ledger.revisions[0]
     sink.fail_on[(first.document_id, first.version)] = 3
@@ -365,7 +340,7 @@ def test_a_halt_before_any_checkpoint_rereads_from_the_first_record_even_under_l
 
 
 def test_records_held_back_by_the_reorder_policy_are_delivered_before_the_shard_ends() -> None:
-    t, sim, store = FakeTime(), simulation(40), InMemoryCheckpointStore()
+    t, sim, store = FakeTime(T0), simulation(40), InMemoryCheckpointStore()
     kinesis = FakeKinesis(t, 1)
     # lose one block's aggregate: later versions of its documents wait for the missing ones
     lost = next(
@@ -398,7 +373,12 @@ def deaggregated_revisions(data: bytes) -> list[RevisionDetails]:
 
 
 def test_reshard_during_consumption_parents_before_children_and_shard_end_saved() -> None:
-    t, sim, sink, store = FakeTime(), simulation(80, shards=2), Sink(), InMemoryCheckpointStore()
+    t, sim, sink, store = (
+        FakeTime(T0),
+        simulation(80, shards=2),
+        Sink(),
+        InMemoryCheckpointStore(),
+    )
     kinesis = FakeKinesis(t, 2)
     half = len(sim.deliveries) // 2
     for d in sim.deliveries[:half]:
@@ -427,7 +407,7 @@ def test_reshard_during_consumption_parents_before_children_and_shard_end_saved(
 
 
 def test_after_a_restart_ended_parents_are_not_read_and_children_start_at_their_beginning() -> None:
-    t, sim, store = FakeTime(), simulation(60, shards=1), InMemoryCheckpointStore()
+    t, sim, store = FakeTime(T0), simulation(60, shards=1), InMemoryCheckpointStore()
     kinesis = FakeKinesis(t, 1)
     half = len(sim.deliveries) // 2
     for d in sim.deliveries[:half]:
@@ -459,7 +439,11 @@ def test_after_a_restart_ended_parents_are_not_read_and_children_start_at_their_
 
 
 def test_bounded_export_stops_each_shard_at_end_time_and_exits() -> None:
-    t, before, after = FakeTime(), simulation(30, shards=2, seed=1), simulation(30, shards=2, seed=2)
+    t, before, after = (
+        FakeTime(T0),
+        simulation(30, shards=2, seed=1),
+        simulation(30, shards=2, seed=2),
+    )
     kinesis = FakeKinesis(t, 2)
     put_simulation(kinesis, before)
     t.now += 60
@@ -477,7 +461,11 @@ def test_bounded_export_stops_each_shard_at_end_time_and_exits() -> None:
 
 
 def test_bounded_export_stops_at_control_completed_and_others_at_their_tip() -> None:
-    t, sim, later = FakeTime(), simulation(30, shards=2, seed=4), simulation(10, shards=1, seed=9)
+    t, sim, later = (
+        FakeTime(T0),
+        simulation(30, shards=2, seed=4),
+        simulation(10, shards=1, seed=9),
+    )
     kinesis = FakeKinesis(t, 2)
     put_simulation(kinesis, sim)
     (done,) = [d for d in sim.deliveries if completed_index([KinesisRecord(d.data, "1")]) == 0]
@@ -494,7 +482,7 @@ def test_bounded_export_stops_at_control_completed_and_others_at_their_tip() -> 
 
 
 def test_catch_up_starts_at_the_timestamp_then_keeps_going() -> None:
-    t, old, new = FakeTime(), simulation(20, seed=1), simulation(20, seed=2)
+    t, old, new = FakeTime(T0), simulation(20, seed=1), simulation(20, seed=2)
     kinesis = FakeKinesis(t, 1)
     put_simulation(kinesis, old)
     t.now += 10
@@ -513,7 +501,7 @@ def test_catch_up_starts_at_the_timestamp_then_keeps_going() -> None:
 
 
 def test_throttling_expired_iterators_and_a_store_outage_are_retried_per_shard() -> None:
-    t, sim, sink = FakeTime(), simulation(40, shards=2), Sink()
+    t, sim, sink = FakeTime(T0), simulation(40, shards=2), Sink()
     kinesis = FakeKinesis(t, 2)
     put_simulation(kinesis, sim)
     kinesis.fail("get_records", "ProvisionedThroughputExceededException", 3)
@@ -542,7 +530,7 @@ def test_throttling_expired_iterators_and_a_store_outage_are_retried_per_shard()
 
 
 def test_a_missing_stream_is_an_input_error() -> None:
-    t = FakeTime()
+    t = FakeTime(T0)
     worker = make_worker(FakeKinesis(t, 1), t, Sink())
     worker.stream_name = worker.shards.stream_name = "nope"
     with pytest.raises(InputError, match="stream nope does not exist at memory://kinesis"):
@@ -550,7 +538,7 @@ def test_a_missing_stream_is_an_input_error() -> None:
 
 
 def test_stop_before_run_returns_at_once_and_releases_nothing() -> None:
-    t, sink = FakeTime(), Sink()
+    t, sink = FakeTime(T0), Sink()
     worker = make_worker(FakeKinesis(t, 2), t, sink)
     worker.stop()
     report = worker.run()
@@ -595,7 +583,7 @@ def test_options_from_settings() -> None:
 
 
 def test_first_signal_stops_the_worker_and_a_second_exits_at_once() -> None:
-    t = FakeTime()
+    t = FakeTime(T0)
     worker = make_worker(FakeKinesis(t, 1), t, Sink())
     exits: list[int] = []
     before = signal.getsignal(signal.SIGTERM)

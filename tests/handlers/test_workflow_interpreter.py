@@ -16,18 +16,10 @@ from qldbstream_handlers.workflow import (
     load_definition,
 )
 
+from tests.support.fakes import FakeTime
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+#: the fake clock's start (epoch seconds)
+T0 = 1_700_000_000.0
 
 
 def machine(states: dict[str, Any], start: str | None = None) -> dict[str, Any]:
@@ -35,7 +27,7 @@ def machine(states: dict[str, Any], start: str | None = None) -> dict[str, Any]:
 
 
 def run(definition: dict[str, Any], data: Any, registry: TaskRegistry | None = None, **kw: Any) -> Any:
-    t = kw.pop("time", FakeTime())
+    t = kw.pop("time", FakeTime(T0))
     return Interpreter(definition, registry, sleep=t.sleep, clock=t.clock, **kw).run(data, name="exec-1")
 
 
@@ -310,7 +302,7 @@ def task_with(
 
 def test_retry_backs_off_exponentially_then_succeeds() -> None:
     tasks, calls = flaky(3, ValueError("not yet"))
-    t = FakeTime()
+    t = FakeTime(T0)
     retry = [{"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": 2, "MaxAttempts": 3, "BackoffRate": 2}]
     ex = run(task_with(retry), {}, tasks, time=t)
     assert ex.status == "SUCCEEDED" and t.slept == [2, 4, 8] and calls == [0, 1, 2, 3]
@@ -319,7 +311,7 @@ def test_retry_backs_off_exponentially_then_succeeds() -> None:
 
 def test_retry_gives_up_after_max_attempts_and_the_error_reaches_the_caller() -> None:
     tasks, calls = flaky(10, ValueError("never"))
-    t = FakeTime()
+    t = FakeTime(T0)
     retry = [
         {
             "ErrorEquals": ["ValueError"],
@@ -343,7 +335,7 @@ def test_each_retrier_counts_its_own_attempts_and_only_the_first_match_applies()
     def fn(event: Any, ctx: TaskContext) -> Any:
         raise next(errors)
 
-    t = FakeTime()
+    t = FakeTime(T0)
     retry = [
         {"ErrorEquals": ["A"], "IntervalSeconds": 1, "MaxAttempts": 2, "BackoffRate": 1},
         {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 5, "MaxAttempts": 1},
@@ -357,7 +349,7 @@ def test_max_attempts_zero_never_retries_and_jitter_stays_below_the_interval() -
     ex = run(task_with([{"ErrorEquals": ["States.ALL"], "MaxAttempts": 0}]), {}, tasks)
     assert ex.status == "FAILED" and calls == [0]
     tasks, calls = flaky(2, ValueError("x"))
-    t = FakeTime()
+    t = FakeTime(T0)
     retry = [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 10, "JitterStrategy": "FULL"}]
     ex = run(task_with(retry), {}, tasks, time=t, rng=random.Random(7))
     assert ex.status == "SUCCEEDED" and len(t.slept) == 2
@@ -377,7 +369,7 @@ def test_catch_puts_the_error_at_its_result_path_in_the_raw_input() -> None:
 
 
 def test_task_failed_does_not_match_a_timeout_but_states_all_does() -> None:
-    t = FakeTime()
+    t = FakeTime(T0)
     tasks = TaskRegistry()
 
     @tasks.task("Flaky")
@@ -410,7 +402,7 @@ def test_runtime_errors_are_never_caught() -> None:
 
 
 def test_fail_succeed_and_wait() -> None:
-    t = FakeTime()
+    t = FakeTime(T0)
     d = machine(
         {
             "W1": {"Type": "Wait", "Seconds": 3, "Next": "W2"},

@@ -22,26 +22,13 @@ from qldbstream.dedupe import InMemoryDedupeStore
 from qldbstream.metrics import InMemoryMetrics
 from qldbstream.pipeline import Pipeline
 from tests.support.aws import client
+from tests.support.fakes import MemoryDLQ
 from tests.support.servers import MotoServer
 from tests.support.streams import kinesis_records, simulation
 
 pytestmark = pytest.mark.integration
 
 ROLE = "arn:aws:iam::123456789012:role/qldbstream-workflow"
-
-
-class MemoryDLQ:
-    def __init__(self) -> None:
-        self.letters: list[Any] = []
-
-    def put(self, letter: Any) -> None:
-        self.letters.append(letter)
-
-    def receive(self, limit: int = 10) -> Any:
-        return iter(())
-
-    def delete(self, handle: str) -> None:
-        pass
 
 
 @pytest.fixture

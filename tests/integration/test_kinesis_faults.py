@@ -24,6 +24,7 @@ from qldbstream.errors import RetryableError
 from qldbstream.sources.kinesis import Backoff, StartPosition, read_stream
 from qldbstream.sources.kinesis_put import MAX_RECORD_BYTES, PutEntry, create_stream, put_records
 from tests.support.aws import client, kinesis_stream
+from tests.support.fakes import FakeTime
 from tests.support.servers import MotoServer
 
 THROTTLED = "ProvisionedThroughputExceededException"
@@ -77,22 +78,6 @@ class FaultyKinesis:
         return {"FailedRecordCount": sum(c is not None for c in codes), "Records": records}
 
 
-class FakeTime:
-    """An injected clock (epoch seconds) that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 @pytest.fixture
 def moto_kinesis(moto_server: MotoServer) -> Any:
     return client("kinesis", moto_server.endpoint)
@@ -126,14 +111,14 @@ def expected_delays(count: int, seed: int = 7) -> list[float]:
 @pytest.mark.integration
 def test_throttled_get_records_is_retried_with_growing_backoff(moto_kinesis: Any, stream: str) -> None:
     put_records(moto_kinesis, stream, payloads(50))
-    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime()
+    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime(time.time())
     faulty.fail("get_records", THROTTLED, times=3)
 
     data = read(faulty, stream, fake)
 
     assert data == [e.data for e in payloads(50)]
-    assert fake.sleeps[:3] == expected_delays(3)
-    for n, delay in enumerate(fake.sleeps[:3]):
+    assert fake.slept[:3] == expected_delays(3)
+    for n, delay in enumerate(fake.slept[:3]):
         assert 0.1 * 2**n / 2 <= delay <= 0.1 * 2**n
     assert [op for op, _ in faulty.calls].count("get_records") == 3 + 2  # 3 throttled, 1 batch, 1 empty
 
@@ -146,14 +131,14 @@ def test_throttled_get_records_is_retried_with_growing_backoff(moto_kinesis: Any
 def test_throttling_that_does_not_stop_raises_retryable_error(
     moto_kinesis: Any, stream: str, operation: str, code: str
 ) -> None:
-    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime()
+    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime(time.time())
     faulty.fail(operation, code, times=100)
 
     with pytest.raises(RetryableError, match=f"still throttled after 4 attempts \\({code}\\)") as caught:
         read(faulty, stream, fake, max_attempts=4)
 
-    assert len(fake.sleeps) == 3
-    assert fake.sleeps == expected_delays(3)
+    assert len(fake.slept) == 3
+    assert fake.slept == expected_delays(3)
     assert caught.value.retry_after == Backoff().cap
     assert stream in str(caught.value)
 
@@ -161,7 +146,7 @@ def test_throttling_that_does_not_stop_raises_retryable_error(
 @pytest.mark.integration
 def test_expired_iterator_resumes_after_the_last_record_read(moto_kinesis: Any, stream: str) -> None:
     put_records(moto_kinesis, stream, payloads(100))
-    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime()
+    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime(time.time())
     faulty.fail("get_records", "ExpiredIteratorException", after=1)  # after the first batch of 30
 
     records = list(read_stream(faulty, stream, limit=30, sleep=fake.sleep, clock=fake.clock))
@@ -181,7 +166,7 @@ def test_expired_iterator_before_any_record_restarts_at_the_start_position(
     since = datetime.now(UTC)
     time.sleep(0.02)
     put_records(moto_kinesis, stream, payloads(5))
-    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime()
+    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime(time.time())
     faulty.fail("get_records", "ExpiredIteratorException", times=2)
 
     data = read(faulty, stream, fake, start=StartPosition.at_timestamp(since))
@@ -194,7 +179,7 @@ def test_expired_iterator_before_any_record_restarts_at_the_start_position(
 
 @pytest.mark.integration
 def test_an_iterator_that_keeps_expiring_raises_retryable_error(moto_kinesis: Any, stream: str) -> None:
-    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime()
+    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime(time.time())
     faulty.fail("get_records", "ExpiredIteratorException", times=100)
     with pytest.raises(RetryableError, match="expired 4 times in a row"):
         read(faulty, stream, fake, max_attempts=3)
@@ -203,14 +188,14 @@ def test_an_iterator_that_keeps_expiring_raises_retryable_error(moto_kinesis: An
 @pytest.mark.integration
 def test_tailing_idles_at_poll_interval_until_end_time(moto_kinesis: Any, stream: str) -> None:
     put_records(moto_kinesis, stream, payloads(10))
-    fake = FakeTime()
+    fake = FakeTime(time.time())
     end = datetime.fromtimestamp(fake.now + 5, UTC)
 
     data = read(moto_kinesis, stream, fake, until_caught_up=False, end_time=end, poll_interval=1.0)
 
     assert data == [e.data for e in payloads(10)]
-    assert fake.sleeps
-    assert all(0 < s <= 1.0 for s in fake.sleeps)
+    assert fake.slept
+    assert all(0 < s <= 1.0 for s in fake.slept)
     assert fake.now >= end.timestamp()  # it stopped because the window closed, not before
 
 
@@ -219,7 +204,7 @@ def test_tailing_idles_at_poll_interval_until_end_time(moto_kinesis: Any, stream
 
 @pytest.mark.integration
 def test_put_retries_only_the_failed_entries(moto_kinesis: Any, stream: str) -> None:
-    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime()
+    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime(time.time())
     every_third: Callable[[int], str | None] = lambda i: THROTTLED if i % 3 == 0 else None  # noqa: E731
     faulty.fail_entries(every_third, every_third)
     written = payloads(30)
@@ -228,7 +213,7 @@ def test_put_retries_only_the_failed_entries(moto_kinesis: Any, stream: str) -> 
 
     sizes = [len(params["Records"]) for op, params in faulty.calls if op == "put_records"]
     assert sizes == [30, 10, 4]
-    assert fake.sleeps == expected_delays(2)
+    assert fake.slept == expected_delays(2)
     stored = list(read_stream(moto_kinesis, stream, sleep=fake.sleep, clock=fake.clock))
     assert sorted(r.data for r in stored) == sorted(e.data for e in written)  # each exactly once
     where = {r.data: r.sequence_number for r in stored}
@@ -237,7 +222,7 @@ def test_put_retries_only_the_failed_entries(moto_kinesis: Any, stream: str) -> 
 
 @pytest.mark.integration
 def test_put_gives_up_naming_the_count_and_the_codes(moto_kinesis: Any, stream: str) -> None:
-    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime()
+    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime(time.time())
 
     def mostly_failing(i: int) -> str | None:
         return None if i >= 20 else (THROTTLED if i % 2 else "InternalFailure")
@@ -251,19 +236,19 @@ def test_put_gives_up_naming_the_count_and_the_codes(moto_kinesis: Any, stream: 
     assert "20 records still failed after 3 PutRecords attempts" in message
     assert f"{THROTTLED} × 12, InternalFailure × 8" in message
     assert "5 other records were written" in message
-    assert fake.sleeps == expected_delays(2)
+    assert fake.slept == expected_delays(2)
 
 
 @pytest.mark.integration
 def test_a_throttled_put_call_is_repeated_whole(moto_kinesis: Any, stream: str) -> None:
-    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime()
+    faulty, fake = FaultyKinesis(moto_kinesis), FakeTime(time.time())
     faulty.fail("put_records", THROTTLED, times=2)
 
     results = put_records(faulty, stream, payloads(12), sleep=fake.sleep, rng=random.Random(7))
 
     assert len(results) == 12
     assert [len(p["Records"]) for op, p in faulty.calls if op == "put_records"] == [12, 12, 12]
-    assert fake.sleeps == expected_delays(2)
+    assert fake.slept == expected_delays(2)
     assert len(list(read_stream(moto_kinesis, stream, sleep=fake.sleep, clock=fake.clock))) == 12
 
 
@@ -312,7 +297,7 @@ def test_start_position_and_read_options_are_checked() -> None:
 
 def test_list_shards_pages_with_the_next_token_alone() -> None:
     kinesis = offline_kinesis()
-    fake = FakeTime()
+    fake = FakeTime(time.time())
     arn = "arn:aws:kinesis:us-east-1:123456789012:stream/s"
     shard = {
         "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": "1"},
@@ -365,7 +350,7 @@ def test_list_shards_pages_with_the_next_token_alone() -> None:
 
 
 def test_create_stream_gives_up_on_a_stream_that_stays_creating() -> None:
-    kinesis, fake = offline_kinesis(), FakeTime()
+    kinesis, fake = offline_kinesis(), FakeTime(time.time())
     summary = {
         "StreamName": "s",
         "StreamARN": "arn:aws:kinesis:us-east-1:123456789012:stream/s",
@@ -382,4 +367,4 @@ def test_create_stream_gives_up_on_a_stream_that_stays_creating() -> None:
         with pytest.raises(RetryableError, match="stream s is still CREATING after 1 s"):
             create_stream(kinesis, "s", 2, timeout=1.0, poll_interval=0.2, sleep=fake.sleep)
         stub.assert_no_pending_responses()
-    assert fake.sleeps == [0.2] * 5
+    assert fake.slept == [0.2] * 5

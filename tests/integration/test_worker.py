@@ -30,7 +30,6 @@ from qldbstream.config import Settings
 from qldbstream.deaggregate import deaggregate
 from qldbstream.decode import JournalRecord, RevisionDetails
 from qldbstream.dedupe import LatePolicy
-from qldbstream.dlq import DeadLetter
 from qldbstream.handler import Handler, HandlerContext
 from qldbstream.metrics import InMemoryMetrics
 from qldbstream.simulate import DeliveryOptions, Simulation, SimulationConfig, Workload, simulate
@@ -39,6 +38,7 @@ from qldbstream.sources.kinesis_put import PutEntry, put_records
 from qldbstream.stores.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore
 from qldbstream.worker import ShardStatus, Worker, WorkerOptions
 from tests.support.aws import REGION, client, kinesis_stream, wait_until_active
+from tests.support.fakes import MemoryDLQ
 from tests.support.servers import REPO_ROOT, LocalServer, MotoServer
 
 pytestmark = pytest.mark.integration
@@ -98,20 +98,6 @@ class FileSink(Handler):
 
 def file_sink(settings: dict[str, str]) -> Handler:
     return FileSink(settings)
-
-
-class MemoryDLQ:
-    def __init__(self) -> None:
-        self.letters: list[DeadLetter] = []
-
-    def put(self, letter: DeadLetter) -> None:
-        self.letters.append(letter)
-
-    def receive(self, limit: int = 10) -> Any:
-        return iter(())
-
-    def delete(self, handle: str) -> None:
-        pass
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------

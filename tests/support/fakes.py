@@ -19,7 +19,9 @@ class FakeTime:
     def clock(self) -> float:
         return self.now
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float | None) -> None:
+        seconds = seconds or 0.0  # time.sleep(None) is not valid, but a worker may pass an unset delay
+        assert seconds >= 0, f"negative sleep: {seconds}"
         self.slept.append(seconds)
         self.now += seconds
 

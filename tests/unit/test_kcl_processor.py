@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from qldbstream.config import load_settings
 from qldbstream.deaggregate import deaggregate
 from qldbstream.decode import JournalRecord, decode
 from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
-from qldbstream.dlq import DeadLetter
 from qldbstream.errors import ConfigurationError, RetryableError
 from qldbstream.handler import Handler, HandlerContext
 from qldbstream.kcl import (
@@ -47,6 +46,7 @@ from qldbstream.pipeline import Pipeline, PipelineSettings
 from qldbstream.records import KinesisRecord
 from qldbstream.reliability import RetryPolicy
 from tests.integration.kcl_worker_sink import effect_key
+from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.servers import free_port
 from tests.support.streams import kinesis_records, simulation
 
@@ -56,36 +56,6 @@ Position = tuple[str | None, int | None]
 
 
 # --- fakes -------------------------------------------------------------------------------------------
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-class MemoryDLQ:
-    def __init__(self) -> None:
-        self.letters: list[DeadLetter] = []
-        self.down = False
-
-    def put(self, letter: DeadLetter) -> None:
-        if self.down:
-            raise ConnectionError("the DLQ is down")
-        self.letters.append(letter)
-
-    def receive(self, limit: int = 10) -> Iterator[tuple[str, DeadLetter]]:
-        return iter(())
-
-    def delete(self, handle: str) -> None:
-        pass
 
 
 class Sink(Handler):
@@ -511,13 +481,13 @@ def test_poison_records_are_dead_lettered_and_checkpointed_past() -> None:
 def test_a_dlq_outage_holds_the_checkpoint_before_the_poison_record_until_it_is_back() -> None:
     records, _ = stream(30, tampers=("Transactions#2:data.amount",))
     sink, t, dlq = Sink(), FakeTime(), MemoryDLQ()
-    dlq.down = True
+    dlq.fail = True
     processor, daemon = make(sink, t, dlq=dlq, options=ProcessorOptions(call_budget=0.0))
     asked = daemon.process(records)
     assert processor.pending, "the poison record and everything after it wait"
     poison = processor.pending[0]
     assert all(before(position, poison) for position in asked)
-    dlq.down = False
+    dlq.fail = False
     t.now += 60
     assert daemon.process([]) == [last(records)]
     assert len(dlq.letters) == 1 and processor.pending == []
