@@ -71,6 +71,8 @@ __all__ = ["FraudHandler"]
 log = logging.getLogger("qldbstream.handler.fraud")
 P = TypeVar("P", bound=Callable[[TransactionEvent], bool])
 _MAX_CONFLICTS = 10
+#: state written under optimistic concurrency (a revision per key)
+V = TypeVar("V", AccountState, HandlerMeta)
 
 
 class FraudHandler(Handler):
@@ -426,39 +428,36 @@ class FraudHandler(Handler):
             self._accounts.move_to_end(account)
 
     def _save_account(self, state: AccountState) -> None:
-        key = self._account_key(state.account_id)
-        for _ in range(_MAX_CONFLICTS):
-            revision = self.store.put(key, state.to_json(), state.revision)
-            if revision is not None:
-                state.revision, state.dirty = revision, False
-                return
-            self._metrics.incr("fraud_state_conflicts")
-            stored = self.store.get([key]).get(key)
-            if stored is None:
-                state.revision = 0
-                continue
-            state.merge(AccountState.from_json(stored[1], stored[0]))
-            state.revision = stored[0]
+        def merged() -> None:
             waiting = [e.time_ms for e in state.pending()]
             if waiting:  # a concurrent writer's events that still wait for the watermark
                 meta = self._load_meta()
                 earliest = min([*waiting, meta.pending.get(state.account_id, waiting[0])])
                 meta.pending[state.account_id] = earliest
                 self._meta_dirty = True
-        raise RetryableError(f"fraud state for account {state.account_id}: too many concurrent writers")
+
+        self._save(
+            self._account_key(state.account_id), state, merged, f"fraud state for account {state.account_id}"
+        )
+        state.dirty = False
 
     def _save_meta(self, meta: HandlerMeta) -> None:
-        key = self._meta_key()
+        self._save(self._meta_key(), meta, lambda: None, "fraud handler state")
+        self._meta_dirty = False
+
+    def _save(self, key: str, value: V, merged: Callable[[], None], what: str) -> None:
+        """Write ``value`` at its revision; on a concurrent write, merge the stored copy in and retry."""
         for _ in range(_MAX_CONFLICTS):
-            revision = self.store.put(key, meta.to_json(), meta.revision)
+            revision = self.store.put(key, value.to_json(), value.revision)
             if revision is not None:
-                meta.revision, self._meta_dirty = revision, False
+                value.revision = revision
                 return
             self._metrics.incr("fraud_state_conflicts")
             stored = self.store.get([key]).get(key)
             if stored is None:
-                meta.revision = 0
+                value.revision = 0
                 continue
-            meta.merge(HandlerMeta.from_json(stored[1], stored[0]))
-            meta.revision = stored[0]
-        raise RetryableError("fraud handler state: too many concurrent writers")
+            value.merge(type(value).from_json(stored[1], stored[0]))
+            value.revision = stored[0]
+            merged()
+        raise RetryableError(f"{what}: too many concurrent writers")
