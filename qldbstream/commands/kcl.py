@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qldbstream.commands.common import add_stream_options, environ_with_flags
 from qldbstream.errors import ConfigurationError, InputError
 
 __all__ = ["main", "register", "run"]
@@ -37,9 +37,6 @@ signals: SIGTERM/SIGINT are forwarded to the daemon (processors checkpoint, then
 one kills it. exit status: 0 stopped, 2 bad configuration or no Java/jars, else the daemon's status.
 """
 
-#: ``--flag`` -> the setting it overrides (flags win over the file and the environment).
-_OVERRIDES = {"stream": "STREAM_NAME", "endpoint_url": "ENDPOINT_URL", "region": "REGION"}
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -50,10 +47,7 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", help="settings file (TOML or JSON); QLDBSTREAM_* env wins")
-    p.add_argument("--stream", metavar="NAME", help="the Kinesis data stream (setting stream_name)")
-    p.add_argument("--region", metavar="REGION", help="AWS region (default: from the environment)")
-    p.add_argument("--endpoint-url", metavar="URL", help="one endpoint for Kinesis, DynamoDB, SQS (local)")
+    add_stream_options(p)
     p.add_argument("--worker-id", metavar="ID", help="the lease owner name (default: host name + random)")
     p.add_argument(
         "--metrics-level",
@@ -82,11 +76,7 @@ def register(sub: Any) -> None:
 
 def _environ(args: argparse.Namespace) -> dict[str, str]:
     """This process's environment with the flags' settings: the daemon and its processors inherit it."""
-    env = dict(os.environ)
-    for flag, name in _OVERRIDES.items():
-        value = getattr(args, flag)
-        if value:
-            env[f"QLDBSTREAM_{name}"] = value
+    env = environ_with_flags(args)
     if args.config:
         path = Path(args.config).resolve()
         if not path.is_file():

@@ -15,6 +15,7 @@ from datetime import datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from qldbstream.commands.common import STREAM_FLAGS, add_stream_options, environ_with_flags
 from qldbstream.errors import ConfigurationError, InputError, QldbStreamError
 
 if TYPE_CHECKING:
@@ -44,13 +45,8 @@ and exits 0; a second signal exits at once with 130 (SIGINT) or 143 (SIGTERM).
 exit status: 0 stopped or done, 1 a run-time failure, 2 bad configuration or a missing stream.
 """
 
-#: ``--flag`` -> the setting it overrides (flags win over the file and the environment).
-_OVERRIDES = {
-    "stream": "STREAM_NAME",
-    "endpoint_url": "ENDPOINT_URL",
-    "region": "REGION",
-    "checkpoint_table": "CHECKPOINT_TABLE",
-}
+#: the stream flags, and one more for the worker
+_FLAGS = {**STREAM_FLAGS, "checkpoint_table": "CHECKPOINT_TABLE"}
 
 
 def register(sub: Any) -> None:
@@ -62,10 +58,7 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", help="settings file (TOML or JSON); QLDBSTREAM_* env wins")
-    p.add_argument("--stream", metavar="NAME", help="the Kinesis data stream (setting stream_name)")
-    p.add_argument("--endpoint-url", metavar="URL", help="one endpoint for Kinesis, DynamoDB, SQS (local)")
-    p.add_argument("--region", metavar="REGION", help="AWS region (default: from the environment)")
+    add_stream_options(p)
     p.add_argument("--from", dest="start", metavar="TIMESTAMP", help="start at this arrival time (ISO 8601)")
     p.add_argument("--until", dest="end", metavar="TIMESTAMP", help="bounded export: stop at this time")
     p.add_argument("--until-caught-up", action="store_true", help="exit once every shard is caught up")
@@ -89,11 +82,7 @@ def _timestamp(flag: str, text: str) -> str:
 
 
 def _environ(args: argparse.Namespace) -> dict[str, str]:
-    env = dict(os.environ)
-    for flag, name in _OVERRIDES.items():
-        value = getattr(args, flag)
-        if value:
-            env[f"QLDBSTREAM_{name}"] = value
+    env = environ_with_flags(args, _FLAGS)
     if args.start:
         env["QLDBSTREAM_START_POSITION"] = "AT_TIMESTAMP"
         env["QLDBSTREAM_START_TIME"] = _timestamp("--from", args.start)
