@@ -63,10 +63,11 @@ def main() -> None:
     if args.python_only:
         import qldbstream.deaggregate
         import qldbstream.decode
+        import qldbstream.sources.lambda_event
 
         qldbstream.decode.use_native(False)
-        if hasattr(qldbstream.deaggregate, "use_native"):
-            qldbstream.deaggregate.use_native(False)
+        qldbstream.deaggregate.use_native(False)
+        qldbstream.sources.lambda_event.use_native(False)
     events = [json.loads(line) for line in Path(args.events).read_text().splitlines() if line.strip()]
     times = []
     for rep in range(args.reps):

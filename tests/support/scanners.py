@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from qldbstream import deaggregate, decode
+from qldbstream.sources import lambda_event
 
 __all__ = ["REQUIRE_NATIVE", "SCANNERS", "scanner"]
 
@@ -30,11 +31,13 @@ REQUIRE_NATIVE = os.environ.get("REQUIRE_QLDBSTREAM_NATIVE") == "1"
 def _use(native: bool) -> None:
     decode.use_native(native)
     deaggregate.use_native(native)
+    lambda_event.use_native(native)
 
 
 def _default() -> None:
     decode.use_native(decode.native_available())
     deaggregate.use_native(deaggregate.native_available())
+    lambda_event.use_native(lambda_event.native_available())
 
 
 @pytest.fixture(params=SCANNERS)
@@ -42,7 +45,9 @@ def scanner(request: pytest.FixtureRequest) -> Iterator[str]:
     """``"python"`` or ``"native"``: the scanner (and KPL parser) the test runs with."""
     name: str = request.param
     native = name == "native"
-    if native and not (decode.native_available() and deaggregate.native_available()):
+    if native and not (
+        decode.native_available() and deaggregate.native_available() and lambda_event.native_available()
+    ):
         if REQUIRE_NATIVE:
             pytest.fail("REQUIRE_QLDBSTREAM_NATIVE=1 but qldbstream-native is not installed")
         pytest.skip("qldbstream-native is not installed")

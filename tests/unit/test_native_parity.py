@@ -17,6 +17,7 @@ seeds (default 0) to explore other inputs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -621,3 +622,68 @@ def test_dot_and_merkle_root(hashes: list[bytes]) -> None:
     assert native.merkle_root(hashes) == merkle_root(hashes)
     for a, b in itertools.pairwise(hashes):
         assert native.dot(a, b) == dot(a, b)
+
+
+# --- base64 of Lambda events ------------------------------------------------------------------
+
+
+def _b64_outcome(native_first: bool, text: str) -> Outcome:
+    """What a Lambda event record with this ``data`` becomes: its bytes, or the error message."""
+    from qldbstream.errors import MalformedKinesisRecordError
+    from qldbstream.sources import lambda_event
+
+    entry = {"kinesis": {"sequenceNumber": "1", "data": text}, "eventID": "shardId-0:1"}
+    lambda_event.use_native(native_first)
+    try:
+        return ("ok", lambda_event.kinesis_record(entry, "t").data)
+    except MalformedKinesisRecordError as exc:
+        return ("error", exc.message)
+    finally:
+        lambda_event.use_native(True)
+
+
+def assert_same_base64(text: str) -> None:
+    # also the compiled decoder alone: it may refuse more than Python (then Python decides), never less
+    import binascii
+
+    try:
+        expected: Outcome = ("ok", binascii.a2b_base64(text, strict_mode=True))
+    except ValueError:
+        expected = ("error",)
+    with contextlib.suppress(native.NativeDecodeError):
+        assert ("ok", native.b64decode(text)) == expected, text
+    assert _b64_outcome(True, text) == _b64_outcome(False, text), text
+
+
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(max_size=300),
+    st.lists(st.tuples(st.integers(0, 400), st.sampled_from([*"=A/+-_ \n\x00é", "=="])), max_size=3),
+    st.integers(0, 3),
+)
+def test_base64_like_the_reference(raw: bytes, edits: list[tuple[int, str]], cut: int) -> None:
+    import base64
+
+    text = base64.b64encode(raw).decode()
+    assert_same_base64(text)
+    for at, s in edits:
+        text = text[:at] + s + text[at + 1 :]
+    assert_same_base64(text)
+    assert_same_base64(text[: len(text) - cut])
+
+
+_B64_EDGES = ("", "QQ==", "QR==", "QQ", "QQ=", "QQ===", "=QQ=", "QUJD", "QUJ=", "QUI=", "QU I=", "é")
+
+
+@pytest.mark.parametrize("text", [*_B64_EDGES, "QUJDQQ==QUJD", "QUJD\n"])
+def test_base64_edge_cases(text: str) -> None:
+    assert_same_base64(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=_B64_ALPHABET + "=", max_size=40))
+def test_base64_alphabet_strings(text: str) -> None:
+    assert_same_base64(text)
