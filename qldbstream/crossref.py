@@ -14,7 +14,8 @@ beyond ``max_pending`` waiting entries the oldest are given up and reported as u
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 __all__ = ["CrossCheck", "CrossReferencer", "Unmatched"]
 
@@ -31,6 +32,8 @@ class CrossCheck:
 
 
 _PASSED = CrossCheck(True, "", None, 0, "", "", "")  # one shared result for every pair that matches
+_ONE_PASSED: tuple[CrossCheck] = (_PASSED,)
+_NOTHING: tuple[CrossCheck, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +56,16 @@ class Unmatched:
         }
 
 
-@dataclass(slots=True)
 class _Block:
-    transaction_id: str
-    #: revision hash -> documentId, for summary entries still waiting for their revision
-    waiting: dict[bytes, str]
-    matched: set[bytes] = field(default_factory=set)
+    """A block summary whose entries are (partly) still waiting for their revisions."""
+
+    __slots__ = ("matched", "transaction_id", "waiting")
+
+    def __init__(self, transaction_id: str, waiting: dict[bytes, str]) -> None:
+        self.transaction_id = transaction_id
+        #: revision hash -> documentId, for summary entries still waiting for their revision
+        self.waiting = waiting
+        self.matched: set[bytes] = set()
 
 
 class _Revision:
@@ -90,16 +97,36 @@ class CrossReferencer:
         self.evicted: list[Unmatched] = []
 
     def add_block(
-        self, strand_id: str, sequence_no: int, transaction_id: str, summaries: list[tuple[bytes, str | None]]
-    ) -> list[CrossCheck]:
+        self,
+        strand_id: str,
+        sequence_no: int,
+        transaction_id: str,
+        summaries: Iterable[tuple[bytes, str | None]],
+    ) -> Sequence[CrossCheck]:
+        """A block summary's entries ``(revision hash, documentId | None)``; returns the pairs completed."""
+        return self.add_block_entries(
+            strand_id, sequence_no, transaction_id, {h: doc for h, doc in summaries if doc is not None}
+        )
+
+    def add_block_entries(
+        self, strand_id: str, sequence_no: int, transaction_id: str, documented: dict[bytes, str]
+    ) -> Sequence[CrossCheck]:
+        """:meth:`add_block` with the documented entries as ``{revision hash: documentId}`` (taken over)."""
         key = (strand_id, sequence_no)
         if key in self._blocks or key in self._done:
-            return []  # a duplicate delivery: its pairs are already being judged
-        block = _Block(transaction_id, {h: doc for h, doc in summaries if doc is not None})
-        results = []
-        for rev in self._revisions.pop(key, []):
-            self._pending_revisions -= 1
-            results.append(self._judge(key, block, rev))
+            return _NOTHING  # a duplicate delivery: its pairs are already being judged
+        block = _Block(transaction_id, documented)
+        revisions = self._revisions.pop(key, None)
+        if revisions is None:  # the usual order: the block summary before its revisions
+            if documented:
+                self._blocks[key] = block
+                if len(self._blocks) > self.max_pending:
+                    self._bound()
+            else:
+                self._finish(key)
+            return _NOTHING
+        self._pending_revisions -= len(revisions)
+        results = [self._judge(key, block, rev) for rev in revisions]
         self._settle(key, block)
         self._bound()
         return results
@@ -112,29 +139,43 @@ class CrossReferencer:
         version: int,
         tx_id: str,
         revision_hash: bytes,
-    ) -> list[CrossCheck]:
+    ) -> Sequence[CrossCheck]:
+        """A revision's identity; returns its check once its block summary is known (else nothing yet)."""
         key = (strand_id, sequence_no)
         if self._failed:  # (usually empty: skip building the lookup key)
             failed = self._failed.get((key, revision_hash, document_id, version))
             if failed is not None:
-                return [failed]  # a duplicate of a revision that failed: it fails again
-        rev = _Revision(document_id, version, tx_id, revision_hash)
+                return (failed,)  # a duplicate of a revision that failed: it fails again
         block = self._blocks.get(key)
         if block is not None:
             if revision_hash in block.matched:
-                return []  # a duplicate delivery of a revision already judged
-            result = self._judge(key, block, rev)
+                return _NOTHING  # a duplicate delivery of a revision already judged
+            waiting = block.waiting
+            if waiting.get(revision_hash) == document_id and tx_id == block.transaction_id:
+                # the pair matches (the usual case): no _Revision, no CrossCheck
+                del waiting[revision_hash]
+                block.matched.add(revision_hash)
+                if waiting:
+                    self._blocks.move_to_end(key)  # recently used: evicted last
+                else:
+                    del self._blocks[key]
+                    self._finish(key)
+                return _ONE_PASSED
+            result = self._judge(key, block, _Revision(document_id, version, tx_id, revision_hash))
             self._settle(key, block)
-            return [result]
+            return (result,)
         if key in self._done:
-            return []  # the block is complete: this is a duplicate of a matched revision
-        waiting = self._revisions.setdefault(key, [])
-        if any(r.hash == revision_hash for r in waiting):
-            return []
-        waiting.append(rev)
+            return _NOTHING  # the block is complete: this is a duplicate of a matched revision
+        waiting_revisions = self._revisions.get(key)
+        if waiting_revisions is None:
+            waiting_revisions = self._revisions[key] = []
+        elif any(r.hash == revision_hash for r in waiting_revisions):
+            return _NOTHING
+        waiting_revisions.append(_Revision(document_id, version, tx_id, revision_hash))
         self._pending_revisions += 1
-        self._bound()
-        return []
+        if self._pending_revisions > self.max_pending:
+            self._bound()
+        return _NOTHING
 
     def _judge(self, key: _Key, block: _Block, rev: _Revision) -> CrossCheck:
         result = self._compare(key, block, rev)
@@ -186,9 +227,14 @@ class CrossReferencer:
             self._blocks.move_to_end(key)
         else:
             self._blocks.pop(key, None)
-            self._done[key] = None
-            if len(self._done) > self.max_pending:
-                self._done.popitem(last=False)
+            self._finish(key)
+
+    def _finish(self, key: _Key) -> None:
+        """Every documented entry of the block is matched: remember it (for duplicates), bounded."""
+        done = self._done
+        done[key] = None
+        if len(done) > self.max_pending:
+            done.popitem(last=False)
 
     def _bound(self) -> None:
         while len(self._blocks) > self.max_pending:

@@ -331,9 +331,9 @@ class Verifier:
                     )
                 )
         # V3
-        for c in self.crossref.add_block(
-            b.block_address.strand_id, seq, b.transaction_id, [(s.hash, s.document_id) for s in summaries]
-        ):
+        documented = {s.hash: s.document_id for s in summaries if s.document_id is not None}
+        strand = b.block_address.strand_id
+        for c in self.crossref.add_block_entries(strand, seq, b.transaction_id, documented):
             counts["V3"][not c.passed] += 1
             if not c.passed:
                 failures.append(

@@ -73,13 +73,13 @@ def test_strands_are_independent_and_conflicting_duplicates_fail() -> None:
 def test_crossref_in_either_order_and_across_batches() -> None:
     x = CrossReferencer()
     h1, h2, sys_h = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
-    assert x.add_revision("S", 7, "doc1", 0, "tx", h1) == []  # block not seen yet: wait
+    assert x.add_revision("S", 7, "doc1", 0, "tx", h1) == ()  # block not seen yet: wait
     results = x.add_block("S", 7, "tx", [(h1, "doc1"), (sys_h, None), (h2, "doc2")])
     assert [r.passed for r in results] == [True]
     (r2,) = x.add_revision("S", 7, "doc2", 3, "tx", h2)
     assert r2.passed
     assert x.unmatched() == []
-    assert x.add_revision("S", 7, "doc2", 3, "tx", h2) == []  # duplicate delivery: judged once
+    assert x.add_revision("S", 7, "doc2", 3, "tx", h2) == ()  # duplicate delivery: judged once
 
 
 @pytest.mark.parametrize(
