@@ -78,6 +78,11 @@ class ChainTracker:
         if runs is None:  # (not setdefault: that would build an empty list for every block)
             runs = self._runs[strand_id] = []
             self._starts[strand_id] = []
+        elif runs[-1].hi == sequence_no - 1:  # the usual case: the next block of the strand's last run
+            last = runs[-1]
+            expected = last.last_hash
+            last.hi, last.last_hash = sequence_no, block_hash
+            return [self._link(strand_id, sequence_no, expected, previous_hash)]
         starts = self._starts[strand_id]
         i = bisect.bisect_right(starts, sequence_no) - 1
         left = runs[i] if i >= 0 else None
