@@ -64,10 +64,12 @@ def main() -> None:
         import qldbstream.deaggregate
         import qldbstream.decode
         import qldbstream.sources.lambda_event
+        import qldbstream.verify
 
         qldbstream.decode.use_native(False)
         qldbstream.deaggregate.use_native(False)
         qldbstream.sources.lambda_event.use_native(False)
+        qldbstream.verify.use_native(False)
     events = [json.loads(line) for line in Path(args.events).read_text().splitlines() if line.strip()]
     times = []
     for rep in range(args.reps):

@@ -115,6 +115,13 @@ class ChainTracker:
             starts.insert(i + 1, sequence_no)
         return results
 
+    def check(
+        self, strand_id: str, sequence_no: int, block_hash: bytes, previous_hash: bytes
+    ) -> int | list[LinkResult]:
+        """:meth:`add`, but only the number of links when every one of them passed (the hot path)."""
+        links = self.add(strand_id, sequence_no, block_hash, previous_hash)
+        return len(links) if all(link.passed for link in links) else links
+
     @staticmethod
     def _link(strand_id: str, seq: int, expected: bytes, actual: bytes) -> LinkResult:
         if expected == actual:

@@ -338,7 +338,9 @@ class RevisionDetails(JournalRecord):
 #   entriesRoot   Merkle root of entriesHashList (V7)
 #   chained       dot(entriesHash, previousBlockHash) (V8)
 #
-# and raises MalformedIonError, MalformedRecordError, UnknownRecordTypeError or IonHashError.
+# A block sequence number is below 2**64 (the V3 / V9 state keys blocks by it); a larger one is a
+# MalformedRecordError. The scan raises MalformedIonError, MalformedRecordError,
+# UnknownRecordTypeError or IonHashError.
 
 
 def scan_record(data: bytes) -> tuple[Any, ...]:
@@ -661,10 +663,13 @@ def _list(view: RecordView, fields: dict[str, _Slot], name: str, where: str) -> 
 
 def _block_address(view: RecordView, fields: dict[str, _Slot], where: str) -> tuple[str, int]:
     addr = _struct(view, fields, "blockAddress", where)
-    return (
-        _text(view, addr, "strandId", f"{where}.blockAddress"),
-        _uint(view, addr, "sequenceNo", f"{where}.blockAddress"),
-    )
+    strand = _text(view, addr, "strandId", f"{where}.blockAddress")
+    seq = _uint(view, addr, "sequenceNo", f"{where}.blockAddress")
+    if seq >> 64:  # (the V3 / V9 state keys blocks by 64-bit sequence numbers)
+        raise MalformedRecordError(
+            f"{where}.blockAddress.sequenceNo does not fit in 64 bits (a QLDB block sequence number does)"
+        )
+    return strand, seq
 
 
 def _timestamp(raw: bytes, slot: _Slot) -> Any:

@@ -18,7 +18,10 @@ V9   chain continuity per strand - across batches, see :mod:`qldbstream.chain`
 
 V10 (digest and proof) needs data from the QLDB API and lives in :mod:`qldbstream.proof`.
 
-The :class:`Verifier` is stateful only for V3 and V9 and does no I/O. Passing checks are only
+The :class:`Verifier` is stateful only for V3 and V9 and does no I/O. With qldbstream-native
+installed, that state lives in the extension (``qldbstream_native.CrossReferencer`` and
+``ChainTracker``, the twins of the Python classes, parity-tested op by op); a Verifier belongs to
+one thread of processing at a time. Passing checks are only
 counted; a failing check produces a :class:`Failure` naming the record and the two values.
 """
 
@@ -30,13 +33,34 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from qldbstream.chain import ChainTracker
-from qldbstream.crossref import CrossReferencer
+from qldbstream.chain import ChainTracker, Gap, LinkResult
+from qldbstream.crossref import _PASSED, CrossCheck, CrossReferencer, Unmatched
 from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails
 from qldbstream.errors import DeaggregationError, DecodeError
 from qldbstream.records import Position
 
-__all__ = ["CHECKS", "Failure", "Tally", "Verifier", "has_parameters"]
+__all__ = ["CHECKS", "Failure", "Tally", "Verifier", "has_parameters", "native_available", "use_native"]
+
+try:  # qldbstream-native: the V3 / V9 state in Rust, the twins of CrossReferencer and ChainTracker
+    from qldbstream_native import ChainTracker as _NativeChain
+    from qldbstream_native import CrossReferencer as _NativeCrossReferencer
+except ImportError:  # pragma: no cover - depends on the installation (or an older extension)
+    _NativeChain = _NativeCrossReferencer = None
+
+_native_state = _NativeChain is not None
+
+
+def native_available() -> bool:
+    return _NativeChain is not None
+
+
+def use_native(enabled: bool) -> None:
+    """Whether new :class:`Verifier` objects keep V3 / V9 state in the extension (tests, benchmarks)."""
+    global _native_state  # noqa: PLW0603 - one module-level switch, read when a Verifier is made
+    if enabled and _NativeChain is None:
+        raise RuntimeError("qldbstream-native is not installed")
+    _native_state = enabled
+
 
 CHECKS = ("V1", "V2", "V2b", "V3", "V4", "V5", "V6", "V7", "V8", "V9", "V10")
 INFERRED_CHECKS = frozenset({"V2b"})
@@ -151,8 +175,15 @@ class Verifier:
 
     def __init__(self, max_pending: int = 200_000) -> None:
         self.tally = Tally()
-        self.chain = ChainTracker()
-        self.crossref = CrossReferencer(max_pending=max_pending)
+        # The compiled twins have the same methods and return the same result objects.
+        self.chain: ChainTracker
+        self.crossref: CrossReferencer
+        if _native_state:
+            self.chain = _NativeChain(LinkResult, Gap)
+            self.crossref = _NativeCrossReferencer(max_pending, CrossCheck, Unmatched, _PASSED)
+        else:
+            self.chain = ChainTracker()
+            self.crossref = CrossReferencer(max_pending=max_pending)
         self.max_pending = max_pending
         #: blocks that failed V4 or V7, for :meth:`failed_block`
         self._bad_blocks: OrderedDict[tuple[str, int], str] = OrderedDict()
@@ -319,7 +350,11 @@ class Verifier:
             if len(self._bad_blocks) > self.max_pending:
                 self._bad_blocks.popitem(last=False)
         # V9
-        for link in self.chain.add(b.block_address.strand_id, seq, b.block_hash, b.previous_block_hash):
+        checked = self.chain.check(b.block_address.strand_id, seq, b.block_hash, b.previous_block_hash)
+        if isinstance(checked, int):  # every link passed (usually one)
+            counts["V9"][0] += checked
+            checked = []
+        for link in checked:
             counts["V9"][not link.passed] += 1
             if not link.passed:
                 failures.append(

@@ -20,6 +20,7 @@ pub mod minimal;
 pub mod qldb_hash;
 pub mod reader;
 pub mod scan;
+pub mod state;
 pub mod symbols;
 
 use std::cell::RefCell;
@@ -322,6 +323,9 @@ mod qldbstream_native {
     use super::{
         NativeDecodeError, b64decode, dot, ion_hash_bytes, merkle_root, parse_aggregate, scan_record,
     };
+
+    #[pymodule_export]
+    use crate::state::{ChainTracker, CrossReferencer};
 
     #[pymodule_export]
     const MAX_DEPTH: usize = crate::hash::MAX_DEPTH;

@@ -256,7 +256,15 @@ impl<'a, 't> Scanner<'a, 't> {
         let addr = self.struct_(fields, "blockAddress", path)?;
         let mut sub: Vec<&str> = path.to_vec();
         sub.push("blockAddress");
-        Ok((self.text(&addr, "strandId", &sub)?, self.uint(&addr, "sequenceNo", &sub)?))
+        let strand = self.text(&addr, "strandId", &sub)?;
+        let seq = self.uint(&addr, "sequenceNo", &sub)?;
+        if read_uint_u64(self.buf, seq.start, seq.end).is_none() {
+            return Err(Error::record(format!(
+                "{} does not fit in 64 bits (a QLDB block sequence number does)",
+                join(&sub, "sequenceNo")
+            )));
+        }
+        Ok((strand, seq))
     }
 
     /// ``_hash_slot``

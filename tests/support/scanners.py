@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from qldbstream import deaggregate, decode
+from qldbstream import deaggregate, decode, verify
 from qldbstream.sources import lambda_event
 
 __all__ = ["REQUIRE_NATIVE", "SCANNERS", "scanner"]
@@ -32,12 +32,14 @@ def _use(native: bool) -> None:
     decode.use_native(native)
     deaggregate.use_native(native)
     lambda_event.use_native(native)
+    verify.use_native(native)
 
 
 def _default() -> None:
     decode.use_native(decode.native_available())
     deaggregate.use_native(deaggregate.native_available())
     lambda_event.use_native(lambda_event.native_available())
+    verify.use_native(verify.native_available())
 
 
 @pytest.fixture(params=SCANNERS)
@@ -46,7 +48,10 @@ def scanner(request: pytest.FixtureRequest) -> Iterator[str]:
     name: str = request.param
     native = name == "native"
     if native and not (
-        decode.native_available() and deaggregate.native_available() and lambda_event.native_available()
+        decode.native_available()
+        and deaggregate.native_available()
+        and lambda_event.native_available()
+        and verify.native_available()
     ):
         if REQUIRE_NATIVE:
             pytest.fail("REQUIRE_QLDBSTREAM_NATIVE=1 but qldbstream-native is not installed")

@@ -300,12 +300,14 @@ timestamps = st.builds(
 ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789", min_size=1, max_size=22)
 hashes = st.binary(min_size=32, max_size=32)
 uints = st.integers(0, 2**70) | st.integers(0, 10**6)
+#: block sequence numbers are 64-bit (larger ones are a record error: test_huge_sequence_numbers)
+sequence_nos = st.integers(0, 2**64 - 1) | st.integers(0, 10**6)
 
 
 @st.composite
 def revision_records(draw: st.DrawFn) -> bytes:
     revision: dict[str, Any] = {
-        "blockAddress": {"strandId": draw(ids), "sequenceNo": draw(uints)},
+        "blockAddress": {"strandId": draw(ids), "sequenceNo": draw(sequence_nos)},
         "hash": draw(hashes),
         "metadata": {
             "id": draw(ids),
@@ -339,7 +341,7 @@ def block_records(draw: st.DrawFn) -> bytes:
         for _ in range(draw(st.integers(0, 3)))
     ]
     payload: dict[str, Any] = {
-        "blockAddress": {"strandId": draw(ids), "sequenceNo": draw(uints)},
+        "blockAddress": {"strandId": draw(ids), "sequenceNo": draw(sequence_nos)},
         "transactionId": draw(ids),
         "blockTimestamp": draw(timestamps),
         "blockHash": draw(hashes),
@@ -365,6 +367,17 @@ def block_records(draw: st.DrawFn) -> bytes:
 @given(revision_records() | block_records())
 def test_generated_qldb_records(data: bytes) -> None:
     assert assert_same_scan(data)[0] == "ok"
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(revision_records() | block_records(), st.integers(2**64, 2**80))
+def test_huge_sequence_numbers(data: bytes, seq: int) -> None:
+    value = simpleion.loads(data)
+    payload = value["payload"]
+    address = payload["revision"]["blockAddress"] if "revision" in payload else payload["blockAddress"]
+    address["sequenceNo"] = seq
+    outcome = assert_same_scan(simpleion.dumps(value))
+    assert outcome[0] == "error" and "does not fit in 64 bits" in str(outcome), outcome
 
 
 # --- fuzzing ----------------------------------------------------------------------------------
