@@ -190,6 +190,8 @@ class BlockSummary(JournalRecord):
     """``BLOCK_SUMMARY``: one committed transaction's block (qldb-stream-format.md §3.3)."""
 
     __slots__ = (
+        "_statements",
+        "_summaries",
         "block_address",
         "block_hash",
         "block_timestamp_slot",
@@ -199,9 +201,9 @@ class BlockSummary(JournalRecord):
         "entries_root",
         "previous_block_hash",
         "redaction_info_hash",
-        "revision_summaries",
-        "statements",
+        "statement_entries",
         "summaries_root",
+        "summary_entries",
         "transaction_id",
         "transaction_info_hash",
     )
@@ -213,8 +215,12 @@ class BlockSummary(JournalRecord):
     entries_hash: bytes
     previous_block_hash: bytes
     entries_hash_list: list[bytes]
-    revision_summaries: list[RevisionSummary]
-    statements: list[Statement]
+    #: ``revisionSummaries`` as the scan gives them: ``(hash, documentId | None)`` pairs
+    summary_entries: list[tuple[bytes, str | None]]
+    #: the statements as the scan gives them: ``(statement, statementDigest, H(statement))``
+    statement_entries: list[tuple[str, bytes, bytes]]
+    _summaries: list[RevisionSummary] | None
+    _statements: list[Statement] | None
     #: Ion hashes of ``transactionInfo`` / ``redactionInfo`` (``None`` when the field is absent)
     transaction_info_hash: bytes | None
     redaction_info_hash: bytes | None
@@ -228,6 +234,22 @@ class BlockSummary(JournalRecord):
     @property
     def sequence_no(self) -> int:
         return self.block_address.sequence_no
+
+    # The objects below are built on first use: verification reads the scan's tuples, so a block
+    # whose summaries and statements no handler reads never pays for them.
+    @property
+    def revision_summaries(self) -> list[RevisionSummary]:
+        summaries = self._summaries
+        if summaries is None:
+            summaries = self._summaries = [RevisionSummary(h, d) for h, d in self.summary_entries]
+        return summaries
+
+    @property
+    def statements(self) -> list[Statement]:
+        statements = self._statements
+        if statements is None:
+            statements = self._statements = [Statement(t, d, h) for t, d, h in self.statement_entries]
+        return statements
 
     @property
     def block_timestamp(self) -> Any:
@@ -541,8 +563,10 @@ def _decode(data: bytes, position: Position | None, user_record: UserRecord | No
         b.entries_hash = s[7]
         b.previous_block_hash = s[8]
         b.entries_hash_list = s[9]
-        b.revision_summaries = [RevisionSummary(h, d) for h, d in s[10]]
-        b.statements = [Statement(t, d, h) for t, d, h in s[11]]
+        b.summary_entries = s[10]
+        b.statement_entries = s[11]
+        b._summaries = None
+        b._statements = None
         b.transaction_info_hash = s[12]
         b.redaction_info_hash = s[13]
         b.summaries_root = s[14]

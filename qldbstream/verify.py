@@ -264,7 +264,6 @@ class Verifier:
         counts = self.tally.counts
         entries = b.entries_hash_list
         seq = b.block_address.sequence_no
-        summaries = b.revision_summaries
         # V4
         root = b.summaries_root  # computed by the scan, None when there are no summaries
         if root is not None:
@@ -288,11 +287,10 @@ class Verifier:
             if not ok:
                 failures.append(self._bfail("V5", b, "H(redactionInfo) is not in entriesHashList", h))
         # V6
-        for k, st in enumerate(b.statements):
-            h = st.text_hash
-            if h == st.digest:
+        for k, (text, digest, h) in enumerate(b.statement_entries):
+            if h == digest:
                 counts["V6"][0] += 1
-            elif _has_parameters_cached(st.text):
+            elif _has_parameters_cached(text):
                 counts["V6"][2] += 1
             else:
                 counts["V6"][1] += 1
@@ -305,7 +303,7 @@ class Verifier:
                         None,
                         seq,
                         _b64(h),
-                        _b64(st.digest),
+                        _b64(digest),
                     )
                 )
         # V7
@@ -370,7 +368,7 @@ class Verifier:
                     )
                 )
         # V3
-        documented = {s.hash: s.document_id for s in summaries if s.document_id is not None}
+        documented = {h: doc for h, doc in b.summary_entries if doc is not None}
         strand = b.block_address.strand_id
         for c in self.crossref.add_block_entries(strand, seq, b.transaction_id, documented):
             counts["V3"][not c.passed] += 1
