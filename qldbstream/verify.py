@@ -274,18 +274,15 @@ class Verifier:
                     self._bfail("V4", b, "Merkle root of revisionSummaries is not in entriesHashList", root)
                 )
         # V5
-        h = b.transaction_info_hash
-        if h is not None:
-            ok = h in entries
-            counts["V5"][not ok] += 1
-            if not ok:
-                failures.append(self._bfail("V5", b, "H(transactionInfo) is not in entriesHashList", h))
-        h = b.redaction_info_hash
-        if h is not None:
-            ok = h in entries
-            counts["V5"][not ok] += 1
-            if not ok:
-                failures.append(self._bfail("V5", b, "H(redactionInfo) is not in entriesHashList", h))
+        for name, h in (
+            ("transactionInfo", b.transaction_info_hash),
+            ("redactionInfo", b.redaction_info_hash),
+        ):
+            if h is not None:
+                ok = h in entries
+                counts["V5"][not ok] += 1
+                if not ok:
+                    failures.append(self._bfail("V5", b, f"H({name}) is not in entriesHashList", h))
         # V6
         for k, (text, digest, h) in enumerate(b.statement_entries):
             if h == digest:

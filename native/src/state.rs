@@ -623,9 +623,7 @@ impl ChainTracker {
         previous_hash: &[u8],
     ) -> PyResult<Bound<'py, PyList>> {
         let links = self.record(strand_id, sequence_no, block_hash, previous_hash)?;
-        let items: Vec<Bound<'py, PyAny>> =
-            links.into_iter().map(|l| self.result(py, strand_id, l)).collect::<PyResult<_>>()?;
-        PyList::new(py, items)
+        self.results(py, strand_id, links)
     }
 
     /// ``check(...)``: like ``add``, but the number of links when every one passed.
@@ -641,9 +639,7 @@ impl ChainTracker {
         if links.iter().all(|l| l.passed) {
             return Ok(links.len().into_pyobject(py)?.into_any());
         }
-        let items: Vec<Bound<'py, PyAny>> =
-            links.into_iter().map(|l| self.result(py, strand_id, l)).collect::<PyResult<_>>()?;
-        Ok(PyList::new(py, items)?.into_any())
+        Ok(self.results(py, strand_id, links)?.into_any())
     }
 
     /// Sequence numbers never received between the first and the last block seen, per strand.
@@ -671,6 +667,17 @@ impl ChainTracker {
 }
 
 impl ChainTracker {
+    fn results<'py>(
+        &self,
+        py: Python<'py>,
+        strand: &Bound<'py, PyString>,
+        links: Vec<Link>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let items: Vec<Bound<'py, PyAny>> =
+            links.into_iter().map(|l| self.result(py, strand, l)).collect::<PyResult<_>>()?;
+        PyList::new(py, items)
+    }
+
     fn result<'py>(
         &self,
         py: Python<'py>,
