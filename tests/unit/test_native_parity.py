@@ -700,3 +700,59 @@ def test_base64_edge_cases(text: str) -> None:
 @given(st.text(alphabet=_B64_ALPHABET + "=", max_size=40))
 def test_base64_alphabet_strings(text: str) -> None:
     assert_same_base64(text)
+
+
+# --- whole Lambda events -----------------------------------------------------------------------
+
+
+def _event_outcome(native_first: bool, event: dict[str, Any]) -> list[Any]:
+    from qldbstream.errors import MalformedKinesisRecordError
+    from qldbstream.sources import lambda_event
+
+    lambda_event.use_native(native_first)
+    try:
+        return [
+            (type(r).__name__, r.message, r.position) if isinstance(r, MalformedKinesisRecordError) else r
+            for r in lambda_event.records_from_event(event, "ev")
+        ]
+    finally:
+        lambda_event.use_native(True)
+
+
+_anything = st.none() | st.booleans() | st.integers(-2, 2) | st.floats(allow_nan=False) | st.text(max_size=5)
+_entries = st.fixed_dictionaries(
+    {
+        "kinesis": st.fixed_dictionaries(
+            {"sequenceNumber": st.sampled_from(["4961", ""]) | _anything},
+            optional={
+                "data": st.sampled_from(["QUJD", "QUI=", "QR==", "QQ", "", "é"]) | _anything,
+                "partitionKey": st.sampled_from(["pk", ""]) | _anything,
+                "approximateArrivalTimestamp": st.floats(0, 2e9) | _anything,
+                "explicitHashKey": st.sampled_from(["123", ""]) | _anything,
+            },
+        )
+        | _anything,
+    },
+    optional={
+        "eventID": st.sampled_from(["shardId-000000000001:4961", "shardId-2:1", "no-colon", ""])
+        | st.none()
+        | st.text(max_size=4),
+        "eventSourceARN": st.sampled_from(["arn:aws:kinesis:eu-west-1:1:stream/s"]) | _anything,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_entries | _anything, max_size=6))
+def test_lambda_events_like_the_reference(entries: list[Any]) -> None:
+    event = {"Records": entries}
+    assert _event_outcome(True, event) == _event_outcome(False, event)
+
+
+def test_lambda_event_fixtures_like_the_reference() -> None:
+    import json
+
+    for path in sorted(FIXTURES.glob("*.json")):
+        doc = json.loads(path.read_text())
+        if isinstance(doc, dict) and isinstance(doc.get("Records"), list):
+            assert _event_outcome(True, doc) == _event_outcome(False, doc), path.name
