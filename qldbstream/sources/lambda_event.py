@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import binascii
-import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -12,30 +11,23 @@ from qldbstream.records import KinesisRecord, Position
 
 __all__ = ["kinesis_record", "native_available", "records_from_event", "shard_id_of", "use_native"]
 
-#: The reference decoder: strict base64, what ``base64.b64decode(data, validate=True)`` does minus
-#: its wrapper and ``str.encode``, and stricter (no excess data after the padding).
-_strict_b64: Callable[[str], bytes] = functools.partial(binascii.a2b_base64, strict_mode=True)
-
-try:  # qldbstream-native: SIMD base64, ~15x CPython's for a 1 KB record, and whole events
-    from qldbstream_native import b64decode as _native_b64
+try:  # qldbstream-native: the well-formed records of an event in one call (SIMD base64 included)
     from qldbstream_native import lambda_records as _native_records
 except ImportError:  # pragma: no cover - depends on the installation (or an older extension)
-    _native_b64 = _native_records = None
+    _native_records = None
 
-_b64: Callable[[str], bytes] = _native_b64 or _strict_b64
 _records: Callable[[list[Any], str, type[KinesisRecord]], list[KinesisRecord | None]] | None = _native_records
 
 
 def native_available() -> bool:
-    return _native_b64 is not None and _native_records is not None
+    return _native_records is not None
 
 
 def use_native(enabled: bool) -> None:
     """Switch between the compiled and the pure-Python event reading (tests and benchmarks)."""
-    global _b64, _records  # noqa: PLW0603 - module-level switches, read on the hot path
-    if enabled and not native_available():
+    global _records  # noqa: PLW0603 - one module-level switch, read on the hot path
+    if enabled and _native_records is None:
         raise RuntimeError("qldbstream-native is not installed")
-    _b64 = (_native_b64 or _strict_b64) if enabled else _strict_b64
     _records = _native_records if enabled else None
 
 
@@ -66,16 +58,14 @@ def kinesis_record(entry: Mapping[str, Any], source: str) -> KinesisRecord:
     if not isinstance(data, str):
         raise MalformedKinesisRecordError("event record has no base64 'data'", Position(source, shard, seq))
     try:
-        raw = _b64(data)
-    except ValueError:  # binascii.Error and NativeDecodeError are ValueErrors
-        # The compiled decoder accepts canonical base64 only; Python's strict mode has the last
-        # word on the rest (it accepts non-zero bits after the last symbol), so both agree.
-        try:
-            raw = _strict_b64(data)
-        except ValueError:
-            raise MalformedKinesisRecordError(
-                "event record 'data' is not valid base64 (truncated?)", Position(source, shard, seq)
-            ) from None
+        # what base64.b64decode(data, validate=True) does, minus its wrapper and str.encode, and
+        # stricter (no excess data after the padding). The compiled reader decodes canonical
+        # base64 only and leaves the rest (non-zero bits after the last symbol) to this line.
+        raw = binascii.a2b_base64(data, strict_mode=True)
+    except ValueError:  # binascii.Error, or non-ASCII text
+        raise MalformedKinesisRecordError(
+            "event record 'data' is not valid base64 (truncated?)", Position(source, shard, seq)
+        ) from None
     arrival = kinesis.get("approximateArrivalTimestamp")
     if type(arrival) is not float:
         arrival = float(arrival) if isinstance(arrival, (int, float)) else None
