@@ -23,8 +23,6 @@ pub mod scan;
 pub mod state;
 pub mod symbols;
 
-use std::cell::RefCell;
-
 use pyo3::create_exception;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
@@ -62,52 +60,6 @@ type Obj<'py> = Bound<'py, PyAny>;
 #[inline]
 fn s<'py>(py: Python<'py>, text: &str) -> Obj<'py> {
     PyString::new(py, text).into_any()
-}
-
-/// The same few texts come back in record after record: the stream ARN, the ledger's strand, the
-/// table names and IDs. Each of those fields keeps the Python strings it made last (a handful,
-/// replaced round-robin), so a repeated text costs a compare instead of a new ``str`` - and
-/// Python-side dict keys built from it reuse the string's cached hash.
-struct Recent {
-    items: Vec<(Box<str>, Py<PyString>)>,
-    next: usize,
-}
-
-const RECENT: usize = 8;
-
-/// Which field a repeated text belongs to (each has its own [`Recent`]).
-#[derive(Clone, Copy)]
-enum Field {
-    Arn = 0,
-    Strand = 1,
-    TableName = 2,
-    TableId = 3,
-}
-
-thread_local! {
-    static RECENT_TEXTS: RefCell<[Recent; 4]> = RefCell::new(std::array::from_fn(|_| Recent {
-        items: Vec::with_capacity(RECENT),
-        next: 0,
-    }));
-}
-
-fn recent_s<'py>(py: Python<'py>, field: Field, text: &str) -> Obj<'py> {
-    RECENT_TEXTS.with(|cell| {
-        let mut all = cell.borrow_mut();
-        let recent = &mut all[field as usize];
-        if let Some((_, obj)) = recent.items.iter().find(|(t, _)| &**t == text) {
-            return obj.bind(py).clone().into_any();
-        }
-        let obj = PyString::new(py, text);
-        let entry = (Box::from(text), obj.clone().unbind());
-        if recent.items.len() < RECENT {
-            recent.items.push(entry);
-        } else {
-            recent.items[recent.next] = entry;
-            recent.next = (recent.next + 1) % RECENT;
-        }
-        obj.into_any()
-    })
 }
 
 #[inline]
@@ -152,14 +104,9 @@ fn tuple<'py>(py: Python<'py>, items: Vec<Obj<'py>>) -> PyResult<Obj<'py>> {
 fn scan_record<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Obj<'py>> {
     let scanned = scan::scan_record(data).map_err(|e| to_py_err(py, e))?;
     match scanned {
-        Scanned::Control { arn, control_record_type } => tuple(
-            py,
-            vec![
-                intern!(py, "CONTROL").clone().into_any(),
-                recent_s(py, Field::Arn, arn),
-                s(py, control_record_type),
-            ],
-        ),
+        Scanned::Control { arn, control_record_type } => {
+            tuple(py, vec![intern!(py, "CONTROL").clone().into_any(), s(py, arn), s(py, control_record_type)])
+        }
         Scanned::Revision(r) => {
             // V2 / V2b's expected hash, computed here: one bytes object instead of a dot() call
             let expected = match &r.content_hash {
@@ -170,10 +117,10 @@ fn scan_record<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Obj<'py>> {
                 py,
                 vec![
                     intern!(py, "REVISION_DETAILS").clone().into_any(),
-                    recent_s(py, Field::Arn, r.arn),
-                    recent_s(py, Field::TableName, r.table_name),
-                    recent_s(py, Field::TableId, r.table_id),
-                    recent_s(py, Field::Strand, r.strand_id),
+                    s(py, r.arn),
+                    s(py, r.table_name),
+                    s(py, r.table_id),
+                    s(py, r.strand_id),
                     uint(py, data, r.sequence_no)?,
                     b(py, r.hash),
                     s(py, r.document_id),
@@ -215,8 +162,8 @@ fn scan_record<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Obj<'py>> {
                 py,
                 vec![
                     intern!(py, "BLOCK_SUMMARY").clone().into_any(),
-                    recent_s(py, Field::Arn, k.arn),
-                    recent_s(py, Field::Strand, k.strand_id),
+                    s(py, k.arn),
+                    s(py, k.strand_id),
                     uint(py, data, k.sequence_no)?,
                     s(py, k.transaction_id),
                     slot(py, k.block_timestamp_slot)?,
