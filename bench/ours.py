@@ -61,15 +61,9 @@ def main() -> None:
     ap.add_argument("--python-only", action="store_true", help="use the pure-Python scanner")
     args = ap.parse_args()
     if args.python_only:
-        import qldbstream.deaggregate
-        import qldbstream.decode
-        import qldbstream.sources.lambda_event
-        import qldbstream.verify
+        import qldbstream.native
 
-        qldbstream.decode.use_native(False)
-        qldbstream.deaggregate.use_native(False)
-        qldbstream.sources.lambda_event.use_native(False)
-        qldbstream.verify.use_native(False)
+        qldbstream.native.use(False)
     events = [json.loads(line) for line in Path(args.events).read_text().splitlines() if line.strip()]
     times = []
     for rep in range(args.reps):

@@ -33,6 +33,7 @@ import hashlib
 from collections.abc import Callable
 
 from qldbstream.errors import DeaggregationError
+from qldbstream.native import chosen
 from qldbstream.records import KinesisRecord, UserRecord
 
 __all__ = ["KPL_MAGIC", "deaggregate", "is_aggregate", "native_available", "parse_aggregate", "use_native"]
@@ -154,9 +155,7 @@ def native_available() -> bool:
 def use_native(enabled: bool) -> None:
     """Switch between the compiled and the pure-Python KPL parser (tests and benchmarks)."""
     global _parse  # noqa: PLW0603 - one module-level switch, read on the hot path
-    if enabled and _native_parse is None:
-        raise RuntimeError("qldbstream-native is not installed")
-    _parse = _native_parse if enabled else parse_aggregate
+    _parse = chosen(enabled, _native_parse, parse_aggregate)
 
 
 # --- protobuf walking (pure-Python parser) ---------------------------------------------------

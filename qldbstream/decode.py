@@ -48,6 +48,7 @@ from qldbstream.ion.binary import (
     struct_slots,
 )
 from qldbstream.ion.hash import ion_hash_at
+from qldbstream.native import chosen
 from qldbstream.qldb_hash import HASH_LENGTH, dot, merkle_root
 from qldbstream.records import Position, UserRecord
 
@@ -510,9 +511,7 @@ def native_available() -> bool:
 def use_native(enabled: bool) -> None:
     """Switch between the compiled and the pure-Python scanner (tests and benchmarks)."""
     global _scan  # noqa: PLW0603 - one module-level switch, read on the hot path
-    if enabled and _native_scan is None:
-        raise RuntimeError("qldbstream-native is not installed")
-    _scan = _native_scan if enabled else scan_record
+    _scan = chosen(enabled, _native_scan, scan_record)
 
 
 def decode(user_record: UserRecord) -> JournalRecord:

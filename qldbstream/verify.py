@@ -37,6 +37,7 @@ from qldbstream.chain import ChainTracker, Gap, LinkResult
 from qldbstream.crossref import _PASSED, CrossCheck, CrossReferencer, Unmatched
 from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails
 from qldbstream.errors import DeaggregationError, DecodeError
+from qldbstream.native import chosen
 from qldbstream.records import Position
 
 __all__ = ["CHECKS", "Failure", "Tally", "Verifier", "has_parameters", "native_available", "use_native"]
@@ -57,9 +58,7 @@ def native_available() -> bool:
 def use_native(enabled: bool) -> None:
     """Whether new :class:`Verifier` objects keep V3 / V9 state in the extension (tests, benchmarks)."""
     global _native_state  # noqa: PLW0603 - one module-level switch, read when a Verifier is made
-    if enabled and _NativeChain is None:
-        raise RuntimeError("qldbstream-native is not installed")
-    _native_state = enabled
+    _native_state = chosen(enabled, _NativeChain, None) is not None
 
 
 CHECKS = ("V1", "V2", "V2b", "V3", "V4", "V5", "V6", "V7", "V8", "V9", "V10")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from qldbstream.errors import MalformedKinesisRecordError
+from qldbstream.native import chosen
 from qldbstream.records import KinesisRecord, Position
 
 __all__ = ["kinesis_record", "native_available", "records_from_event", "shard_id_of", "use_native"]
@@ -26,9 +27,7 @@ def native_available() -> bool:
 def use_native(enabled: bool) -> None:
     """Switch between the compiled and the pure-Python event reading (tests and benchmarks)."""
     global _records  # noqa: PLW0603 - one module-level switch, read on the hot path
-    if enabled and _native_records is None:
-        raise RuntimeError("qldbstream-native is not installed")
-    _records = _native_records if enabled else None
+    _records = chosen(enabled, _native_records, None)
 
 
 def shard_id_of(event_id: str | None) -> str | None:

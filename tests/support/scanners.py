@@ -2,8 +2,8 @@
 
 Register it once (``pytest_plugins = ["tests.support.scanners"]`` in ``tests/conftest.py``).
 Then a test - or a suite, through an autouse fixture of its own - that asks for ``scanner``
-runs twice: with ``"python"`` (``qldbstream.decode.scan_record`` and
-``qldbstream.deaggregate.parse_aggregate``) and with ``"native"`` (the compiled extension).
+runs twice: with ``"python"`` (every stage's pure-Python code: event reading, KPL, the scan, the
+V3/V9 state) and with ``"native"`` (the compiled extension), through :func:`qldbstream.native.use`.
 The switch is undone after each test, back to the default (native when installed).
 
 Without the extension the ``"native"`` runs are skipped, unless ``REQUIRE_QLDBSTREAM_NATIVE=1``
@@ -19,8 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from qldbstream import deaggregate, decode, verify
-from qldbstream.sources import lambda_event
+from qldbstream import decode, native
 
 __all__ = ["REQUIRE_NATIVE", "SCANNERS", "scanner"]
 
@@ -28,39 +27,20 @@ SCANNERS = ("python", "native")
 REQUIRE_NATIVE = os.environ.get("REQUIRE_QLDBSTREAM_NATIVE") == "1"
 
 
-def _use(native: bool) -> None:
-    decode.use_native(native)
-    deaggregate.use_native(native)
-    lambda_event.use_native(native)
-    verify.use_native(native)
-
-
-def _default() -> None:
-    decode.use_native(decode.native_available())
-    deaggregate.use_native(deaggregate.native_available())
-    lambda_event.use_native(lambda_event.native_available())
-    verify.use_native(verify.native_available())
-
-
 @pytest.fixture(params=SCANNERS)
 def scanner(request: pytest.FixtureRequest) -> Iterator[str]:
     """``"python"`` or ``"native"``: the scanner (and KPL parser) the test runs with."""
     name: str = request.param
-    native = name == "native"
-    if native and not (
-        decode.native_available()
-        and deaggregate.native_available()
-        and lambda_event.native_available()
-        and verify.native_available()
-    ):
+    compiled = name == "native"
+    if compiled and not native.available():
         if REQUIRE_NATIVE:
             pytest.fail("REQUIRE_QLDBSTREAM_NATIVE=1 but qldbstream-native is not installed")
         pytest.skip("qldbstream-native is not installed")
-    _use(native)
+    native.use(compiled)
     try:
         yield name
     finally:
-        _default()
+        native.reset()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -74,5 +54,5 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if REQUIRE_NATIVE and not decode.native_available():
+    if REQUIRE_NATIVE and not native.available():
         raise pytest.UsageError("REQUIRE_QLDBSTREAM_NATIVE=1 but qldbstream-native is not installed")

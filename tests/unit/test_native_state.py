@@ -105,3 +105,22 @@ def test_the_verifier_uses_the_compiled_state_when_installed() -> None:
     verifier = Verifier()
     assert isinstance(verifier.chain, native.ChainTracker)
     assert isinstance(verifier.crossref, native.CrossReferencer)
+
+
+def test_one_switch_for_every_stage() -> None:
+    from qldbstream import deaggregate, decode
+    from qldbstream import native as switch
+    from qldbstream.sources import lambda_event
+
+    try:
+        switch.use(False)
+        assert decode._scan is decode.scan_record and deaggregate._parse is deaggregate.parse_aggregate
+        assert lambda_event._records is None and type(Verifier().chain) is ChainTracker
+        switch.use(True)
+        assert decode._scan is native.scan_record and lambda_event._records is native.lambda_records
+        assert isinstance(Verifier().crossref, native.CrossReferencer)
+    finally:
+        switch.reset()
+    assert switch.available()
+    with pytest.raises(RuntimeError, match="not installed"):
+        switch.chosen(True, None, "fallback")
