@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -174,6 +174,42 @@ class _Table:
                 return False
             raise
         return True
+
+    def put(self, **request: Any) -> bool:
+        """A conditional ``PutItem``; False when its condition did not hold."""
+        try:
+            self.call("PutItem", partial(self.client.put_item, TableName=self.name, **request))
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def query(self, **request: Any) -> Iterator[Item]:
+        """Every item a ``Query`` matches, page by page (a page is read when the previous one is used up)."""
+        request = {"TableName": self.name, **request}
+        while True:
+            page = self.call("Query", partial(self.client.query, **request))
+            yield from page.get("Items", [])
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def batch_delete(self, keys: Sequence[Item]) -> None:
+        """Delete the items of ``keys`` (absent ones are no error); unprocessed deletes are sent again."""
+        for chunk in _chunks(keys, BATCH_WRITE_LIMIT):
+            pending: list[Any] = [{"DeleteRequest": {"Key": key}} for key in chunk]
+            attempt = 1
+            while pending:
+                response = self.call(
+                    "BatchWriteItem",
+                    partial(self.client.batch_write_item, RequestItems={self.name: pending}),
+                )
+                left = list(response.get("UnprocessedItems", {}).get(self.name, []))
+                if not left:
+                    break
+                attempt = self._again("BatchWriteItem", attempt, len(left) < len(pending), len(left))
+                pending = left
 
 
 def _create_table(
