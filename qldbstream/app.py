@@ -20,6 +20,7 @@ from qldbstream.config import Settings, load_settings
 from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore
 from qldbstream.dlq import DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue, SqsDeadLetterQueue
 from qldbstream.errors import ConfigurationError
+from qldbstream.gate import GateStore, InMemoryGateStore
 from qldbstream.handler import Handler, SetupContext
 from qldbstream.logs import configure_logging
 from qldbstream.masking import AesGcmSealer, Masker, MaskingLogFilter, Sealer, masking_from_settings
@@ -58,6 +59,7 @@ class App:
         store: DedupeStore | None = None,
         metrics: Metrics | None = None,
         clients: Callable[[str], Any] | None = None,
+        gate_store: GateStore | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self._client_factory = clients
@@ -71,6 +73,7 @@ class App:
             log.warning("no handlers are active: records are verified and checkpointed, nothing else")
         self.dlq = dlq if dlq is not None else self._build_dlq()
         self.store = store if store is not None else self._build_store()
+        self.gate_store = gate_store if gate_store is not None else self._build_gate_store()
         self.masker, self.sealer = self._build_masking()
         self._log_filter: MaskingLogFilter | None = None
         self._setup_done = False
@@ -118,6 +121,16 @@ class App:
         store.check()  # a missing table or a wrong key schema fails here, at start-up
         return store
 
+    def _build_gate_store(self) -> GateStore:
+        spec = self.settings.gate_store
+        if spec == "memory":
+            return InMemoryGateStore()
+        from qldbstream.stores.gate_dynamodb import DynamoDBGateStore
+
+        store = DynamoDBGateStore(self.client("dynamodb"), spec.split(":", 1)[1])
+        store.check()  # a missing table or a wrong key schema fails here, at start-up
+        return store
+
     def _build_masking(self) -> tuple[Masker | None, Sealer | None]:
         s = self.settings
         if not s.masking:
@@ -154,7 +167,10 @@ class App:
         allow_hold: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        journal_order: bool = False,
     ) -> Pipeline:
+        """The app's pipeline. ``journal_order``: a runtime that reads every shard in this process
+        (the standalone worker) asks for it; the ``order`` setting can still say ``shard``."""
         self.setup()
         return Pipeline(
             self.handlers,
@@ -167,6 +183,8 @@ class App:
             allow_hold=allow_hold,
             masker=self.masker,
             sealer=self.sealer,
+            gate_store=self.gate_store,
+            journal_order=journal_order and self.settings.order == "journal",
         )
 
     def close(self) -> None:

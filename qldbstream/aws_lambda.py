@@ -307,6 +307,17 @@ class LambdaHandler:
                 f"pipeline result is inconsistent for shard {shard}: {result.finished} of {len(records)} "
                 f"records finished, first unfinished {stuck!r}"
             )
+        parked = result.first_parked
+        if parked is not None and not self.pipeline.gate_store.durable:
+            # A record waits for its block summary in this container's memory only: Lambda must
+            # deliver it again (gate_store = dynamodb:<table> parks it durably instead).
+            index = {id(r): i for i, r in enumerate(records)}
+            if stuck is None or index[id(parked)] < index[id(stuck)]:
+                stuck = parked
+                result.halt_reason = result.halt_reason or (
+                    "a record waits for its block summary, in memory (set gate_store to dynamodb:<table>)"
+                )
+                result.finished = index[id(parked)]
         fields = {"shardId": shard, "records": len(records), "finished": result.finished}
         if stuck is None:
             log.info("shard %s: all %d records finished", shard, len(records), extra=fields)

@@ -25,6 +25,7 @@ from typing import Any
 
 from qldbstream.dedupe import LatePolicy
 from qldbstream.errors import ConfigurationError
+from qldbstream.gate import Delivery
 from qldbstream.pipeline import PipelineSettings, VerificationAction
 from qldbstream.reliability import RetryPolicy
 
@@ -56,8 +57,27 @@ class Settings:
     #: DynamoDB table for the standalone worker's checkpoints
     checkpoint_table: str = "qldbstream-checkpoints"
     application_name: str = "qldbstream"
-    late_policy: LatePolicy = LatePolicy.DROP
+    #: a revision older than one already delivered: ``deliver-late`` (with ``ctx.late``; the
+    #: default), ``reorder`` (held briefly for the versions before it) or ``drop``
+    late_policy: LatePolicy = LatePolicy.DELIVER_LATE
     reorder_window_seconds: float = 30.0
+    #: ``verified`` (every check that covers a record passed) or ``chain-confirmed`` (and the next
+    #: block's link confirmed its block); see docs/delivery.md
+    delivery: Delivery = Delivery.VERIFIED
+    #: where block verdicts and records waiting for their block summary live: ``memory`` (one
+    #: process: the standalone worker) or ``dynamodb:<table>`` (Lambda and the KCL, where a block
+    #: summary and its revisions may be read by different processes)
+    gate_store: str = "memory"
+    #: seconds a record may wait for its block summary (or the confirming link) before it is
+    #: dead-lettered as unverifiable
+    gate_max_wait_seconds: float = 600.0
+    #: records waiting in memory at most (beyond: the shard pauses and is read again later)
+    gate_max_parked: int = 100_000
+    #: the standalone worker's delivery order: ``journal`` (block after block, merged over every
+    #: shard) or ``shard`` (each shard in sequence order). Lambda and the KCL deliver in shard order.
+    order: str = "journal"
+    #: journal order: seconds a block waits for its predecessor before the gap is given up
+    order_gap_seconds: float = 30.0
     verification_action: VerificationAction = VerificationAction.DEAD_LETTER
     stop_on_first_failure: bool = True
     retry_max_attempts: int = 5
@@ -99,6 +119,10 @@ class Settings:
             verification_action=self.verification_action,
             late_policy=self.late_policy,
             reorder_window=self.reorder_window_seconds,
+            delivery=self.delivery,
+            max_wait=self.gate_max_wait_seconds,
+            max_parked=self.gate_max_parked,
+            gap_timeout=self.order_gap_seconds,
             retry=RetryPolicy(
                 self.retry_max_attempts,
                 self.retry_base_delay_ms / 1000,
@@ -148,6 +172,8 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             return tuple(i.strip() for i in items if str(i).strip())
         if name == "late_policy":
             return LatePolicy(str(raw).strip().lower())
+        if name == "delivery":
+            return Delivery(str(raw).strip().lower())
         if name == "verification_action":
             return VerificationAction(str(raw).strip().lower())
         if annotation.startswith("datetime"):
@@ -258,6 +284,12 @@ def _validate(s: Settings) -> None:
         )
     if s.retry_multiplier < 1:
         raise ConfigurationError("retry_multiplier must be >= 1")
+    if not (s.gate_store == "memory" or s.gate_store.startswith("dynamodb:")):
+        raise ConfigurationError(f"gate_store: {s.gate_store!r} is not 'memory' or 'dynamodb:<table>'")
+    if s.order not in ("journal", "shard"):
+        raise ConfigurationError(f"order: {s.order!r} is not journal or shard")
+    if s.gate_max_wait_seconds <= 0:
+        raise ConfigurationError("gate_max_wait_seconds must be positive")
     if not (s.dedupe_store == "memory" or s.dedupe_store.startswith("dynamodb:")):
         raise ConfigurationError(f"dedupe_store: {s.dedupe_store!r} is not 'memory' or 'dynamodb:<table>'")
     if s.dlq and not s.dlq.startswith(("sqs:", "dir:", "https://sqs", "http://")):

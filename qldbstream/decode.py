@@ -698,3 +698,29 @@ def _block_address(view: RecordView, fields: dict[str, _Slot], where: str) -> tu
 def _timestamp(raw: bytes, slot: _Slot) -> Any:
     _, _, s, e = header(raw, slot[0], slot[1])
     return read_timestamp(raw, s, e)
+
+
+def block_documents(block: BlockSummary) -> dict[str, tuple[str, str]]:
+    """``transactionInfo.documents`` of a block: documentId -> (tableName, tableId).
+
+    The block's hashed statement of which table each document of the transaction belongs to
+    (V5 covers it); a revision's own ``tableInfo`` is not hashed, so the delivery gate checks it
+    against this map. Read from the block's bytes on demand (one block per transaction).
+    Raises :class:`MalformedRecordError` when the map is not of the documented shape.
+    """
+    view = parse_record(block.raw)
+    _, _, start, end = header(view.buf, view.pos, view.end)
+    top = _fields(view, start, end, "record")
+    payload = _struct(view, top, "payload", "record")
+    if "transactionInfo" not in payload:
+        return {}
+    info = _struct(view, payload, "transactionInfo", "payload")
+    if "documents" not in info:
+        return {}
+    docs = _struct(view, info, "documents", "transactionInfo")
+    out: dict[str, tuple[str, str]] = {}
+    for document_id, (p, e) in docs.items():
+        entry = _as_struct(view, p, e, "transactionInfo.documents[]")
+        where = "transactionInfo.documents[]"
+        out[document_id] = (_text(view, entry, "tableName", where), _text(view, entry, "tableId", where))
+    return out

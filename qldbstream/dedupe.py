@@ -9,10 +9,12 @@ For every handler, independently:
 * **Late revisions**: each document has a *high-water mark*, the highest version delivered to
   the handler, kept after a delete as a *tombstone* so that an older revision arriving after
   the delete cannot bring the document back. A revision at or below the mark is late; the
-  :class:`LatePolicy` decides: ``drop`` it, ``deliver-late`` (the handler sees ``ctx.late``),
-  or ``reorder``: within a batch revisions of one document are delivered in version order, and
-  a revision that leaves a gap (version > mark + 1) is *held* for up to a window, waiting for
-  the missing ones; when the window passes it is delivered anyway.
+  :class:`LatePolicy` decides: ``deliver-late`` (the default: the handler sees ``ctx.late``),
+  ``drop`` it (a handler that wants only newer versions declares it), or ``reorder``: within a
+  batch revisions of one document are delivered in version order, and a revision that leaves a
+  gap (version > mark + 1) is *held* for up to a window, waiting for the missing ones; when the
+  window passes it is delivered anyway, and one that still comes late is delivered with
+  ``ctx.late`` (never dropped).
 
 :class:`Planner` only decides (it is pure apart from reading the store); the pipeline delivers,
 and after a handler's work is flushed calls :meth:`Planner.commit` to write the marks - so a
@@ -142,11 +144,11 @@ class Planner:
                 continue
             mark = marks.get(record.document_id)
             if mark is not None and record.version <= mark.version:
-                if self.policy is LatePolicy.DELIVER_LATE:
+                if self.policy is LatePolicy.DROP:
+                    plan.skipped[i] = "late"  # a handler that declared it wants only newer versions
+                else:  # deliver-late; reorder too: its wait is over, it is delivered, never lost
                     plan.deliver.append(i)
                     plan.late.add(i)
-                else:
-                    plan.skipped[i] = "late"
                 continue
             expected = 0 if mark is None else mark.version + 1
             if (

@@ -80,6 +80,10 @@ class HandlerContext:
     window_state: dict[str, Any] | None = None
     #: The handler may mark records late individually: indexes into the batch.
     late_indexes: frozenset[int] = frozenset()
+    #: The guarantee the records carry (docs/delivery.md): ``verified`` (every check that covers
+    #: them passed), ``chain-confirmed`` (and the next block confirmed their block), or
+    #: ``observe-only`` (``verification_action = deliver``: delivered whatever the checks said)
+    delivery: str = "verified"
 
     def remaining_time(self) -> float | None:
         """Seconds left before the deadline (``None`` when there is none)."""
@@ -94,6 +98,11 @@ class Handler:
 
     #: Unique among the app's handlers; used in de-duplication keys, metrics and the DLQ.
     name: str = "handler"
+    #: What this handler gets when a revision is older than one already delivered to it:
+    #: ``None`` follows the app's ``late_policy`` (``deliver-late``: delivered with ``ctx.late``);
+    #: a handler that only wants each document's newest version (a state mirror) declares
+    #: ``"drop"``; ``"reorder"`` holds a revision briefly for the versions before it.
+    late_policy: str | None = None
 
     def setup(self, ctx: SetupContext) -> None:
         """Called once before the first batch."""

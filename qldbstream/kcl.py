@@ -231,6 +231,22 @@ class KclRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]  
         checkpointer: Checkpointer = shard_ended_input.checkpointer
         if not self.lease_gone:
             self._drive(checkpointer, None)
+        if not self.lease_gone and self.pipeline.waiting(self.shard_id):
+            # records parked in this process's memory for a block summary that another shard's
+            # process reads: nothing here can release them any more - decide them now (dead-letter
+            # as unverifiable, with their bytes). A DynamoDB gate store parks them durably instead.
+            drained = self.pipeline.drain()
+            cp = drained.other_checkpoints.get(self.shard_id)
+            if cp is not None:
+                self._checkpoint(checkpointer, cp)
+            if self.pipeline.waiting(self.shard_id):
+                log.error(
+                    "shard %s: records still wait for their block summaries (the DLQ is down?); the "
+                    "shard end is not checkpointed, the next owner reads them again",
+                    self.shard_id,
+                )
+                self._release()
+                return
         if not self.lease_gone:
             self._checkpoint(checkpointer, None, shard_end=True)
         self._release()

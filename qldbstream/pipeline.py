@@ -33,14 +33,17 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from qldbstream.admit import Admission, Entry, UnverifiableRecordError
 from qldbstream.deaggregate import KPL_MAGIC, deaggregate
 from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails, decode
 from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore, LatePolicy, Planner
 from qldbstream.dlq import DeadLetter, DeadLetterQueue, envelope_for
 from qldbstream.errors import DeaggregationError, PoisonRecordError
+from qldbstream.gate import OWN_BLOCK_CHECKS, Delivery, GateStore, InMemoryGateStore
 from qldbstream.handler import BatchItemError, Handler, HandlerContext
 from qldbstream.masking import Masker, Sealer, seal_envelope
 from qldbstream.metrics import Metrics, NullMetrics
+from qldbstream.order import JournalOrder
 from qldbstream.records import KinesisRecord, UserRecord
 from qldbstream.reliability import CircuitBreaker, Disposition, RetryPolicy, classify
 from qldbstream.tracing import span
@@ -61,8 +64,21 @@ class VerificationAction(StrEnum):
 class PipelineSettings:
     stop_on_first_failure: bool = True
     verification_action: VerificationAction = VerificationAction.DEAD_LETTER
-    late_policy: LatePolicy = LatePolicy.DROP
+    #: what a revision older than one already delivered gets: delivered with ``ctx.late`` by default
+    #: (a handler that wants only the newest version declares ``late_policy = LatePolicy.DROP``)
+    late_policy: LatePolicy = LatePolicy.DELIVER_LATE
     reorder_window: float = 30.0
+    #: ``verified``: every check that covers a record passed; ``chain-confirmed``: and the next
+    #: block's link confirmed its block (see :mod:`qldbstream.gate`)
+    delivery: Delivery = Delivery.VERIFIED
+    #: seconds a record may wait for its block summary (or the confirming link) before it is
+    #: dead-lettered as unverifiable
+    max_wait: float = 600.0
+    #: records parked in memory at most (beyond: the shard halts and is read again later)
+    max_parked: int = 100_000
+    #: journal order (a pipeline built with ``journal_order``): seconds a block waits for its
+    #: predecessor before the gap is given up (qldbstream.order)
+    gap_timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker_failures: int = 5
     breaker_recovery: float = 60.0
@@ -91,31 +107,21 @@ class BatchResult:
     late: int = 0
     held: int = 0
     retries: int = 0
+    #: records parked in this batch (waiting for their block summary or its confirming link)
+    parked: int = 0
+    #: parked records of earlier batches or other shards that this batch delivered or dead-lettered
+    released: int = 0
+    #: the first Kinesis record with a record parked in memory (a runtime that cannot keep a
+    #: checkpoint behind it, like Lambda, must report it as unfinished)
+    first_parked: KinesisRecord | None = None
+    #: other shards whose checkpoint could move because a record they had parked in memory is done
+    other_checkpoints: dict[str | None, tuple[str, int]] = field(default_factory=dict)
 
 
-class _Entry:
-    """One user record's progress through the batch."""
-
-    __slots__ = ("dead", "hstate", "k", "poison", "record", "user")
-
-    def __init__(self, k: int, user: UserRecord | None, record: JournalRecord | None) -> None:
-        self.k = k
-        #: ``None`` for a Kinesis record that could not be deaggregated (the entry stands for it)
-        self.user = user
-        self.record = record
-        self.dead = False
-        #: set when the record is poison: (stage, error, record, verification failures); it is
-        #: dead-lettered once the batch knows how far the checkpoint may go (never beyond)
-        self.poison: tuple[str, BaseException, JournalRecord | None, list[Failure] | None] | None = None
-        #: handler -> "done" | "skip" | "dlq" | "pending"; absent means the handler does not want it
-        self.hstate: dict[str, str] = {}
-
-    def finished(self) -> bool:
-        if self.dead:
-            return True
-        if self.record is None or self.poison is not None:
-            return False
-        return all(s != "pending" for s in self.hstate.values())
+def _late_policy(handler: Handler, default: LatePolicy) -> LatePolicy:
+    """A handler may declare its own policy (e.g. a state mirror that wants only the newest version)."""
+    own = getattr(handler, "late_policy", None)
+    return default if own is None else LatePolicy(own)
 
 
 def _with_attempt(ctx: HandlerContext, attempt: int, offset: int) -> HandlerContext:
@@ -150,6 +156,9 @@ class Pipeline:
         allow_hold: bool = True,
         masker: Masker | None = None,
         sealer: Sealer | None = None,
+        gate_store: GateStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        journal_order: bool = False,
     ) -> None:
         if masker is not None and sealer is None:
             raise ValueError("a masking pipeline needs a sealer: dead letters must not carry unmasked bytes")
@@ -180,14 +189,66 @@ class Pipeline:
             for h in handlers
         }
         self.planners = {
-            h.name: Planner(h.name, self.store, s.late_policy, s.reorder_window, clock) for h in handlers
+            h.name: Planner(h.name, self.store, _late_policy(h, s.late_policy), s.reorder_window, clock)
+            for h in handlers
         }
         #: poison records this pipeline dead-lettered recently (not written again on redelivery)
         self._recently_dead: OrderedDict[tuple[str | None, str | None, str, int | None, str], None] = (
             OrderedDict()
         )
         #: records held back by the reorder policy: (shard, handler) -> entries
-        self._held: dict[tuple[str | None, str], list[_Entry]] = {}
+        self._held: dict[tuple[str | None, str], list[Entry]] = {}
+        #: the delivery gate: block verdicts and parked records (in memory unless a store is given)
+        self.gate_store = gate_store if gate_store is not None else InMemoryGateStore()
+        self.admission = Admission(
+            self.gate_store,
+            self.verifier,
+            delivery=s.delivery,
+            max_wait=s.max_wait,
+            wall_clock=wall_clock,
+            masker=masker,
+            order=JournalOrder(clock, s.gap_timeout)
+            if journal_order and not self.gate_store.durable
+            else None,
+        )
+        self._next_sweep = 0.0
+        self._drain = False
+        self._guarantee = (
+            "observe-only" if s.verification_action is VerificationAction.DELIVER else s.delivery.value
+        )
+
+    def waiting(self, shard_id: str | None) -> bool:
+        """Whether records of ``shard_id`` wait inside this pipeline (parked in memory or held back
+        by the reorder policy): the shard's checkpoint stays behind them, and it must not end."""
+        return bool(self.admission.caps.caps.get(shard_id)) or any(k[0] == shard_id for k in self._held)
+
+    @property
+    def gaps(self) -> list[tuple[str, int, int]]:
+        """Journal order: (strand, first, last) of each run of blocks given up as missing."""
+        return [] if self.admission.order is None else list(self.admission.order.gaps)
+
+    @property
+    def watermark(self) -> float:
+        """Journal order: every shard has been read up to this arrival time (the worker sets it)."""
+        order = self.admission.order
+        return float("-inf") if order is None else order.watermark
+
+    @watermark.setter
+    def watermark(self, value: float) -> None:
+        if self.admission.order is not None:
+            self.admission.order.watermark = value
+
+    def drain(self) -> BatchResult:
+        """End of input: every record still parked is decided now - delivered if its block is
+        decided by now, else dead-lettered as unverifiable (its block summary, or the successor
+        that would confirm it, is not in the input). Returns what happened (other_checkpoints)."""
+        if self.gate_store.durable:  # other processes' records wait there too: the maximum wait decides
+            return BatchResult(None)
+        self._drain = True
+        try:
+            return self.process(None, [])
+        finally:
+            self._drain = False
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: Any, new: Any) -> None:
         log.warning("circuit breaker %s: %s -> %s", breaker.name, old, new)
@@ -201,8 +262,14 @@ class Pipeline:
         *,
         deadline: float | None = None,
         window_state: dict[str, Any] | None = None,
+        admitted: bool = False,
     ) -> BatchResult:
-        """Run one shard's batch (records in sequence order) through every stage."""
+        """Run one shard's batch (records in sequence order) through every stage.
+
+        ``admitted``: the records passed the delivery gate before and their blocks are not in the
+        input (a replay of a handler's dead letters): every check of the record itself runs again,
+        the block-level ones cannot and are not asked for.
+        """
         result = BatchResult(shard_id, records=len(records))
         self.metrics.observe("batch_size", len(records), shard=shard_id or "")
         newest = records[-1].approximate_arrival_timestamp if records else None
@@ -215,20 +282,139 @@ class Pipeline:
             entries, halt_at = self._decode_batch(records, result)
         self.metrics.incr("records_in", len(records), stage="kinesis")
         self.metrics.incr("records_in", result.user_records, stage="user")
-        # 2. hand the records to each handler, in order
         limit = halt_at if halt_at is not None else len(entries)
         if halt_at is not None:
             result.halted = True
+        # 2. the delivery gate: admit, park or reject; release what this batch's blocks decide
+        if self.settings.verification_action is not VerificationAction.DELIVER and not admitted:
+            with span("admit", shard=shard_id or ""):
+                entries, limit = self._admit(shard_id, records, entries, limit, result)
+        # 3. hand the records to each handler, in order
+        held_before = [(key[0], e) for key, held in self._held.items() for e in held]
         for handler in self.handlers:
             with span("handler", handler=handler.name, shard=shard_id or ""):
                 stop = self._run_handler(handler, shard_id, entries, limit, result, deadline, window_state)
             if stop is not None and self.settings.stop_on_first_failure:
                 limit = min(limit, stop)
-        # 3. the checkpoint rule
-        self._checkpoint(records, entries, limit, shard_id, result)
+        # 4. the checkpoint rule
+        lifted, released = self._unpark_finished(entries, limit, result)
+        for shard, e in held_before:  # released by the reorder policy (or by time) since
+            done = "held" not in e.hstate.values() and e.user is not None
+            if done and self.admission.caps.remove(shard, _held_cap(e.user)):  # type: ignore[arg-type]
+                lifted.add(shard)
+        self._checkpoint(records, entries, limit, shard_id, result, released)
+        lifted |= self.admission.lifted
+        self.admission.lifted = set()
+        if lifted:
+            caps = self.admission.caps
+            for other in lifted - {shard_id}:
+                cp = caps.effective(other)
+                if cp is not None:
+                    result.other_checkpoints[other] = cp
         return result
 
-    def _set_aside(self, records: Sequence[KinesisRecord], entry: _Entry, result: BatchResult) -> bool:
+    # --- the delivery gate ---------------------------------------------------------------
+    def _admit(
+        self,
+        shard_id: str | None,
+        records: Sequence[KinesisRecord],
+        entries: list[Entry],
+        limit: int,
+        result: BatchResult,
+    ) -> tuple[list[Entry], int]:
+        """Stage 2: judge every record; returns the entries (released ones included) and the limit."""
+        admission = self.admission
+        try:
+            before = len(entries)
+            entries = admission.admit(entries, limit, shard_id)
+            limit += len(entries) - before
+            ordered = admission.ordered_releases(drain=self._drain)
+            if ordered:
+                entries = ordered + entries
+                limit += len(ordered)
+            now = self.clock()
+            if now >= self._next_sweep or self._drain:
+                self._next_sweep = now + min(10.0, self.settings.max_wait / 10)
+                admission.let_go_of_old_holds(everything=self._drain)
+                expired = admission.expired(10_000 if self._drain else 100, everything=self._drain)
+                if expired:
+                    self.metrics.incr("parked_expired", len(expired))
+                    entries = expired + entries
+                    limit += len(expired)
+        except Exception as exc:  # the gate's store cannot be read or written: stop here, retry later
+            if isinstance(exc, PoisonRecordError):
+                raise
+            log.error("the delivery gate's store failed: %r", exc)
+            result.halted, result.halt_reason = True, f"the delivery gate's store failed: {exc!r}"
+            return entries, 0
+        halt_action = self.settings.verification_action is VerificationAction.HALT
+        for i, e in enumerate(entries[:limit]):
+            if e.parked is not None:
+                result.parked += 1
+            if e.foreign:
+                result.released += 1
+            if e.poison is None or e.dead:
+                continue
+            stage, error, _, failures = e.poison
+            if stage == "verify" and failures and (isinstance(error, UnverifiableRecordError) or e.foreign):
+                result.verification_failures.extend(failures)
+                for f in failures:
+                    self.metrics.incr("verification_failures", check=f.check)
+                    log.warning("not delivered: %s at %s: %s", f.check, f.position.describe(), f.message)
+            if halt_action and stage == "verify":
+                result.halted, result.halt_reason = (
+                    True,
+                    f"verification failed ({error}) and the action is halt",
+                )
+                return entries, i
+            if not self._set_aside(records, e, result):
+                result.halt_reason = "the DLQ write failed"
+                if self.settings.stop_on_first_failure:
+                    result.halted = True
+                    return entries, i
+        if result.parked:
+            self.metrics.incr("records_parked", result.parked)
+        if not self.gate_store.durable and admission.caps.count() > self.settings.max_parked:
+            first = next(
+                (i for i, e in enumerate(entries[:limit]) if e.parked is not None and not e.foreign), None
+            )
+            if first is not None:
+                for e in entries[first:limit]:
+                    if e.parked is not None:
+                        self.gate_store.unpark(e.parked.key, [e.parked.id])
+                        e.parked = None
+                result.halted = True
+                result.halt_reason = (
+                    f"more than {self.settings.max_parked} records wait for their block summaries in memory"
+                )
+                return entries, first
+        return entries, limit
+
+    def _unpark_finished(
+        self, entries: list[Entry], limit: int, result: BatchResult
+    ) -> tuple[set[str | None], set[str]]:
+        """Released records that are done (or dead-lettered) leave the store; returns the shards
+        whose in-memory caps were lifted, and the ids of the records that left."""
+        lifted: set[str | None] = set()
+        released: set[str] = set()
+        stop_mode = self.settings.stop_on_first_failure
+        by_key: dict[tuple[str, int], list[str]] = {}
+        for i, e in enumerate(entries):
+            parked = e.release
+            if parked is None or (stop_mode and i >= limit) or not e.settled():
+                continue
+            by_key.setdefault(parked.key, []).append(parked.id)
+            released.add(parked.id)
+            if self.admission.caps.remove(parked.shard_id, parked.id):
+                lifted.add(parked.shard_id)
+        for key, ids in by_key.items():
+            try:
+                self.gate_store.unpark(key, ids)
+            except Exception as exc:  # delivered and still parked: delivered again later (de-duplicated)
+                log.warning("could not remove delivered records from the gate's store: %r", exc)
+        return lifted, released
+
+    def _set_aside(self, records: Sequence[KinesisRecord], entry: Entry, result: BatchResult) -> bool:
         """Dead-letter a poison entry now; False when the DLQ write failed (the record stays unfinished).
 
         A batch halted after a poison record is delivered again (the worker re-reads it, the KCL
@@ -255,10 +441,10 @@ class Pipeline:
 
     def _decode_batch(
         self, records: Sequence[KinesisRecord], result: BatchResult
-    ) -> tuple[list[_Entry], int | None]:
+    ) -> tuple[list[Entry], int | None]:
         """Stage 1: one entry per user record (or per undeaggregatable Kinesis record), and the
         entry index where verification says to halt (``verification_action = halt``)."""
-        entries: list[_Entry] = []
+        entries: list[Entry] = []
         halt_at: int | None = None
         for k, kr in enumerate(records):
             if halt_at is not None:
@@ -268,7 +454,7 @@ class Pipeline:
             except DeaggregationError as exc:
                 result.verification_failures.extend(self.verifier.aggregate(kr.position, exc))
                 self.metrics.incr("verification_failures", check="V1")
-                entry = _Entry(k, None, None)
+                entry = Entry(k, None, None)
                 entry.poison = ("deaggregate", exc, None, None)
                 entries.append(entry)
                 if not self._set_aside(records, entry, result):
@@ -280,7 +466,7 @@ class Pipeline:
                 self.verifier.aggregate(kr.position, None)
             for user in users:
                 result.user_records += 1
-                entry = _Entry(k, user, None)
+                entry = Entry(k, user, None)
                 entries.append(entry)
                 if not self._decode_and_verify(entry, result) and halt_at is None:
                     halt_at = len(entries) - 1
@@ -290,7 +476,7 @@ class Pipeline:
                         halt_at = len(entries) - 1
         return entries, halt_at
 
-    def _decode_and_verify(self, entry: _Entry, result: BatchResult) -> bool:
+    def _decode_and_verify(self, entry: Entry, result: BatchResult) -> bool:
         """Decode and verify one user record; False when verification says to halt the shard."""
         user = entry.user
         assert user is not None
@@ -308,29 +494,21 @@ class Pipeline:
                 self.metrics.incr("verification_failures", check=f.check)
                 log.warning("verification failed: %s at %s: %s", f.check, f.position.describe(), f.message)
             action = self.settings.verification_action
-            if action is VerificationAction.HALT:
-                result.halt_reason = f"verification failed ({failures[0].check}) and the action is halt"
+            # A block summary is untrustworthy when its own checks fail. A V3 pair failing when the
+            # block arrives after its revision is the revision's fault (the gate rejects it), and a
+            # broken V9 link cannot say which of its two blocks was forged (see qldbstream.gate).
+            own = (
+                failures
+                if not isinstance(record, BlockSummary)
+                else [f for f in failures if f.check in OWN_BLOCK_CHECKS]
+            )
+            if own and action is VerificationAction.HALT:
+                result.halt_reason = f"verification failed ({own[0].check}) and the action is halt"
                 entry.record = record
                 return False
-            if action is VerificationAction.DEAD_LETTER:
+            if own and action is VerificationAction.DEAD_LETTER:
                 summary = "; ".join(f"{f.check}: {f.message}" for f in failures)
                 entry.poison = ("verify", PoisonRecordError(summary, user.position), record, failures)
-                return True
-        if (
-            isinstance(record, RevisionDetails)
-            and self.settings.verification_action is not VerificationAction.DELIVER
-        ):
-            ba = record.block_address
-            bad = self.verifier.failed_block(ba.strand_id, ba.sequence_no)
-            if bad is not None:  # the revision passed, but its block summary failed: not authentic
-                reason = (
-                    f"its block {ba.sequence_no} failed {bad}: the block does not vouch for this revision"
-                )
-                if self.settings.verification_action is VerificationAction.HALT:
-                    result.halt_reason = reason
-                    entry.record = record
-                    return False
-                entry.poison = ("verify", PoisonRecordError(reason, user.position), record, [])
                 return True
         if self.masker is not None:
             record.mask_with(self.masker)  # verified on the original bytes; handlers see masked data
@@ -396,7 +574,7 @@ class Pipeline:
         self,
         handler: Handler,
         shard_id: str | None,
-        entries: list[_Entry],
+        entries: list[Entry],
         limit: int,
         result: BatchResult,
         deadline: float | None,
@@ -405,9 +583,15 @@ class Pipeline:
         """Deliver to one handler; return the entry index where it halted, if it did."""
         name = handler.name
         held = self._held.pop((shard_id, name), [])
-        wanted: list[_Entry] = list(held)
+        wanted: list[Entry] = list(held)
         for e in entries[:limit]:
-            if e.record is not None and e.poison is None and not e.dead and handler.wants(e.record):
+            if (
+                e.record is not None
+                and e.poison is None
+                and not e.dead
+                and e.parked is None
+                and handler.wants(e.record)
+            ):
                 wanted.append(e)
         if not wanted:
             return None
@@ -432,7 +616,7 @@ class Pipeline:
                 result.late += 1
                 self.metrics.incr("late_revisions", handler=name, action="dropped")
         for i in plan.held:
-            wanted[i].hstate[name] = "pending"
+            wanted[i].hstate[name] = "held"  # finished for now: its shard's checkpoint waits (a cap)
         if plan.held:
             self._held[(shard_id, name)] = [wanted[i] for i in plan.held]
             result.held += len(plan.held)
@@ -450,6 +634,7 @@ class Pipeline:
             logger=logging.getLogger(f"qldbstream.handler.{name}"),
             window_state=window_state,
             late_indexes=late,
+            delivery=self._guarantee,
         )
         halted_at = self._deliver(handler, order, ctx, result)
         done = [e for e in order if e.hstate[name] == "done"]
@@ -478,7 +663,7 @@ class Pipeline:
         return 0
 
     def _deliver(
-        self, handler: Handler, order: list[_Entry], ctx: HandlerContext, result: BatchResult
+        self, handler: Handler, order: list[Entry], ctx: HandlerContext, result: BatchResult
     ) -> int | None:
         """Deliver ``order`` with retries; returns the index in ``order`` where it halted."""
         name = handler.name
@@ -603,16 +788,23 @@ class Pipeline:
     def _checkpoint(
         self,
         records: Sequence[KinesisRecord],
-        entries: list[_Entry],
+        entries: list[Entry],
         limit: int,
         shard_id: str | None,
         result: BatchResult,
+        released: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> None:
-        """The last user record of the finished prefix, and the first unfinished Kinesis record."""
-        by_k: dict[int, list[tuple[int, _Entry]]] = {}
+        """The last user record of the finished prefix, and the first unfinished Kinesis record.
+
+        ``released``: records parked in this batch and already delivered from elsewhere in it."""
+        by_k: dict[int, list[tuple[int, Entry]]] = {}
         for i, e in enumerate(entries):
             by_k.setdefault(e.k, []).append((i, e))
+        for group in by_k.values():  # the gate may have moved a record after what released it
+            group.sort(key=lambda ie: (ie[1].foreign, ie[1].user.sub_sequence_number if ie[1].user else 0))
         stop_mode = self.settings.stop_on_first_failure
+        caps = self.admission.caps
+        in_memory = not self.gate_store.durable
         checkpoint: tuple[str, int] | None = None
         for k, kr in enumerate(records):
             unfinished = False
@@ -620,14 +812,52 @@ class Pipeline:
                 if (stop_mode and i >= limit) or not e.finished():
                     unfinished = True
                     break
+                if e.foreign:
+                    continue  # a record of another shard or batch that this one released
                 if e.user is not None:
+                    # the checkpoint just before this record: this batch's, or the shard's if it is
+                    # before the record (else unknown: the shard does not checkpoint until released)
+                    here = _position(e.user)
+                    before = checkpoint
+                    if before is None:
+                        latest = caps.latest.get(shard_id)
+                        before = latest if latest is not None and _key(latest) < here else None
+                    if "held" in e.hstate.values():  # the reorder policy holds it back
+                        caps.add(shard_id, _held_cap(e.user), here, before)
+                    if in_memory and e.holds is not None and self.admission.holding(e.holds):
+                        cap = f"block|{e.user.sequence_number}|{e.user.sub_sequence_number}"
+                        caps.add(shard_id, cap, here, before)
+                        self.admission.hold(e.holds, shard_id, cap)
+                    if in_memory and e.parked is not None and e.parked.id not in released:
+                        caps.add(shard_id, e.parked.id, here, before)
+                        if result.first_parked is None:
+                            result.first_parked = kr
                     checkpoint = (e.user.sequence_number, e.user.sub_sequence_number)
                 else:  # a dead-lettered Kinesis record that could not be deaggregated
                     checkpoint = (kr.sequence_number, kr.sub_sequence_number or 0)
             if unfinished:
                 result.first_unfinished = kr
+                if not stop_mode and not result.halted:
+                    # continue mode delivered what came after, but this record is not done: the
+                    # runtime must read it again from the checkpoint (never pass it)
+                    result.halted = True
+                    result.halt_reason = result.halt_reason or "a record is not finished"
                 break
             result.finished += 1
-        if any(key[0] == shard_id for key in self._held):
-            checkpoint = None  # an earlier record is still held back (reorder policy): do not move
+        if checkpoint is not None:
+            caps.latest[shard_id] = checkpoint
+        if in_memory or caps.caps.get(shard_id):
+            checkpoint = caps.effective(shard_id)
         result.checkpoint = checkpoint
+
+
+def _key(cp: tuple[str, int]) -> tuple[int, int]:
+    return (int(cp[0] or 0), cp[1])
+
+
+def _held_cap(user: UserRecord) -> str:
+    return f"held|{user.sequence_number}|{user.sub_sequence_number}"
+
+
+def _position(user: UserRecord) -> tuple[int, int]:
+    return (int(user.sequence_number or 0), user.sub_sequence_number)

@@ -180,8 +180,20 @@ class Replayer:
         self.sealer = sealer
         self._pipelines: dict[frozenset[str] | None, tuple[Pipeline, CapturingDeadLetterQueue]] = {}
 
-    def run(self, shard_id: str, records: Sequence[KinesisRecord], only: frozenset[str] | None) -> _Run:
-        """Process ``records`` in order; stop at the first batch that does not finish."""
+    def run(
+        self,
+        shard_id: str,
+        records: Sequence[KinesisRecord],
+        only: frozenset[str] | None,
+        *,
+        admitted: bool = False,
+    ) -> _Run:
+        """Process ``records`` in order; stop at the first batch that does not finish.
+
+        Records whose block summary is not among them cannot be delivered (the delivery gate): at
+        the end they are dead-lettered again as unverifiable - captured, so the entry stays -
+        unless ``admitted`` (a handler's dead letter: the record passed the gate when it was first
+        processed)."""
         if only not in self._pipelines:
             capture = CapturingDeadLetterQueue()
             self._pipelines[only] = (self.pipeline_for(capture, only), capture)
@@ -189,7 +201,7 @@ class Replayer:
         capture.letters.clear()
         run = _Run()
         for start in range(0, len(records), CHUNK):
-            result = pipeline.process(shard_id, records[start : start + CHUNK])
+            result = pipeline.process(shard_id, records[start : start + CHUNK], admitted=admitted)
             run.delivered += sum(result.delivered.values())
             run.duplicates += result.duplicates
             run.late += result.late
@@ -197,6 +209,12 @@ class Replayer:
                 run.finished = False
                 run.reason = result.halt_reason or "the record did not finish"
                 break
+        if run.finished:
+            drained = pipeline.drain()  # what waited for a block summary the input does not hold
+            run.delivered += sum(drained.delivered.values())
+            if drained.halted:
+                run.finished = False
+                run.reason = drained.halt_reason or "a record waits for its block summary"
         run.captured = list(capture.letters)
         return run
 
@@ -229,7 +247,9 @@ def _replay_one(replayer: Replayer, letter: DeadLetter, dry_run: bool) -> EntryO
         return outcome
     only = frozenset() if dry_run else frozenset({letter.handler}) if letter.handler else None
     try:
-        run = replayer.run(letter.shard_id or "dlq-replay", [record], only)
+        # a handler's dead letter passed the delivery gate when it was first processed
+        admitted = letter.stage == "handler"
+        run = replayer.run(letter.shard_id or "dlq-replay", [record], only, admitted=admitted)
     except Exception as exc:  # e.g. the de-duplication store is down: the entry stays, say why
         outcome.detail = f"replay failed: {exc!r}"
         return outcome

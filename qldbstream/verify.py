@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from qldbstream.chain import ChainTracker, Gap, LinkResult
@@ -184,17 +183,6 @@ class Verifier:
             self.chain = ChainTracker()
             self.crossref = CrossReferencer(max_pending=max_pending)
         self.max_pending = max_pending
-        #: blocks that failed V4 or V7, for :meth:`failed_block`
-        self._bad_blocks: OrderedDict[tuple[str, int], str] = OrderedDict()
-
-    def failed_block(self, strand_id: str, sequence_no: int) -> str | None:
-        """The checks a block summary failed (``"V4"``, ``"V7"`` or ``"V4/V7"``), if it was seen and did.
-
-        Its revisions may pass their own checks (a forger can recompute a revision hash and patch
-        the summary entry), but the block no longer vouches for them: the pipeline does not
-        deliver them either.
-        """
-        return self._bad_blocks.get((strand_id, sequence_no))
 
     # V1 ----------------------------------------------------------------------------------
     def aggregate(self, position: Position, error: DeaggregationError | None) -> list[Failure]:
@@ -336,13 +324,6 @@ class Verifier:
                     _b64(b.block_hash),
                 )
             )
-        # V4 / V7 break the link between the block's revisions and its entries hash: the block no
-        # longer vouches for them (V5/V6 concern transactionInfo; V8/V9 the block's place in the chain)
-        own = sorted({f.check for f in failures} & {"V4", "V7"}) if failures else None
-        if own:
-            self._bad_blocks[(b.block_address.strand_id, seq)] = "/".join(own)
-            if len(self._bad_blocks) > self.max_pending:
-                self._bad_blocks.popitem(last=False)
         # V9
         checked = self.chain.check(b.block_address.strand_id, seq, b.block_hash, b.previous_block_hash)
         if isinstance(checked, int):  # every link passed (usually one)

@@ -57,7 +57,7 @@ __all__ = ["ShardStatus", "Worker", "WorkerOptions", "WorkerReport", "completed_
 
 log = logging.getLogger("qldbstream.worker")
 
-StopReason = Literal["stopped", "finished", "caught-up", "idle"]
+StopReason = Literal["stopped", "finished", "caught-up", "idle", "halted"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,10 @@ class WorkerOptions:
     halt_backoff: float = 1.0
     halt_backoff_cap: float = 30.0
     checkpoint_key: str | None = None
+    #: ``run(until_caught_up=True)`` returns ``"halted"`` once a shard halted this many times in a
+    #: row, for at least ``halt_limit_seconds``, while every other shard is caught up
+    halt_limit: int = 10
+    halt_limit_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.end_time is not None and self.end_time.tzinfo is None:
@@ -187,6 +191,8 @@ class _Work:
     #: Records read but not finished and not to be re-read (held back by the reorder policy).
     pending: bool = False
     halts: int = 0
+    #: when the current run of halts began (epoch seconds)
+    halted_since: float = 0.0
     halt_reason: str = ""
     user_records: int = 0
     iterator_age_ms: float | None = None
@@ -267,7 +273,7 @@ class Worker:
         return cls(
             app.client("kinesis"),
             s.stream_name,
-            app.pipeline(),
+            app.pipeline(journal_order=True),
             store,
             app.handlers,
             options,
@@ -313,10 +319,16 @@ class Worker:
                     reason = "finished"
                     break
                 if until_caught_up and self._caught_up():
-                    if not self._sync():
-                        reason = "caught-up"
-                        break
-                    continue
+                    if self._sync():
+                        continue
+                    if self._waiting():  # the input is read: what still waits can be decided now
+                        self._drain()
+                        continue
+                    reason = "caught-up"
+                    break
+                if until_caught_up and self._stuck():
+                    reason = "halted"
+                    break
                 if max_idle is not None and self.clock() - self._last_records >= max_idle:
                     reason = "idle"
                     break
@@ -387,6 +399,29 @@ class Worker:
             for s in self.shards.shards.values()
         )
 
+    def _stuck(self) -> bool:
+        """Every shard is caught up or finished, except shards halted again and again."""
+        o, now = self.options, self.clock()
+        halted = [
+            s
+            for s in self.shards.shards.values()
+            if (w := self._work_for(s.shard_id)).halts >= o.halt_limit
+            and now - w.halted_since >= o.halt_limit_seconds
+        ]
+        others = [s for s in self.shards.shards.values() if s not in halted]
+        return bool(halted) and all(
+            s.finished or (s.caught_up and self._work_for(s.shard_id).idle) for s in others
+        )
+
+    def _waiting(self) -> bool:
+        return any(self.pipeline.waiting(shard_id) for shard_id in self.shards.shards)
+
+    def _drain(self) -> None:
+        result = self.pipeline.drain()
+        self._save_others(result)
+        if self._waiting():  # a DLQ or sink failure: try again after a poll interval
+            self._sleep(self.options.poll_interval)
+
     # -- one shard, one step -----------------------------------------------------------------------
 
     def _step(self, shard: Shard) -> None:
@@ -443,17 +478,52 @@ class Worker:
             if result.checkpoint is not None:
                 seq, sub = result.checkpoint
                 self._save(Checkpoint(sid, seq, sub), work)
+            self._save_others(result)
             if rewound:
                 return
+        elif work.pending or self.pipeline.waiting(sid):
+            # nothing new, but records wait: release what the reorder window or the gate's
+            # maximum wait lets go by now (time passes even when no record arrives)
+            result = self._process(sid, [])
+            work.pending = result.held > 0
+            if result.checkpoint is not None and not result.halted:
+                self._save(Checkpoint(sid, *result.checkpoint), work)
+            self._save_others(result)
         if shard.exhausted:
             self._finish_shard(shard, work)
 
+    def _watermark(self) -> float:
+        """The arrival time up to which every shard has been read (journal order, qldbstream.order).
+
+        A shard at its tip, read to its end, or not startable yet (a child: its records arrived after
+        every record of its parents) holds nothing older; a shard not read yet holds anything."""
+        marks = []
+        for s in self.shards.shards.values():
+            if s.finished or s.exhausted or s.caught_up or not self.shards.parents_done(s):
+                continue
+            marks.append(float("-inf") if s.last_arrival is None else s.last_arrival)
+        return min(marks, default=float("inf"))
+
     def _process(self, shard_id: str, records: Sequence[KinesisRecord]) -> BatchResult:
         try:
+            self.pipeline.watermark = self._watermark()
             return self.pipeline.process(shard_id, records)
         except Exception as exc:  # e.g. the de-duplication store is down: the same as a halt
             log.exception("shard %s: the pipeline failed; the batch will be read again", shard_id)
             return BatchResult(shard_id, records=len(records), halted=True, halt_reason=repr(exc))
+
+    def _save_others(self, result: BatchResult) -> None:
+        """Shards whose parked records this batch delivered may checkpoint further now."""
+        for other, (seq, sub) in result.other_checkpoints.items():
+            if other is None or other == result.shard_id:
+                continue
+            work = self._work_for(other)
+            try:
+                self._save(Checkpoint(other, seq, sub), work)
+            except Exception as exc:  # saved with that shard's next step (work.unsaved)
+                if not _transient(exc):
+                    raise
+                log.warning("shard %s: saving its checkpoint failed (%r); trying again later", other, exc)
 
     def _settle(self, shard: Shard, work: _Work, result: BatchResult) -> bool:
         """After a batch: True when it halted and the shard is to be read again from its checkpoint."""
@@ -463,6 +533,8 @@ class Worker:
             work.halts, work.halt_reason = 0, ""
             return False
         delay = self._halt_backoff.delay(work.halts)
+        if work.halts == 0:
+            work.halted_since = self.clock()
         work.halts += 1
         work.halt_reason = result.halt_reason or "a record is not finished"
         work.pending = False
@@ -486,10 +558,16 @@ class Worker:
         return True
 
     def _finish_shard(self, shard: Shard, work: _Work) -> None:
-        """An exhausted shard: deliver what is held back, then end it (children may start)."""
-        if work.pending:
+        """An exhausted shard: deliver what is held back, then end it (children may start).
+
+        A shard whose records still wait in the pipeline (parked until their block summary comes,
+        held by the reorder policy) does not end: its checkpoint is behind them."""
+        if work.pending or self.pipeline.waiting(shard.shard_id):
             result = self._process(shard.shard_id, [])
-            if result.held or result.halted:
+            self._save_others(result)
+            if result.checkpoint is not None:
+                self._save(Checkpoint(shard.shard_id, *result.checkpoint), work)
+            if result.held or result.halted or self.pipeline.waiting(shard.shard_id):
                 shard.next_poll_at = self.clock() + self.options.poll_interval
                 return
             work.pending = False

@@ -32,9 +32,17 @@ from datetime import datetime
 from typing import Any
 
 from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import JournalRecord, RecordType, RevisionDetails, decode
+from qldbstream.decode import (
+    BlockSummary,
+    JournalRecord,
+    RecordType,
+    RevisionDetails,
+    block_documents,
+    decode,
+)
 from qldbstream.dedupe import dedupe_key
 from qldbstream.errors import DeaggregationError, InputError, PoisonRecordError
+from qldbstream.gate import OWN_BLOCK_CHECKS, WholeInputGate
 from qldbstream.records import KinesisRecord
 from qldbstream.verify import Verifier
 
@@ -97,6 +105,8 @@ class Copy:
     errors: list[dict[str, Any]] = field(default_factory=list)
     user_records: int = 0
     verifier: Verifier = field(default_factory=Verifier)
+    #: what the delivery gate withholds (revisions of blocks that do not vouch for them)
+    gate: WholeInputGate = field(default_factory=WholeInputGate)
     #: (documentId, shard) -> the highest version seen there so far
     high_versions: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -134,9 +144,18 @@ def scan(
                 pos = exc.position.as_dict() if exc.position else None
                 copy.errors.append({"type": type(exc).__name__, "message": exc.message, "position": pos})
                 continue
+            key = dedupe_key(record)
+            if isinstance(record, BlockSummary):
+                own = [f.check for f in failures if f.check in OWN_BLOCK_CHECKS]
+                try:
+                    tables = block_documents(record) if record.transaction_info_hash is not None else None
+                except PoisonRecordError:
+                    tables, own = None, [*own, "V5"]
+                copy.gate.block(record, own, tables)
+            elif isinstance(record, RevisionDetails):
+                copy.gate.revision(key, record)
             if not _selected(record, types, sample):
                 continue
-            key = dedupe_key(record)
             if failures:
                 copy.failures.extend(f.as_dict() for f in failures)
                 copy.unverified.add(key)
@@ -168,7 +187,8 @@ def _subject(e: Entry) -> dict[str, Any]:
 
 def compare(source: Copy, target: Copy, limit: int = 100) -> dict[str, Any]:
     """The differences between a source copy and a target copy, as a JSON-ready dict."""
-    expected = {k: e for k, e in source.entries.items() if k not in source.unverified}
+    withheld = source.gate.rejected()
+    expected = {k: e for k, e in source.entries.items() if k not in source.unverified and k not in withheld}
     missing = [_subject(e) for k, e in expected.items() if k not in target.entries]
     extra = [_subject(e) for k, e in target.entries.items() if k not in source.entries]
     mismatched = [
@@ -290,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
             "stream": source.name,
             "userRecords": source.user_records,
             "selected": len(source.entries),
-            "unverified": sorted(source.unverified)[: args.max_differences],
+            "unverified": sorted(source.unverified | set(source.gate.rejected()))[: args.max_differences],
             "duplicates": source.duplicates,
         },
         "recordTypes": sorted(t.value for t in types),

@@ -116,6 +116,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         app.close()
     done = sum(s.finished for s in report.shards.values())
+    if report.reason == "halted":
+        halted = {sid: s.halt_reason for sid, s in report.shards.items() if s.halt_reason}
+        first = next(iter(halted.items()), ("?", "?"))
+        sys.stderr.write(
+            f"qldbstream run: halted: shard {first[0]} cannot move on ({first[1]}); "
+            f"{len(halted)} shard(s) halted, checkpoints kept - fix the cause and run again\n"
+        )
+        return 1
     sys.stderr.write(
         f"qldbstream run: {report.reason}; {report.records} records read, "
         f"{done} of {len(report.shards)} shards finished\n"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qldbstream.decode import JournalRecord, RevisionDetails
+from qldbstream.deaggregate import deaggregate
+from qldbstream.decode import JournalRecord, RevisionDetails, decode
 from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
 from qldbstream.dlq import DirectoryDeadLetterQueue
 from qldbstream.errors import RetryableError
@@ -71,9 +72,37 @@ def test_every_revision_exactly_once_despite_duplicates_and_batches() -> None:
     assert set(seen.values()) == {1}
 
 
+def test_by_default_a_late_revision_is_delivered_with_ctx_late() -> None:
+    sim = simulation(80, shards=2, duplicates=0.2)
+    router = Router("all")
+    got: dict[tuple[str, int], list[bool]] = {}
+
+    @router.revision()
+    def on_revision(revision: RevisionDetails, ctx: HandlerContext) -> None:
+        got.setdefault((revision.document_id, revision.version), []).append(ctx.late)
+
+    pipeline = make_pipeline([router], FakeTime())
+    highest: dict[str, int] = {}
+    late_expected = set()
+    for shard, records in kinesis_records(sim).items():  # one shard after the other: versions interleave
+        for batch in batches(records, 7):
+            pipeline.process(shard, batch)
+    assert set(got) == {(r.document_id, r.version) for r in sim.ledger.revisions}
+    assert all(len(flags) == 1 for flags in got.values())
+    # ctx.late is set exactly when a higher version of the document was delivered before
+    order = list(got)  # insertion order = delivery order
+    for doc, version in order:
+        if version < highest.get(doc, -1):
+            late_expected.add((doc, version))
+        highest[doc] = max(highest.get(doc, -1), version)
+    assert late_expected, "the two shards must interleave versions for this test to mean anything"
+    assert {k for k, flags in got.items() if flags[0]} == late_expected
+
+
 def test_drop_policy_gives_each_document_increasing_versions_ending_at_the_latest() -> None:
     sim = simulation(80, shards=2, duplicates=0.2)
     router = Router("latest")
+    router.late_policy = "drop"  # a state mirror declares that it wants only newer versions
     got: dict[str, list[int]] = {}
 
     @router.revision()
@@ -227,6 +256,59 @@ def test_continue_mode_keeps_going_but_the_checkpoint_stays() -> None:
     assert result.first_unfinished is not None
     assert len(seen) == len(sim.ledger.revisions) - 1  # everything else was processed
     assert int(result.checkpoint[0]) < int(records[-1].sequence_number)  # type: ignore[index]
+    # the runtime must read it again (a halt), not go on past it with the next batch
+    assert result.halted
+
+
+def test_continue_mode_with_reorder_never_checkpoints_past_a_failed_record() -> None:
+    """The bug of issue 11: continue mode + reorder moved the checkpoint past a failed record."""
+    sim = simulation(30, shards=1, aggregate=False)
+    victim = sim.ledger.revisions[5]
+    router = Router("r")
+    attempts: dict[tuple[str, int], int] = {}
+    failing = True
+
+    @router.revision()
+    def on_revision(revision: RevisionDetails, ctx: HandlerContext) -> None:
+        key = (revision.document_id, revision.version)
+        attempts[key] = attempts.get(key, 0) + 1
+        if failing and key == (victim.document_id, victim.version):
+            raise ConnectionError("down for this one")
+
+    t = FakeTime()
+    pipeline = make_pipeline(
+        [router], t, stop_on_first_failure=False, breaker_failures=100, late_policy=LatePolicy.REORDER
+    )
+    (records,) = kinesis_records(sim).values()
+    victim_at = next(
+        (int(r.sequence_number), 0)
+        for r in records
+        if isinstance(d := decode(deaggregate(r)[0]), RevisionDetails)
+        and (d.document_id, d.version) == (victim.document_id, victim.version)
+    )
+    # a runtime's loop: read from the checkpoint while a batch halts
+    checkpoint: tuple[str, int] | None = None
+    position = 0
+    for _ in range(50):
+        batch = records[position : position + 6]
+        if not batch:
+            break
+        result = pipeline.process("s", batch)
+        if result.checkpoint is not None:
+            checkpoint = result.checkpoint
+        if checkpoint is not None and failing:
+            assert (int(checkpoint[0]), checkpoint[1]) < victim_at, (
+                "the checkpoint passed a record that failed"
+            )
+        if result.halted:
+            failing = attempts.get((victim.document_id, victim.version), 0) < 3
+            if checkpoint is None:
+                position = 0
+            else:
+                position = next(i for i, r in enumerate(records) if r.sequence_number == checkpoint[0]) + 1
+            continue
+        position += len(batch)
+    assert attempts[(victim.document_id, victim.version)] >= 3
 
 
 @pytest.mark.parametrize(

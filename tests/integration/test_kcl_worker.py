@@ -50,6 +50,7 @@ from qldbstream.simulate import Simulation
 from qldbstream.simulate.output import put_to_stream
 from qldbstream.sources.kinesis_put import PutResult, create_stream
 from qldbstream.stores.dynamodb import DynamoDBDedupeStore
+from qldbstream.stores.gate_dynamodb import DynamoDBGateStore
 from tests.integration.kcl_worker_sink import create_sink_table, effect_key, read_sink
 from tests.support.aws import client, wait_until_active
 from tests.support.kcl import FAST_TEST_PROPERTIES, JVM_OPTIONS, KclDaemon, stop_all
@@ -135,6 +136,8 @@ def settings_for(
         "QLDBSTREAM_DYNAMODB_ENDPOINT_URL": moto.endpoint,
         "QLDBSTREAM_DLQ": f"dir:{work_dir / 'dlq'}",
         "QLDBSTREAM_DEDUPE_STORE": f"dynamodb:{stream}-dedupe",
+        # one record processor per shard: a block summary and its revisions meet in the shared store
+        "QLDBSTREAM_GATE_STORE": f"dynamodb:{stream}-gate",
         # Revisions of one document land on different shards: deliver a late one rather than drop it.
         "QLDBSTREAM_LATE_POLICY": "deliver-late",
         "QLDBSTREAM_RETRY_MAX_ATTEMPTS": "2",
@@ -154,6 +157,7 @@ def tables(dynamodb: Any, moto: LocalServer, stream: str) -> Iterator[None]:
     """The sink and de-duplication tables; afterwards drops them and the KCL's three tables."""
     create_sink_table(moto.endpoint, f"{stream}-sink")
     DynamoDBDedupeStore.create_table(dynamodb, f"{stream}-dedupe")
+    DynamoDBGateStore.create_table(dynamodb, f"{stream}-gate")
     try:
         yield
     finally:
@@ -161,6 +165,7 @@ def tables(dynamodb: Any, moto: LocalServer, stream: str) -> Iterator[None]:
         for table in (
             f"{stream}-sink",
             f"{stream}-dedupe",
+            f"{stream}-gate",
             app,
             f"{app}-WorkerMetricStats",
             f"{app}-CoordinatorState",

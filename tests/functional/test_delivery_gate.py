@@ -1,0 +1,400 @@
+"""The delivery gate in the pipeline, on streams made independently of qldbstream (tests/support/forge.py).
+
+Each test names one rule of qldbstream.gate and checks it against the forge's ground truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from qldbstream.decode import JournalRecord, RevisionDetails
+from qldbstream.dedupe import InMemoryDedupeStore
+from qldbstream.gate import Delivery, InMemoryGateStore
+from qldbstream.handler import Handler, HandlerContext
+from qldbstream.pipeline import BatchResult, Pipeline, PipelineSettings
+from qldbstream.records import KinesisRecord
+from qldbstream.reliability import RetryPolicy
+from tests.support.fakes import FakeTime, MemoryDLQ
+from tests.support.forge import Delivery as Stream
+from tests.support.forge import forge_stream
+
+LADDER = ("V2", "V3", "V4", "V5", "V7", "V8", "V9", "blockAddress", "tableInfo")
+
+
+class Recorder(Handler):
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.revisions: list[tuple[str, int, bytes, bool]] = []
+        self.guarantees: set[str] = set()
+
+    def wants(self, record: JournalRecord) -> bool:
+        return isinstance(record, RevisionDetails)
+
+    def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
+        self.guarantees.add(ctx.delivery)
+        for i, r in enumerate(records):
+            assert isinstance(r, RevisionDetails)
+            self.revisions.append((r.document_id, r.version, r.hash, ctx.for_record(r, i).late))
+
+    def keys(self) -> list[tuple[str, int]]:
+        return [(d, v) for d, v, _, _ in self.revisions]
+
+
+class DurableMemoryStore(InMemoryGateStore):
+    """The in-memory store, claiming durability: what a DynamoDB store does, without a server."""
+
+    @property
+    def durable(self) -> bool:
+        return True
+
+
+def pipeline(
+    t: FakeTime,
+    dlq: MemoryDLQ,
+    handler: Handler,
+    store: Any = None,
+    *,
+    journal_order: bool = False,
+    **settings: Any,
+) -> Pipeline:
+    return Pipeline(
+        [handler],
+        dlq=dlq,
+        store=InMemoryDedupeStore(clock=t.clock),
+        settings=PipelineSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.01), **settings),
+        clock=t.clock,
+        sleep=t.sleep,
+        gate_store=store,
+        wall_clock=t.clock,
+        journal_order=journal_order,
+    )
+
+
+def run_shards(p: Pipeline, stream: Stream, order: str = "one-by-one", batch: int = 5) -> list[BatchResult]:
+    """Feed every shard in batches: shard after shard (``one-by-one``) or shards in reverse order."""
+    shards = [s.shard_id for s in stream.shards if s.records]
+    if order == "reverse":
+        shards.reverse()
+    results = []
+    for sid in shards:
+        records = stream.kinesis_records(sid)
+        for i in range(0, len(records), batch):
+            results.append(p.process(sid, records[i : i + batch]))
+    return results
+
+
+@pytest.mark.parametrize("aggregated", [True, False], ids=["aggregated", "not-aggregated"])
+@pytest.mark.parametrize("order", ["one-by-one", "reverse"])
+def test_the_whole_ladder_verified_mode(aggregated: bool, order: str) -> None:
+    stream = forge_stream(5, transactions=40, rungs=LADDER, shards=4, aggregated=aggregated)
+    truth = stream.journal.truth
+    t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
+    p = pipeline(t, dlq, rec)
+    run_shards(p, stream, order)
+    p.drain()
+    withheld = truth.withheld("verified")
+    delivered = rec.keys()
+    assert not set(delivered) & set(withheld), "a forged or unvouched revision reached the handler"
+    assert sorted(delivered) == sorted(f.key for f in truth.deliverable("verified"))
+    # every withheld revision is in the DLQ, with the check that stopped it
+    dead = {(letter.document_id, letter.version) for letter in dlq.letters if letter.document_id}
+    assert set(withheld) <= dead
+    # each delivered hash is the one QLDB computed - but for the V9 rung, which only the
+    # chain-confirmed mode can withhold (a re-hashed block breaks only the link to its successor)
+    facts = {f.key: f for f in truth.revisions}
+    chain_only = set(truth.withheld("chain-confirmed")) - set(withheld)
+    assert chain_only
+    assert all(h == facts[(d, v)].authentic_hash for d, v, h, _ in rec.revisions if (d, v) not in chain_only)
+
+
+def test_each_rung_is_caught_by_its_check() -> None:
+    expected = {
+        "V2": {"V2"},
+        "V3": {"V3"},
+        "V4": {"V4"},
+        "V5": {"V5"},
+        "V7": {"V7"},
+        "V8": {"V8"},
+        "blockAddress": {"V3"},
+        "tableInfo": {"tableInfo"},
+    }
+    for rung, checks in expected.items():
+        stream = forge_stream(11, transactions=24, rungs=(rung,), shards=1)
+        t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
+        p = pipeline(t, dlq, rec)
+        run_shards(p, stream)
+        withheld = stream.journal.truth.withheld("verified")
+        assert withheld and not set(rec.keys()) & set(withheld), rung
+        found = {
+            c.split("/")[0]
+            for letter in dlq.letters
+            if letter.document_id
+            for f in letter.verification_failures
+            for c in [str(f["check"])]
+        }
+        assert found & checks, (rung, found)
+
+
+def test_a_revision_before_its_block_summary_waits_and_holds_its_shards_checkpoint() -> None:
+    stream = forge_stream(3, transactions=30, shards=4, aggregated=False)
+    t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
+    p = pipeline(t, dlq, rec)
+    results = run_shards(p, stream, "reverse", batch=100)
+    assert sum(r.parked for r in results) > 0, "no revision arrived before its block: the test is void"
+    assert sum(r.released for r in results) > 0
+    assert sorted(rec.keys()) == sorted(f.key for f in stream.journal.truth.deliverable())
+    assert not dlq.letters
+    # while a shard had a record parked in memory its checkpoint stayed before it; once the record
+    # was delivered from another shard's batch, that shard's checkpoint moved (other_checkpoints)
+    assert any(r.other_checkpoints for r in results)
+    assert not any(p.waiting(s.shard_id) for s in stream.shards)
+
+
+def test_in_memory_parking_never_checkpoints_past_a_parked_record() -> None:
+    stream = forge_stream(3, transactions=30, shards=4, aggregated=False)
+    t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
+    p = pipeline(t, dlq, rec)
+    saved: dict[str | None, tuple[str, int]] = {}
+    first_shard = [s for s in stream.shards if s.records][-1]
+    records = stream.kinesis_records(first_shard.shard_id)
+    result = p.process(first_shard.shard_id, records)
+    assert result.parked, "nothing parked: the test is void"
+    if result.checkpoint is not None:
+        saved[first_shard.shard_id] = result.checkpoint
+    parked_first = result.first_parked
+    assert parked_first is not None
+    cp = saved.get(first_shard.shard_id)
+    assert cp is None or int(cp[0]) < int(parked_first.sequence_number)
+
+
+def test_a_durable_store_lets_the_checkpoint_pass_parked_records() -> None:
+    stream = forge_stream(3, transactions=30, shards=4, aggregated=False)
+    t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
+    p = pipeline(t, dlq, rec, DurableMemoryStore())
+    last = [s for s in stream.shards if s.records][-1]
+    records = stream.kinesis_records(last.shard_id)
+    result = p.process(last.shard_id, records)
+    assert result.parked
+    assert result.first_unfinished is None
+    assert result.checkpoint == (records[-1].sequence_number, 0)
+    # a different process (a new pipeline on the same store) delivers them with their blocks
+    p2 = pipeline(t, dlq, rec, p.gate_store)
+    run_shards(p2, stream)
+    assert sorted(set(rec.keys())) == sorted(f.key for f in stream.journal.truth.deliverable())
+
+
+def test_a_revision_whose_block_summary_never_comes_is_dead_lettered_after_the_maximum_wait() -> None:
+    stream = forge_stream(3, transactions=30, shards=1, aggregated=False)
+    records = stream.kinesis_records(stream.shards[0].shard_id)
+    # drop one block summary from the stream
+    from qldbstream.deaggregate import deaggregate
+    from qldbstream.decode import BlockSummary, decode
+
+    def is_block(kr: KinesisRecord) -> bool:
+        return isinstance(decode(deaggregate(kr)[0]), BlockSummary)
+
+    blocks = [i for i, kr in enumerate(records) if is_block(kr)]
+    victim = blocks[len(blocks) // 2]
+    orphans = []
+    for kr in records[victim + 1 :]:
+        r = decode(deaggregate(kr)[0])
+        if isinstance(r, BlockSummary):
+            break
+        orphans.append(r)
+    assert orphans
+    kept = records[:victim] + records[victim + 1 :]
+    t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
+    p = pipeline(t, dlq, rec, max_wait=60.0)
+    p.process("s", kept)
+    orphan_keys = {(r.document_id, r.version) for r in orphans if isinstance(r, RevisionDetails)}
+    assert not orphan_keys & set(rec.keys())
+    assert p.waiting("s")
+    t.now += 61
+    p.process("s", [])
+    assert not p.waiting("s")
+    dead = {(letter.document_id, letter.version): letter for letter in dlq.letters}
+    assert orphan_keys <= set(dead)
+    assert all("unverifiable" in dead[k].error_message for k in orphan_keys)
+    assert not orphan_keys & set(rec.keys())
+
+
+def test_chain_confirmed_withholds_the_v9_block_and_dead_letters_the_unconfirmed_tail() -> None:
+    stream = forge_stream(7, transactions=30, rungs=("V9", "V8"), shards=4, aggregated=False)
+    truth = stream.journal.truth
+    t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
+    p = pipeline(t, dlq, rec, delivery=Delivery.CHAIN_CONFIRMED)
+    run_shards(p, stream, "reverse")
+    p.drain()
+    withheld = truth.withheld("chain-confirmed")
+    assert any(r == "V9" for r in withheld.values())
+    delivered = set(rec.keys())
+    assert not delivered & set(withheld)
+    tail = {f.key for f in truth.awaiting("chain-confirmed")}
+    assert tail and not delivered & tail
+    doubtful = {f.key for f in truth.doubtful("chain-confirmed")}
+    assert {f.key for f in truth.deliverable("chain-confirmed")} - doubtful <= delivered
+    dead = {(letter.document_id, letter.version) for letter in dlq.letters}
+    assert tail <= dead
+    assert rec.guarantees == {"chain-confirmed"}
+
+
+def test_verified_mode_delivers_the_v9_rung_and_reports_the_link() -> None:
+    stream = forge_stream(7, transactions=30, rungs=("V9",), shards=1)
+    t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
+    p = pipeline(t, dlq, rec)
+    results = run_shards(p, stream)
+    assert any(f.check == "V9" for r in results for f in r.verification_failures)
+    assert sorted(rec.keys()) == sorted(f.key for f in stream.journal.truth.deliverable("verified"))
+
+
+def test_observe_only_mode_skips_the_gate() -> None:
+    from qldbstream.pipeline import VerificationAction
+
+    stream = forge_stream(7, transactions=24, rungs=("V8",), shards=1)
+    t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
+    p = pipeline(t, dlq, rec, verification_action=VerificationAction.DELIVER)
+    run_shards(p, stream)
+    assert len(set(rec.keys())) == len(stream.journal.truth.revisions)
+    assert rec.guarantees == {"observe-only"}
+
+
+class OrderRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[int] = []
+
+    def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
+        super().handle_batch(records, ctx)
+        self.blocks += [r.block_address.sequence_no for r in records if isinstance(r, RevisionDetails)]
+
+
+def journal_pipeline(t: FakeTime, dlq: MemoryDLQ, handler: Handler, **settings: Any) -> Pipeline:
+    return pipeline(t, dlq, handler, journal_order=True, **settings)
+
+
+def read_like_the_worker(p: Pipeline, stream: Stream, batch: int = 7, seed: int = 0) -> None:
+    """Round-robin over the shards in batches, the watermark as the worker computes it."""
+    import random
+
+    rng = random.Random(seed)
+    cursors = {s.shard_id: 0 for s in stream.shards if s.records}
+    last: dict[str, float | None] = dict.fromkeys(cursors)
+    while cursors:
+        sid = rng.choice(sorted(cursors))
+        records = stream.kinesis_records(sid)
+        start = cursors[sid]
+        chunk = records[start : start + rng.randint(1, batch)]
+        marks = [
+            float("inf") if sid2 not in cursors else (float("-inf") if a is None else a)
+            for sid2, a in last.items()
+        ]
+        p.watermark = min(marks)
+        p.process(sid, chunk)
+        last[sid] = chunk[-1].approximate_arrival_timestamp
+        cursors[sid] = start + len(chunk)
+        if cursors[sid] >= len(records):
+            del cursors[sid]
+    p.watermark = float("inf")
+    for sid in last:
+        p.process(sid, [])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("aggregated", [True, False], ids=["aggregated", "not-aggregated"])
+def test_journal_order_merges_the_shards_block_after_block(seed: int, aggregated: bool) -> None:
+    stream = forge_stream(seed, transactions=40, shards=4, aggregated=aggregated, duplicates=0.3, reorder=3)
+    t, dlq, rec = FakeTime(), MemoryDLQ(), OrderRecorder()
+    p = journal_pipeline(t, dlq, rec)
+    read_like_the_worker(p, stream, seed=seed)
+    truth = stream.journal.truth
+    assert sorted(set(rec.keys())) == sorted(f.key for f in truth.deliverable())
+    assert rec.blocks == sorted(rec.blocks), "revisions were not delivered in journal order"
+    assert not any(late for *_, late in rec.revisions)  # in journal order nothing is late
+    assert not p.gaps
+    assert not any(p.waiting(s.shard_id) for s in stream.shards)
+
+
+def test_journal_order_gives_up_a_missing_block_and_reports_the_gap() -> None:
+    stream = forge_stream(4, transactions=30, shards=4, aggregated=True)
+    # remove one whole aggregate (a block summary and its revisions) from its shard
+    from qldbstream.deaggregate import deaggregate
+    from qldbstream.decode import BlockSummary, decode
+
+    victim_seq = None
+    for shard in stream.shards:
+        for i, r in enumerate(shard.records):
+            users = deaggregate(r.kinesis_record())
+            first = decode(users[0])
+            if isinstance(first, BlockSummary) and len(users) > 1 and first.sequence_no > 20:
+                victim_seq = first.sequence_no
+                del shard.records[i]
+                break
+        if victim_seq is not None:
+            break
+    assert victim_seq is not None
+    t, dlq, rec = FakeTime(), MemoryDLQ(), OrderRecorder()
+    p = journal_pipeline(t, dlq, rec)
+    read_like_the_worker(p, stream)
+    assert [(g[1], g[2]) for g in p.gaps] == [(victim_seq, victim_seq)]
+    expected = {f.key for f in stream.journal.truth.deliverable() if f.sequence_no != victim_seq}
+    assert set(rec.keys()) == expected
+    assert rec.blocks == sorted(rec.blocks)
+
+
+def test_journal_order_gap_timeout_without_a_watermark() -> None:
+    stream = forge_stream(4, transactions=20, shards=2, aggregated=True)
+    t, dlq, rec = FakeTime(), MemoryDLQ(), OrderRecorder()
+    p = journal_pipeline(t, dlq, rec, gap_timeout=30.0)
+    sid = stream.shards[0].shard_id
+    p.process(sid, stream.kinesis_records(sid))  # the other shard is never read; no watermark
+    assert not rec.revisions
+    t.now += 31
+    p.process(sid, [])
+    assert rec.revisions and rec.blocks == sorted(rec.blocks)
+
+
+def lambda_app(rec: Handler, dlq: MemoryDLQ, dedupe: InMemoryDedupeStore, gate: Any) -> Any:
+    from qldbstream.app import App
+    from qldbstream.aws_lambda import make_handler
+    from qldbstream.config import Settings
+
+    return make_handler(App(Settings(), handlers=[rec], dlq=dlq, store=dedupe, gate_store=gate))
+
+
+def test_lambda_with_an_in_memory_gate_store_retries_a_parked_record() -> None:
+    """A parked record lives only in this container: Lambda must deliver it again (batch item failure)."""
+    stream = forge_stream(3, transactions=30, shards=4, aggregated=False)
+    dlq, rec = MemoryDLQ(), Recorder()
+    handler = lambda_app(rec, dlq, InMemoryDedupeStore(), InMemoryGateStore())
+    last = [s for s in stream.shards if s.records][-1]
+    response = handler(stream.lambda_event(last.records), None)
+    failures = response["batchItemFailures"]
+    assert failures, "a record waits for its block summary: it must be reported"
+    delivered_before = set(rec.keys())
+    first = failures[0]["itemIdentifier"]
+    index = next(i for i, r in enumerate(last.records) if r.sequence_number == first)
+    # nothing before the reported record waits, and nothing after it was checkpointed past
+    assert index < len(last.records)
+    assert not delivered_before & set(stream.journal.truth.withheld())
+
+
+def test_lambda_shards_in_separate_containers_share_a_durable_gate_store() -> None:
+    """Each shard's invocations in their own container; only the gate and de-duplication stores are shared."""
+    stream = forge_stream(
+        3, transactions=30, shards=4, aggregated=False, duplicates=0.3, rungs=("V8", "tableInfo")
+    )
+    dlq, rec = MemoryDLQ(), Recorder()
+    gate, dedupe = DurableMemoryStore(), InMemoryDedupeStore()
+    handlers = {s.shard_id: lambda_app(rec, dlq, dedupe, gate) for s in stream.shards}
+    for shard in reversed(stream.shards):  # every shard read after the ones its blocks are on
+        for i in range(0, len(shard.records), 10):
+            response = handlers[shard.shard_id](stream.lambda_event(shard.records[i : i + 10]), None)
+            assert response["batchItemFailures"] == []
+    truth = stream.journal.truth
+    assert sorted(set(rec.keys())) == sorted(f.key for f in truth.deliverable())
+    assert not set(rec.keys()) & set(truth.withheld())
+    assert gate.parked_count() == 0
