@@ -5,7 +5,8 @@ documented allowlist of what AWS itself needs on the runtime's behalf.
 standalone worker), ``qldbstream kcl`` with its record processor (``python -m qldbstream.kcl``).
 
 **Components** attribute calls to resources: the functions of ``SqsDeadLetterQueue.put`` call SQS on the
-DLQ, those of ``DynamoDBDedupeStore`` DynamoDB on the de-duplication table, and so on. For a runtime, a
+DLQ, those of ``DynamoDBDedupeStore`` DynamoDB on the de-duplication table, those of ``DynamoDBGateStore``
+DynamoDB on the delivery gate's table (and ``_oldest``'s Query on its index), and so on. For a runtime, a
 component's operations are those reachable from its roots *within that runtime* (so the Lambda runtime
 gets ``put``'s ``SendMessage``, and the replay command ``receive``/``delete`` too). Every operation a
 runtime can reach must belong to a component: a new AWS call in a new place fails the audit with its line.
@@ -89,6 +90,10 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "dlq-read": ("qldbstream.dlq:SqsDeadLetterQueue.receive", "qldbstream.dlq:SqsDeadLetterQueue.delete"),
     "dedupe-table": ("qldbstream.stores.dynamodb:DynamoDBDedupeStore.*",),
     "checkpoint-table": ("qldbstream.stores.dynamodb:DynamoDBCheckpointStore.*",),
+    "gate-table": ("qldbstream.stores.gate_dynamodb:DynamoDBGateStore.*",),
+    # the one method that queries the gate table's index (parked-by-time): its resource is the index ARN,
+    # so the other gate operations are not granted on the index
+    "gate-index": ("qldbstream.stores.gate_dynamodb:DynamoDBGateStore._oldest",),
     "stream-read": ("qldbstream.shards:StreamShards.*", "qldbstream.replay:read_range"),
     "lambda-failures": ("qldbstream.replay:SqsLambdaFailures.*",),
     "dlq-seal": ("qldbstream.masking:KmsSealer.seal",),
@@ -100,6 +105,8 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
 SWITCHES: dict[str, Callable[[Settings], bool]] = {
     "dlq-write": lambda s: bool(s.dlq) and not s.dlq.startswith("dir:"),
     "dedupe-table": lambda s: s.dedupe_store.startswith("dynamodb:"),
+    "gate-table": lambda s: s.gate_store.startswith("dynamodb:"),
+    "gate-index": lambda s: s.gate_store.startswith("dynamodb:"),
     "dlq-seal": lambda s: s.masking and bool(s.masking_dlq_kms_key_id),
 }
 

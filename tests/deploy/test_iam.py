@@ -19,9 +19,18 @@ from typing import Any
 import pytest
 
 from qldbstream.config import Settings, load_settings
+from qldbstream.stores.gate_dynamodb import EXPIRY_INDEX
 from tests.deploy.callgraph import CodeIndex, Reach, iam_actions
 from tests.deploy.cfn import Evaluated, evaluate, grants, statements
-from tests.deploy.iam_spec import RUNTIMES, Allowed, Findings, audit, runtime_environment, unattributed
+from tests.deploy.iam_spec import (
+    RUNTIMES,
+    Allowed,
+    Findings,
+    audit,
+    component_ops,
+    runtime_environment,
+    unattributed,
+)
 
 ACCOUNT, REGION = "123456789012", "eu-west-1"
 STREAM = "ledger-events"
@@ -37,6 +46,15 @@ DEDUPE = "qldbstream-dedupe"
 DEDUPE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{DEDUPE}"
 CHECKPOINTS = "qldbstream-checkpoints"
 CHECKPOINTS_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{CHECKPOINTS}"
+GATE = "qldbstream-gate"
+GATE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{GATE}"
+GATE_INDEX_ARN = f"{GATE_ARN}/index/{EXPIRY_INDEX}"
+#: the gate table the Lambda and KCL templates create by default (GateTableName empty)
+CREATED_GATE = {
+    "gate-table": ["GetAtt:GateTable.Arn"],
+    "gate-index": [f"GetAtt:GateTable.Arn/index/{EXPIRY_INDEX}"],
+}
+NAMED_GATE = {"gate-table": [GATE_ARN], "gate-index": [GATE_INDEX_ARN]}
 HANDLER_POLICY = f"arn:aws:iam::{ACCOUNT}:policy/qldbstream-handlers"
 HASH_KEY_SECRET = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:qldbstream/hash-AbCdEf"
 
@@ -164,7 +182,7 @@ SCENARIOS = [
         "ExecutionRole",
         "lambda",
         LAMBDA_BASE,
-        {"dlq-write": [DLQ_ARN]},
+        {"dlq-write": [DLQ_ARN], **CREATED_GATE},
         _lambda_allowed(consumer=False, stream_key=False, dlq_key=False, failure_key=False, xray=False),
     ),
     Scenario(
@@ -179,13 +197,15 @@ SCENARIOS = [
             "DlqKmsKey": DLQ_KEY,
             "OnFailureKmsKey": FAILURE_KEY,
             "DedupeTableName": DEDUPE,
+            "GateTableName": GATE,
+            "Delivery": "chain-confirmed",
             "Tracing": "Active",
             "Masking": "true",
             "MaskingDlqKmsKeyArn": MASKING_KEY,
             "ConfigFile": "/var/task/qldbstream.toml",
             "HandlerPolicyArns": HANDLER_POLICY,
         },
-        {"dlq-write": [DLQ_ARN], "dedupe-table": [DEDUPE_ARN], "dlq-seal": [MASKING_KEY]},
+        {"dlq-write": [DLQ_ARN], "dedupe-table": [DEDUPE_ARN], "dlq-seal": [MASKING_KEY], **NAMED_GATE},
         _lambda_allowed(consumer=True, stream_key=True, dlq_key=True, failure_key=True, xray=True),
         config_file={"masking_hash_key": "a-secret-of-at-least-16-bytes"},
     ),
@@ -195,7 +215,7 @@ SCENARIOS = [
         "TaskRole",
         "kcl",
         ECS_BASE,
-        {"dlq-write": [DLQ_ARN]},
+        {"dlq-write": [DLQ_ARN], **CREATED_GATE},
         _kcl_allowed(metrics=False),
     ),
     Scenario(
@@ -207,13 +227,15 @@ SCENARIOS = [
             **ECS_BASE,
             "KclMetricsLevel": "SUMMARY",
             "DedupeTableName": DEDUPE,
+            "GateTableName": GATE,
+            "Delivery": "chain-confirmed",
             "StreamKmsKey": STREAM_KEY,
             "DlqKmsKey": DLQ_KEY,
             "Masking": "true",
             "MaskingDlqKmsKeyArn": MASKING_KEY,
             "MaskingHashKeySecretArn": HASH_KEY_SECRET,
         },
-        {"dlq-write": [DLQ_ARN], "dedupe-table": [DEDUPE_ARN], "dlq-seal": [MASKING_KEY]},
+        {"dlq-write": [DLQ_ARN], "dedupe-table": [DEDUPE_ARN], "dlq-seal": [MASKING_KEY], **NAMED_GATE},
         [
             *_kcl_allowed(metrics=True),
             Allowed("kms:Decrypt", STREAM_KEY, "the daemon reads a stream encrypted with a customer key"),
@@ -234,6 +256,39 @@ SCENARIOS = [
             "dedupe-table": [DEDUPE_ARN],
             "checkpoint-table": [CHECKPOINTS_ARN],
             "stream-read": [STREAM_ARN],
+        },
+    ),
+    # The gate store switched the other way: no gate table, no gate grants (Lambda, KCL); the standalone
+    # worker with a DynamoDB gate store gets the created table like the others.
+    Scenario(
+        "lambda-gate-in-memory",
+        "lambda-consumer.yaml",
+        "ExecutionRole",
+        "lambda",
+        {**LAMBDA_BASE, "GateStore": "memory"},
+        {"dlq-write": [DLQ_ARN]},
+        _lambda_allowed(consumer=False, stream_key=False, dlq_key=False, failure_key=False, xray=False),
+    ),
+    Scenario(
+        "kcl-gate-in-memory",
+        "ecs-worker.yaml",
+        "TaskRole",
+        "kcl",
+        {**ECS_BASE, "GateStore": "memory"},
+        {"dlq-write": [DLQ_ARN]},
+        _kcl_allowed(metrics=False),
+    ),
+    Scenario(
+        "standalone-gate-table",
+        "ecs-worker.yaml",
+        "TaskRole",
+        "standalone",
+        {**ECS_BASE, "Runtime": "standalone", "CheckpointTableName": CHECKPOINTS, "GateStore": "dynamodb"},
+        {
+            "dlq-write": [DLQ_ARN],
+            "checkpoint-table": [CHECKPOINTS_ARN],
+            "stream-read": [STREAM_ARN],
+            **CREATED_GATE,
         },
     ),
 ]
@@ -293,6 +348,9 @@ def test_the_runtimes_call_what_we_expect(reaches: dict[str, Reach]) -> None:
         "dynamodb:BatchGetItem",
         "dynamodb:BatchWriteItem",
         "dynamodb:UpdateItem",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:Query",
         "kms:GenerateDataKey",
     }
     assert iam_actions(reaches["kcl"].ops()) == lam  # the record processor runs the same pipeline
@@ -302,8 +360,20 @@ def test_the_runtimes_call_what_we_expect(reaches: dict[str, Reach]) -> None:
         "kinesis:ListShards",
         "kinesis:GetShardIterator",
         "kinesis:GetRecords",
-        "dynamodb:Query",
     }
+    # The delivery gate's store (the GateTable and GateExpiryIndex statements, docs/deploy.md): never
+    # CreateTable, DeleteItem or Scan; on the index only the expiry Query.
+    for runtime in ("lambda", "kcl", "standalone"):
+        assert iam_actions(component_ops(reaches[runtime], "gate-table")) == {
+            "dynamodb:DescribeTable",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:BatchGetItem",
+            "dynamodb:BatchWriteItem",
+            "dynamodb:Query",
+        }, runtime
+        assert iam_actions(component_ops(reaches[runtime], "gate-index")) == {"dynamodb:Query"}, runtime
     replay = iam_actions(reaches["replay"].ops())
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "kinesis:GetRecords", "kms:Decrypt"} <= replay
 
@@ -583,6 +653,30 @@ def test_audit_notices_a_wildcard_resource_and_a_dropped_condition(
 
     findings = _audit(kcl, _mutate(templates[kcl.template], kcl.role, drop_condition), reaches)
     assert any("cloudwatch:PutMetricData" in line for line in findings.conditions)
+
+
+def test_audit_notices_gate_grants_on_the_wrong_resource(
+    templates: dict[str, dict[str, Any]], reaches: dict[str, Reach]
+) -> None:
+    """Only the expiry Query may act on the gate table's index; a dropped index grant is missing."""
+    scenario = SCENARIOS[1]  # lambda-everything: a named gate table
+
+    def widen_index(items: list[dict[str, Any]]) -> None:
+        index = next(i for i in items if "Fn::If" in i and i["Fn::If"][1].get("Sid") == "GateExpiryIndex")
+        index["Fn::If"][1]["Action"] = ["dynamodb:Query", "dynamodb:GetItem"]
+
+    findings = _audit(scenario, _mutate(templates[scenario.template], scenario.role, widen_index), reaches)
+    assert findings.extra == {("dynamodb:GetItem", GATE_INDEX_ARN)}
+    assert not findings.missing
+
+    def drop_index(items: list[dict[str, Any]]) -> None:
+        items[:] = [
+            i for i in items if not ("Fn::If" in i and i["Fn::If"][1].get("Sid") == "GateExpiryIndex")
+        ]
+
+    findings = _audit(scenario, _mutate(templates[scenario.template], scenario.role, drop_index), reaches)
+    assert findings.missing == {("dynamodb:Query", GATE_INDEX_ARN)}
+    assert not findings.extra
 
 
 def test_audit_notices_a_call_without_a_resource(

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from qldbstream import metrics as qmetrics
-from qldbstream.config import load_settings
+from qldbstream.config import Settings, load_settings
+from qldbstream.gate import Delivery
 from qldbstream.stores.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore
+from qldbstream.stores.gate_dynamodb import DEFAULT_TTL, EXPIRY_INDEX, DynamoDBGateStore
 from tests.deploy.callgraph import CodeIndex
 from tests.deploy.cfn import evaluate, failed_rules
 from tests.deploy.iam_spec import runtime_environment
@@ -60,10 +62,15 @@ def test_event_source_mapping_defaults_match_the_runtime(templates: Templates) -
 def test_rules_refuse_settings_the_runtime_cannot_honour(templates: Templates) -> None:
     template = templates["lambda-consumer.yaml"]
     assert failed_rules(template, LAMBDA_BASE) == []
-    parallel = {**LAMBDA_BASE, "ParallelizationFactor": 4}
+    parallel = {**LAMBDA_BASE, "ParallelizationFactor": 4, "LatePolicy": "drop"}
     assert [f.split(":")[0] for f in failed_rules(template, parallel)] == [
         "OutOfOrderNeedsDeliverLateAndSharedDedupe"
     ] * 2
+    # deliver-late is the default now: only the shared de-duplication table is missing
+    default_late = {**LAMBDA_BASE, "ParallelizationFactor": 4}
+    assert [f.split(":")[0] for f in failed_rules(template, default_late)] == [
+        "OutOfOrderNeedsDeliverLateAndSharedDedupe"
+    ]
     ok = {**parallel, "LatePolicy": "deliver-late", "DedupeTableName": "dedupe"}
     assert failed_rules(template, ok) == []
     assert failed_rules(template, {**LAMBDA_BASE, "StartingPosition": "AT_TIMESTAMP"})
@@ -74,6 +81,34 @@ def test_rules_refuse_settings_the_runtime_cannot_honour(templates: Templates) -
     worker = templates["ecs-worker.yaml"]
     assert failed_rules(worker, {**ECS_BASE, "Runtime": "standalone"})
     assert not failed_rules(worker, {**ECS_BASE, "Runtime": "standalone", "CheckpointTableName": "cp"})
+
+
+def test_rules_refuse_gate_settings_the_runtime_cannot_honour(templates: Templates) -> None:
+    template = templates["lambda-consumer.yaml"]
+    parallel = {
+        **LAMBDA_BASE,
+        "ParallelizationFactor": 4,
+        "LatePolicy": "deliver-late",
+        "DedupeTableName": "d",
+    }
+    assert failed_rules(template, parallel) == []  # the gate table is on by default
+    assert [f.split(":")[0] for f in failed_rules(template, {**parallel, "GateStore": "memory"})] == [
+        "ConcurrentBatchesNeedDynamoDBGate"
+    ]
+    assert failed_rules(template, {**LAMBDA_BASE, "GateTableName": "gate"}) == []
+    assert [
+        f.split(":")[0]
+        for f in failed_rules(template, {**LAMBDA_BASE, "GateTableName": "g", "GateStore": "memory"})
+    ] == ["GateTableNeedsDynamoDBGate"]
+    worker = templates["ecs-worker.yaml"]
+    standalone = {**ECS_BASE, "Runtime": "standalone", "CheckpointTableName": "cp"}
+    assert failed_rules(worker, {**ECS_BASE, "GateTableName": "gate"}) == []  # auto: kcl -> dynamodb
+    assert failed_rules(worker, {**standalone, "GateTableName": "gate", "GateStore": "dynamodb"}) == []
+    for refused in (
+        {**ECS_BASE, "GateTableName": "gate", "GateStore": "memory"},
+        {**standalone, "GateTableName": "gate"},  # auto: standalone -> memory, the name would be ignored
+    ):
+        assert [f.split(":")[0] for f in failed_rules(worker, refused)] == ["GateTableNeedsDynamoDBGate"]
 
 
 def test_lambda_function_runs_the_handler_on_python_311(templates: Templates) -> None:
@@ -107,6 +142,14 @@ def test_lambda_function_runs_the_handler_on_python_311(templates: Templates) ->
             "ecs-worker.yaml",
             {**ECS_BASE, "Runtime": "standalone", "CheckpointTableName": "cp", "DedupeTableName": "d"},
         ),
+        ("lambda-consumer.yaml", {**LAMBDA_BASE, "GateTableName": "g", "Delivery": "chain-confirmed"}),
+        ("lambda-consumer.yaml", {**LAMBDA_BASE, "GateStore": "memory", "GateMaxWaitSeconds": 3600}),
+        ("ecs-worker.yaml", {**ECS_BASE, "GateTableName": "g", "Delivery": "chain-confirmed"}),
+        ("ecs-worker.yaml", {**ECS_BASE, "GateStore": "memory"}),
+        (
+            "ecs-worker.yaml",
+            {**ECS_BASE, "Runtime": "standalone", "CheckpointTableName": "cp", "GateStore": "dynamodb"},
+        ),
     ],
 )
 def test_the_environment_is_valid_qldbstream_configuration(
@@ -121,6 +164,38 @@ def test_the_environment_is_valid_qldbstream_configuration(
     )
     if template == "ecs-worker.yaml":
         assert settings.stream_name == ECS_BASE["StreamName"] and settings.region == "eu-west-1"
+    assert settings.delivery == Delivery(parameters.get("Delivery", "verified"))
+    assert settings.gate_max_wait_seconds == float(parameters.get("GateMaxWaitSeconds", 600))
+    gate = parameters.get("GateStore", "memory" if parameters.get("Runtime") == "standalone" else "dynamodb")
+    if gate == "memory":
+        assert settings.gate_store == "memory"
+    else:
+        assert settings.gate_store == f"dynamodb:{parameters.get('GateTableName', 'Ref:GateTable')}"
+
+
+@pytest.mark.parametrize(
+    ("template", "parameters", "created"),
+    [
+        ("lambda-consumer.yaml", LAMBDA_BASE, True),  # on by default: streams without aggregation need it
+        ("lambda-consumer.yaml", {**LAMBDA_BASE, "GateTableName": "g"}, False),
+        ("lambda-consumer.yaml", {**LAMBDA_BASE, "GateStore": "memory"}, False),
+        ("ecs-worker.yaml", ECS_BASE, True),  # KCL: on by default
+        ("ecs-worker.yaml", {**ECS_BASE, "GateStore": "memory"}, False),
+        ("ecs-worker.yaml", {**ECS_BASE, "Runtime": "standalone", "CheckpointTableName": "cp"}, False),
+        (
+            "ecs-worker.yaml",
+            {**ECS_BASE, "Runtime": "standalone", "CheckpointTableName": "cp", "GateStore": "dynamodb"},
+            True,
+        ),
+    ],
+)
+def test_the_gate_table_is_created_when_nothing_names_one(
+    template: str, parameters: dict[str, Any], created: bool, templates: Templates
+) -> None:
+    evaluated = evaluate(templates[template], parameters)
+    assert ("GateTable" in evaluated.resources) == created
+    expected = "Ref:GateTable" if created else parameters.get("GateTableName", "")
+    assert evaluated.outputs["GateTableName"] == expected
 
 
 @pytest.mark.parametrize(
@@ -279,6 +354,56 @@ def test_tables_have_the_stores_key_schema(
         assert client.ttl is None and "TimeToLiveSpecification" not in table
     else:
         assert client.ttl == {"Enabled": True, "AttributeName": ttl} == table["TimeToLiveSpecification"]
+
+
+@pytest.mark.parametrize(
+    ("template", "parameters"),
+    [
+        ("lambda-consumer.yaml", LAMBDA_BASE),
+        ("ecs-worker.yaml", ECS_BASE),
+        (
+            "ecs-worker.yaml",
+            {**ECS_BASE, "Runtime": "standalone", "CheckpointTableName": "c", "GateStore": "dynamodb"},
+        ),
+    ],
+)
+def test_gate_table_has_the_stores_schema(
+    template: str, parameters: dict[str, Any], templates: Templates
+) -> None:
+    """The gate table the runtime templates create is what DynamoDBGateStore.create_table creates (keys,
+    the parked-by-time index, TTL), kept like the other tables (backups, encryption, retained)."""
+    client = RecordingDynamoDB()
+    DynamoDBGateStore.create_table(client, "t", sleep=lambda _: None)  # type: ignore[arg-type]
+    resource = evaluate(templates[template], parameters).resources["GateTable"]
+    table = resource["Properties"]
+    assert "TableName" not in table  # generated: a replacement never collides with the retained table
+    assert table["KeySchema"] == client.created["KeySchema"]
+    assert sorted(table["AttributeDefinitions"], key=str) == sorted(
+        client.created["AttributeDefinitions"], key=str
+    )
+    assert table["GlobalSecondaryIndexes"] == client.created["GlobalSecondaryIndexes"]
+    assert table["GlobalSecondaryIndexes"][0]["IndexName"] == EXPIRY_INDEX
+    assert table["BillingMode"] == client.created["BillingMode"] == "PAY_PER_REQUEST"
+    assert client.ttl == {"Enabled": True, "AttributeName": "ttl"} == table["TimeToLiveSpecification"]
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["SSESpecification"] == {"SSEEnabled": False}  # DynamoDB-owned key, as dynamodb-tables.yaml
+    assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Retain"
+    managed = evaluate(
+        templates[template],
+        {**parameters, "GateTablePointInTimeRecovery": "false", "GateTableEncryption": "AWS_MANAGED"},
+    ).resources["GateTable"]["Properties"]
+    assert managed["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": False}
+    assert managed["SSESpecification"] == {"SSEEnabled": True}
+
+
+def test_gate_max_wait_stays_well_inside_the_gate_items_ttl(templates: Templates) -> None:
+    """A parked item that expires before its record is dead-lettered is lost without a dead letter
+    (qldbstream.stores.gate_dynamodb): the largest wait a template accepts leaves the expiry query as
+    long again to drain."""
+    for name in ("lambda-consumer.yaml", "ecs-worker.yaml", "main.yaml"):
+        spec = templates[name]["Parameters"]["GateMaxWaitSeconds"]
+        assert 2 * int(spec["MaxValue"]) <= DEFAULT_TTL, name
+        assert float(spec["Default"]) == Settings().gate_max_wait_seconds, name
 
 
 #: What the KCL 3.1.3 MultiLangDaemon sends when it creates its tables itself (recorded against moto,
@@ -491,3 +616,27 @@ def test_nested_stacks_pass_parameters_and_read_outputs_that_exist(templates: Te
     for match in re.finditer(r"'Fn::GetAtt': \['(\w+)', 'Outputs\.(\w+)'\]", str(main)):
         stack, output = match.groups()
         assert output in children[stack]["Outputs"], f"{stack} has no output {output}"
+
+
+@pytest.mark.parametrize("gate", ["auto", "dynamodb", "memory"])
+@pytest.mark.parametrize("runtime", ["kcl", "standalone"])
+def test_main_passes_values_the_children_accept(gate: str, runtime: str, templates: Templates) -> None:
+    """What main.yaml computes for a child's parameter is one of that child's AllowedValues; the gate
+    store reaches each consumer as documented (auto: the function and the KCL on DynamoDB)."""
+    main = templates["main.yaml"]
+    evaluated = evaluate(
+        main,
+        {"DeployWorker": "true", "WorkerRuntime": runtime, "GateStore": gate, "Delivery": "chain-confirmed"},
+    )
+    for logical in ("Lambda", "Worker"):
+        child = templates[Path(main["Resources"][logical]["Properties"]["TemplateURL"]).name]
+        for name, value in evaluated.resources[logical]["Properties"]["Parameters"].items():
+            allowed = child["Parameters"][name].get("AllowedValues")
+            if allowed and not str(value).startswith(("GetAtt:", "Ref:")):
+                assert str(value) in [str(v) for v in allowed], (logical, name, value)
+    lam = evaluated.resources["Lambda"]["Properties"]["Parameters"]
+    worker = evaluated.resources["Worker"]["Properties"]["Parameters"]
+    assert lam["GateStore"] == ("memory" if gate == "memory" else "dynamodb")
+    assert worker["GateStore"] == gate
+    assert lam["Delivery"] == worker["Delivery"] == "chain-confirmed"
+    assert "GateTableName" not in lam and "GateTableName" not in worker  # one table per consumer
