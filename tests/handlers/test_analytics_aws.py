@@ -176,3 +176,43 @@ def test_settings_build_the_aws_sinks_and_state(sim: Simulation, moto_server: Mo
     assert velocity_items(scan(dynamodb, table)) == expected_velocity(sim)
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="velocity/transaction_velocity/")
     assert len(listed["Contents"]) == len(expected_velocity(sim))
+
+
+def test_lambda_containers_per_shard_write_the_exact_union_to_dynamodb(dynamodb: Any, table: str) -> None:
+    """scope = shard on DynamoDB: one handler per shard (Lambda containers), interleaved, on a
+    four-shard stream with duplicates and reordering, COMPLETED on one shard only, no drain: the
+    results table holds one exact result per window, and every part is listed under its window."""
+    from qldbstream_handlers.analytics import AnalyticsOptions
+
+    from tests.handlers.messy import Delivery, deliver, shard_records
+    from tests.handlers.test_analytics_messy import ledger_velocity
+
+    messy = simulation(80, seed=31, redactions=0, shards=4, aggregate=False, duplicates=0.3, reorder=5)
+    per_shard = shard_records(messy)
+    state = DynamoDBStateStore(dynamodb, table)
+    containers = {
+        shard: setup(
+            AnalyticsHandler(
+                queries=[TRANSACTION_VELOCITY],
+                sinks=[DynamoDBSink(dynamodb, table)],
+                state=DynamoDBStateStore(dynamodb, table),
+                options=AnalyticsOptions(scope="shard"),
+            )
+        )
+        for shard in per_shard
+    }
+    queues = {s: [r[i : i + 15] for i in range(0, len(r), 15)] for s, r in per_shard.items()}
+    rng, delivery = random.Random(3), Delivery()
+    while any(queues.values()):
+        shard = rng.choice([s for s, q in queues.items() if q])
+        deliver(containers[shard], [(shard, queues[shard].pop(0))], delivery=delivery)
+    items = scan(dynamodb, table)
+    assert velocity_items(items) == ledger_velocity(messy)
+    results = [i for i in items if i["pk"]["S"].startswith("transaction_velocity#")]
+    assert results and all(i["pk"]["S"] == "transaction_velocity#null" for i in results)
+    some = results[0]["window_start_ms"]["N"]
+    members = state.members(f"analytics#transaction_velocity#{some}#{int(some) + 60_000}")
+    assert members and set(members) <= set(per_shard)
+    for member, revision in members.items():
+        blob = state.read(f"analytics#{member}#pane#transaction_velocity#{some}#{int(some) + 60_000}")
+        assert blob is not None and decode_state(blob)["revision"] == revision

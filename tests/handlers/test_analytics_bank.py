@@ -164,7 +164,8 @@ def test_duplicates_and_multi_shard_reordering_give_the_same_results(messy: Simu
             handler,
             ((s, b) for s, records in sorted(kinesis_records(messy).items()) for b in batches(records, 9)),
         )
-    handler.drain()  # COMPLETED went to one shard; the runtime releases the others at their end
+    assert sink.velocity() == expected_velocity(messy)  # COMPLETED on one shard ended the input
+    handler.drain()  # and a drain afterwards changes nothing
     assert sink.velocity() == expected_velocity(messy)
     assert handler._engines[None]["transaction_velocity"].counters["dropped_late"] == 0
 
@@ -188,48 +189,45 @@ def test_redelivery_to_the_handler_itself_changes_nothing(single: Simulation) ->
 
 
 def test_a_restart_mid_stream_resumes_from_the_saved_state(messy: Simulation) -> None:
+    """Handler-level (the pipeline's own restart behaviour is tested elsewhere): the process dies
+    after a flush whose checkpoint had not moved; a new process (fresh memory, fresh
+    de-duplication) gets the last batches again, then the rest."""
+    from tests.handlers.messy import deliver, shard_records
+    from tests.handlers.messy import round_robin as journal_round_robin
+
     state, sink = InMemoryStateStore(), MemorySink()
-    work = list(round_robin(messy, 11))
+    work = journal_round_robin(shard_records(messy), 11)
     velocity = replace(TRANSACTION_VELOCITY, allowed_lateness="2m")
 
     def handler() -> AnalyticsHandler:
         return setup(AnalyticsHandler(queries=[velocity], sinks=[sink], state=state))
 
     half = len(work) // 2
-    run(handler(), iter(work[:half]))
+    deliver(handler(), work[:half])
     assert state.saves > 0
-    # The process dies. Its last batches were flushed but the checkpoint had not moved: the new
-    # process (fresh memory, fresh de-duplication store) gets them again, then the rest.
     restarted = handler()
-    run(restarted, iter(work[half - 3 :]))
-    restarted.drain()
+    deliver(restarted, work[half - 3 :])
+    assert restarted._engines[None]["transaction_velocity"].counters["duplicates"] > 0
     assert sink.velocity() == expected_velocity(messy)
 
 
-def test_scope_shard_keeps_windows_and_state_per_shard(messy: Simulation) -> None:
-    """For several consumers (Lambda, KCL workers): each shard's windows alone; counts add up."""
+def test_scope_shard_keeps_windows_and_state_per_shard_and_writes_their_union(messy: Simulation) -> None:
+    """For several consumers (Lambda, KCL workers): each shard's windows and state alone, each
+    shard's part of a window stored, and one exact result per window - the union of the parts."""
     state, sink = InMemoryStateStore(), MemorySink()
     velocity = replace(TRANSACTION_VELOCITY, allowed_lateness="2m")
     handler = AnalyticsHandler(
         queries=[velocity], sinks=[sink], state=state, options=AnalyticsOptions(scope="shard")
     )
     run(setup(handler), round_robin(messy, 9))
-    for shard in sorted(kinesis_records(messy)):
+    shards = sorted(kinesis_records(messy))
+    for shard in shards:
         handler.shard_released(shard)  # each shard's windows are saved, then dropped from memory
-    assert sorted(state.blobs) == [f"analytics#{s}" for s in sorted(kinesis_records(messy))]
+    assert {f"analytics#{s}" for s in shards} <= set(state.blobs)
+    assert any("#pane#" in k for k in state.blobs)
     assert handler._engines == {}
-    for shard in sorted(kinesis_records(messy)):
-        handler._engines_for(shard)  # the next owner of each shard: ends its input
-    handler.drain()
-    totals: dict[int, list[Any]] = defaultdict(lambda: [0, Decimal(0)])
-    for row in sink.rows.values():
-        assert row.shard is not None and row.final
-        totals[row.window_start][0] += row.values["transaction_count"]
-        totals[row.window_start][1] += row.values["total_amount"]
-    expected = expected_velocity(messy)
-    assert {k: tuple(v) for k, v in totals.items()} == {
-        k: (n, total) for k, (n, _, total) in expected.items()
-    }
+    assert all(row.shard is None for row in sink.rows.values())
+    assert sink.velocity() == expected_velocity(messy)  # distinct accounts too: a union, not a sum
 
 
 def test_a_failing_sink_keeps_the_checkpoint_and_the_retry_writes_the_same_results(

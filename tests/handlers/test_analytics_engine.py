@@ -111,19 +111,48 @@ def test_every_aggregate_and_sql_null_semantics() -> None:
 # --- watermark, firing, lateness ---------------------------------------------------------
 
 
-def test_on_time_result_then_late_corrections_then_final_then_dropped() -> None:
+def feed_reopening(
+    engine: WindowEngine, events: list[tuple[str, Event]], stored: dict[tuple[int, int], dict[str, Any]]
+) -> list[Pane | Retraction]:
+    """Like ``feed``, playing the handler's part: panes that leave memory are kept in ``stored``,
+    and a late event's purged pane is handed back before the event."""
+    out: list[Pane | Retraction] = []
+    for shard, event in events:
+        for bounds in engine.closed(event):
+            engine.reopen(bounds, stored.get(bounds))
+        engine.add(shard, event)
+        out.extend(engine.advance())
+        stored.update(engine.take_panes())
+    return out
+
+
+def test_on_time_result_then_late_corrections_then_final_then_reopened() -> None:
     engine = WindowEngine(query(allowed_lateness="30s"))
-    out = feed(engine, [("s", ev(10 * S, "a#0")), ("s", ev(50 * S, "b#0"))])
+    stored: dict[tuple[int, int], dict[str, Any]] = {}
+    out = feed_reopening(engine, [("s", ev(10 * S, "a#0")), ("s", ev(50 * S, "b#0"))], stored)
     assert out == []  # the watermark (50 s) has not passed the window's end (60 s)
-    out = feed(engine, [("s", ev(70 * S, "c#0"))])
+    out = feed_reopening(engine, [("s", ev(70 * S, "c#0"))], stored)
     assert [(r[3], r[4], r[5]["n"]) for r in rows(out)] == [(1, False, 2)]  # revision 1 fires
-    out = feed(engine, [("s", ev(55 * S, "d#0"))])  # late, within 30 s of lateness
+    out = feed_reopening(engine, [("s", ev(55 * S, "d#0"))], stored)  # late, within 30 s of lateness
     assert [(r[3], r[4], r[5]["n"]) for r in rows(out)] == [(2, False, 3)]
-    out = feed(engine, [("s", ev(95 * S, "e#0"))])  # watermark 95 s >= 60 + 30: purged, final
+    out = feed_reopening(engine, [("s", ev(95 * S, "e#0"))], stored)  # watermark 95 s >= 60 + 30: final
     assert [(r[0], r[3], r[4], r[5]["n"]) for r in rows(out)] == [(0, 2, True, 3)]
-    out = feed(engine, [("s", ev(20 * S, "f#0"))])  # beyond lateness: dropped
+    assert (0, M) in stored and engine.open_windows == 1  # purged: its state left memory
+    out = feed_reopening(engine, [("s", ev(20 * S, "f#0"))], stored)  # beyond lateness: reopened
+    assert [(r[0], r[3], r[4], r[5]["n"]) for r in rows(out)] == [(0, 3, True, 4)]
+    out = feed_reopening(engine, [("s", ev(20 * S, "f#0"))], stored)  # a redelivery changes nothing
     assert out == []
-    assert engine.counters == {"events": 5, "duplicates": 0, "late_updates": 1, "dropped_late": 1}
+    assert engine.counters == {
+        "events": 6,
+        "duplicates": 1,
+        "late_updates": 2,
+        "reopened": 2,
+        "dropped_late": 0,
+    }
+    # without the handler's stored panes the engine cannot count it: it says so
+    alone = WindowEngine(query(allowed_lateness="30s"))
+    feed(alone, [("s", ev(10 * S, "a#0")), ("s", ev(95 * S, "e#0")), ("s", ev(20 * S, "f#0"))])
+    assert alone.counters["dropped_late"] == 1
 
 
 def test_out_of_orderness_delays_firing_so_disorder_is_not_late() -> None:
@@ -197,24 +226,74 @@ def test_global_mode_uses_the_newest_event_anywhere() -> None:
     assert engine.counters["dropped_late"] == 1
 
 
-def test_completed_on_every_shard_read_ends_the_input() -> None:
+def test_completed_ends_the_input_and_a_later_shard_tail_corrects_the_window() -> None:
     engine = WindowEngine(query())
-    feed(engine, [("s1", ev(10 * S, "a#0")), ("s2", ev(20 * S, "b#0"))])
-    engine.complete("s1")
-    assert engine.advance() == []  # s2 still holds the watermark
-    engine.complete("s2")
-    assert [(r[5]["n"], r[4]) for r in rows(engine.advance())] == [(2, True)]
+    stored: dict[tuple[int, int], dict[str, Any]] = {}
+    feed_reopening(engine, [("s1", ev(10 * S, "a#0")), ("s2", ev(20 * S, "b#0"))], stored)
+    engine.complete("s1")  # QLDB wrote everything: every window fires, s2's tail may still come
+    assert [(r[5]["n"], r[3], r[4]) for r in rows(engine.advance())] == [(2, 1, True)]
+    out = feed_reopening(engine, [("s2", ev(30 * S, "c#0"))], stored)
+    assert [(r[5]["n"], r[3], r[4]) for r in rows(out)] == [(3, 2, True)]
+    assert engine.counters["dropped_late"] == 0 and engine.counters["reopened"] == 1
 
 
-def test_completed_on_one_shard_waits_for_min_shards() -> None:
+def test_completed_before_min_shards_still_ends_the_input() -> None:
     engine = WindowEngine(query(), min_shards=2)
-    feed(engine, [("s1", ev(10 * S, "a#0"))])
-    engine.complete("s1")  # s1 is done before s2 delivered anything: nothing may close yet
-    assert engine.advance() == [] and engine.watermark() is None
-    out = feed(engine, [("s2", ev(20 * S, "b#0"))])
-    assert out == [] and engine.counters["dropped_late"] == 0
-    engine.release("s2")  # s2 ended too: every shard read has completed or gone
-    assert [(r[5]["n"], r[4]) for r in rows(engine.advance())] == [(2, True)]
+    stored: dict[tuple[int, int], dict[str, Any]] = {}
+    feed_reopening(engine, [("s1", ev(10 * S, "a#0"))], stored)
+    assert engine.advance() == [] and engine.watermark() is None  # one shard of two seen
+    engine.complete("s1")
+    assert [(r[5]["n"], r[4]) for r in rows(engine.advance())] == [(1, True)]
+    out = feed_reopening(engine, [("s2", ev(20 * S, "b#0"))], stored)  # s2 read after it: corrected
+    assert [(r[5]["n"], r[4]) for r in rows(out)] == [(2, True)] and engine.counters["dropped_late"] == 0
+
+
+def test_stored_panes_are_forgotten_keep_closed_behind_the_newest_event() -> None:
+    engine = WindowEngine(query(), keep_closed_ms=5 * M)
+    stored: dict[tuple[int, int], dict[str, Any]] = {}
+    feed_reopening(engine, [("s", ev(10 * S, "a#0")), ("s", ev(2 * M + 1, "b#0"))], stored)
+    assert engine.closed(ev(20 * S, "x#0")) == [(0, M)]  # stored: a late event reopens it
+    assert engine.expire() == []
+    feed_reopening(engine, [("s", ev(6 * M + 1, "c#0"))], stored)
+    assert engine.expire() == [(0, M)]  # more than 5 minutes behind the newest event
+    out = feed_reopening(engine, [("s", ev(20 * S, "x#0"))], stored)
+    assert out == [] and engine.counters["dropped_late"] == 1
+    out = feed_reopening(engine, [("s", ev(4 * M, "y#0"))], stored)  # never had an event: starts empty
+    assert [(r[0], r[3], r[5]["n"]) for r in rows(out)] == [(4 * M, 1, 1)]
+
+
+def test_progress_from_a_closed_lambda_window_fires_what_it_passes() -> None:
+    engine = WindowEngine(query())
+    feed(engine, [("s", ev(10 * S, "a#0"))])
+    assert engine.advance() == []
+    engine.progress("s", 60 * S)  # Lambda closed the shard's processing window at 60 s
+    assert [(r[0], r[5]["n"]) for r in rows(engine.advance())] == [(0, 1)]
+
+
+def test_parts_hand_out_every_changed_pane_with_a_growing_revision() -> None:
+    engine = WindowEngine(query(group_by="account"), parts=True)
+    feed(engine, [("s", ev(10 * S, "a#0", group="A")), ("s", ev(20 * S, "b#0", group="B"))])
+    (first,) = engine.take_panes().values()
+    assert first["revision"] == 1 and not first["final"] and len(first["windows"]) == 2
+    assert engine.take_panes() == {}  # nothing changed
+    feed(engine, [("s", ev(30 * S, "c#0", group="A"))])
+    assert [p["revision"] for p in engine.take_panes().values()] == [2]
+    engine.drain()
+    (last,) = engine.take_panes().values()
+    assert last["revision"] == 3 and last["final"] and engine.open_windows == 0
+
+
+def test_merging_parts_counts_an_event_in_two_parts_once() -> None:
+    from qldbstream_handlers.analytics import merge_parts
+
+    a, b = WindowEngine(query(), parts=True), WindowEngine(query(), parts=True)
+    feed(a, [("s1", ev(1 * S, "x#0", "A", "1.10")), ("s1", ev(2 * S, "y#0", "B", "2.20"))])
+    feed(b, [("s2", ev(3 * S, "y#0", "B", "2.20")), ("s2", ev(4 * S, "z#0", "C", "3.30"))])
+    parts = [next(iter(a.take_panes().values())), next(iter(b.take_panes().values()))]
+    pane = merge_parts(query(), (0, M), parts)
+    (row,) = pane.rows
+    assert row.values["n"] == 3 and row.values["accounts"] == 3 and row.values["total"] == Decimal("6.60")
+    assert row.revision == 2 and not row.final and row.shard is None
 
 
 def test_state_round_trip_midway_gives_the_same_emissions() -> None:
@@ -303,3 +382,21 @@ def test_plugin_loads_from_settings_and_refuses_bad_ones() -> None:
         )
     with pytest.raises(ConfigurationError, match="unique names"):
         AnalyticsHandler(queries=[TRANSACTION_VELOCITY, TRANSACTION_VELOCITY])
+
+
+def test_scope_auto_is_shard_in_lambda_and_keep_closed_is_a_duration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    cfg = parse_settings({"preset": "transaction_velocity", "keep_closed": "2h"})
+    assert cfg.options.scope == "auto" and cfg.options.resolved_scope() == "stream"
+    assert cfg.options.keep_closed_ms == 2 * 60 * M
+    assert AnalyticsHandler({"preset": "transaction_velocity", "sinks": "none"}).scope == "stream"
+    assert AnalyticsHandler.late_policy == "deliver-late"
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "qldbstream")
+    assert AnalyticsHandler({"preset": "transaction_velocity", "sinks": "none"}).scope == "shard"
+    assert (
+        AnalyticsHandler({"preset": "transaction_velocity", "scope": "stream", "sinks": "none"}).scope
+        == "stream"
+    )
+    for bad in ({"keep_closed": "forever"}, {"scope": "cluster"}):
+        with pytest.raises(ConfigurationError):
+            parse_settings({"preset": "transaction_velocity", **bad})

@@ -2,9 +2,11 @@
 
 Tumbling, hopping and session windows on a revision's ``txTime``, grouped by a document field,
 filtered by table, operation and a predicate; ``count``, ``count_distinct``, ``sum``, ``avg``,
-``min`` and ``max``; allowed lateness with corrected results; results to CloudWatch EMF, a
-DynamoDB table or Parquet files - each written idempotently by a deterministic result key, and
-persisted with the window state in ``flush``, before the checkpoint moves.
+``min`` and ``max``; late events correct their windows (a window that left memory is loaded back:
+nothing is dropped); results to CloudWatch EMF, a DynamoDB table or Parquet files - each written
+idempotently by a deterministic result key, and persisted with the window state in ``flush``,
+before the checkpoint moves. With several consumers (``scope = shard``: Lambda, several KCL
+workers) each shard's part of a window is stored and every flush writes the exact union.
 
 Settings (plugin ``analytics``; see ``docs/handlers/analytics.md``)::
 
@@ -36,7 +38,7 @@ from qldbstream_handlers.analytics.aggregates import (
     sum_of,
 )
 from qldbstream_handlers.analytics.dynamodb_sink import DynamoDBSink
-from qldbstream_handlers.analytics.engine import WindowEngine
+from qldbstream_handlers.analytics.engine import WindowEngine, merge_parts
 from qldbstream_handlers.analytics.handler import AnalyticsHandler
 from qldbstream_handlers.analytics.parquet_sink import ParquetSink
 from qldbstream_handlers.analytics.query import TRANSACTION_VELOCITY, Event, Query, parse_where
@@ -73,6 +75,7 @@ __all__ = [
     "count_distinct",
     "duration_ms",
     "max_of",
+    "merge_parts",
     "min_of",
     "parse_aggregates",
     "parse_settings",

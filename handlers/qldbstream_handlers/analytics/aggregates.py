@@ -6,7 +6,9 @@ all as exact :class:`~decimal.Decimal`). Like SQL, a null or missing field is ig
 aggregation but ``count``, and ``sum``/``avg``/``min``/``max`` of no values is ``None``.
 
 Accumulators serialise to JSON-able lists (decimals as strings, sets sorted) so that window state
-can be checkpointed, and merge (session windows).
+can be checkpointed, and merge (session windows). Window state also keeps each event's values
+(:meth:`Aggregate.dump_value`), so that the partial windows of several shards can be united exactly
+even when an event is in two of them.
 """
 
 from __future__ import annotations
@@ -135,6 +137,16 @@ class Aggregate:
         if self.kind is Kind.COUNT:
             return list(acc)
         return [None if acc[0] is None else str(acc[0])]
+
+    # --- one event's value, as window state keeps it per event key (JSON-able) ----------------
+    def dump_value(self, value: Any) -> str | None:
+        """An event's extracted value as text (``None`` stays ``None``; ``count`` keeps nothing)."""
+        return None if value is None or self.kind is Kind.COUNT else str(value)
+
+    def load_value(self, raw: str | None) -> Any:
+        if raw is None or self.kind is Kind.COUNT:
+            return None
+        return raw if self.kind is Kind.COUNT_DISTINCT else Decimal(raw)
 
     def load(self, raw: list[Any]) -> list[Any]:
         if self.kind is Kind.COUNT_DISTINCT:

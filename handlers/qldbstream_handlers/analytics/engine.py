@@ -2,42 +2,67 @@
 
 Watermark and lateness (times in ms, per query)::
 
-    high(s)    = the newest event time seen on shard s
+    high(s)    = the newest event time seen on shard s (or the end of a Lambda processing window
+                 that closed for s: :meth:`WindowEngine.progress`)
     watermark  = min(high(s) over the shards being read) - out_of_orderness      ("shards" mode)
                = max(high(s) over every shard)            - out_of_orderness      ("global" mode)
     a window [start, end) FIRES  when watermark >= end                  -> revision 1 of its result
     a late event (end <= watermark < end + allowed_lateness) updates it -> revision 2, 3, ...
     a window is PURGED when watermark >= end + allowed_lateness         -> its result is final;
-    an event for a purged window is counted in ``dropped_late`` and changes nothing.
+    an event for a purged window REOPENS it                              -> revision n+1, final again
+
+**Nothing is dropped.** A purged tumbling or hopping window leaves memory as a *pane state* (every
+group's aggregates and event keys, :meth:`WindowEngine.take_panes`) that the handler stores; an event
+that arrives for it later (a shard read far behind the others, a revision reordered behind CONTROL
+``COMPLETED``) makes the handler load that state back (:meth:`WindowEngine.closed` names the
+panes, :meth:`WindowEngine.reopen` restores them), the event is counted, and the corrected result
+is emitted and purged again. ``allowed_lateness`` therefore only decides how long a window stays
+in memory. Stored panes are forgotten ``keep_closed`` (event time) behind the newest event
+(:meth:`WindowEngine.expire`; default a day, Kinesis's default retention: nothing older can still
+be read); an event for a forgotten pane is counted in ``dropped_late``. Session windows are the
+other exception: a session can only be found again by its group and time, so an event for a
+purged session is counted in ``dropped_late`` (set ``allowed_lateness`` for sessions to the
+disorder you expect).
 
 The watermark never goes back. No window fires before ``min_shards`` shards have delivered records
-(set it to the stream's shard count: a shard not seen yet cannot hold the watermark back). A shard
-that read CONTROL ``COMPLETED`` stops holding it back, and when every shard read has completed (or
-was released after one did) the watermark jumps to the end: every window fires and is purged.
-:meth:`WindowEngine.drain` does the same on request.
+(set it to the stream's shard count: a shard not seen yet cannot hold the watermark back; firing
+too early costs a corrected revision, not a loss). A released shard stops holding it back. CONTROL
+``COMPLETED`` (QLDB wrote everything) ends the input: the watermark jumps to the end, every window
+fires and is purged; records still read after it - other shards' tails, reordered duplicates -
+reopen their windows. :meth:`WindowEngine.drain` does the same on request.
 
 Exactly once under redelivery: each window keeps the keys (``documentId#version``) of the events
-it counted, until it is purged; an event seen again is counted in ``duplicates`` and changes
+it counted, with their values; an event seen again is counted in ``duplicates`` and changes
 nothing. Results are emitted record by record, so for one shard's record order the emitted
 revisions are the same on every replay.
+
+**Parts** (``parts=True``, the handler's ``scope = shard``): every pane whose content or finality
+changed is handed out by :meth:`take_panes` (not only purged ones), with a pane revision that grows
+by one each time, so that the handler can store it as this shard's *part* of the window and unite
+the parts of every shard (:func:`merge_parts`).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qldbstream_handlers.analytics.query import Event, Query
 from qldbstream_handlers.analytics.results import Emission, Pane, Retraction, WindowResult
 from qldbstream_handlers.analytics.windows import Session
 
-__all__ = ["END_OF_INPUT", "WindowEngine"]
+__all__ = ["END_OF_INPUT", "STATE_VERSION", "WindowEngine", "merge_parts"]
 
 #: The watermark once the input has ended: every window fires and is purged.
 END_OF_INPUT = 2**62
+#: Version of :meth:`WindowEngine.to_state` (1: event keys without values; still loaded).
+STATE_VERSION = 2
 _FIRE, _PURGE = 0, 1
 _Key = tuple[int, int, str | None]
+Bounds = tuple[int, int]
+#: an event's values as kept per key (``None``: loaded from version-1 state, values unknown)
+_Values = list[str | None] | None
 
 
 class _Win:
@@ -45,7 +70,8 @@ class _Win:
 
     def __init__(self, start: int, end: int, group: str | None, accs: list[list[Any]]) -> None:
         self.start, self.end, self.group, self.accs = start, end, group, accs
-        self.seen: set[str] = set()
+        #: event key -> the event's values (dumped), for de-duplication and exact unions
+        self.seen: dict[str, _Values] = {}
         self.revision = 0
         self.dirty = True
         self.final = False
@@ -65,52 +91,127 @@ class WindowEngine:
     """Windows of one :class:`Query` (for all shards, or for one when ``shard`` labels it)."""
 
     def __init__(
-        self, query: Query, *, watermark: str = "shards", min_shards: int = 1, shard: str | None = None
+        self,
+        query: Query,
+        *,
+        watermark: str = "shards",
+        min_shards: int = 1,
+        shard: str | None = None,
+        parts: bool = False,
+        keep_closed_ms: int = 86_400_000,
     ) -> None:
         self.query = query
         self.mode = watermark
         self.min_shards = min_shards
         self.shard = shard
+        self.parts = parts
+        #: how long (in event time, behind the newest event) a purged pane stays reopenable
+        self.keep_closed_ms = keep_closed_ms
+        self._session = isinstance(query.window, Session)
         self._reset()
 
     def _reset(self) -> None:
         self._wins: dict[_Key, _Win] = {}
         self._sessions: dict[str | None, list[_Win]] = {}
-        self._panes: dict[tuple[int, int], set[str | None]] = {}
+        self._panes: dict[Bounds, set[str | None]] = {}
         self._heap: list[tuple[int, int, int, int, bool, str]] = []
         self._refire: set[_Key] = set()
         self._high: dict[str, int] = {}
         self._active: set[str] = set()
         self._seen_shards: set[str] = set()
         self._completed: set[str] = set()
+        self._ended = False
         self._wm: int | None = None
-        self.counters = {"events": 0, "duplicates": 0, "late_updates": 0, "dropped_late": 0}
+        #: pane -> revision of this engine's state of it (grows by one per :meth:`take_panes`)
+        self._pane_rev: dict[Bounds, int] = {}
+        #: panes changed since the last take (``parts`` only)
+        self._changed: set[Bounds] = set()
+        #: panes purged since the last take: their states, for the handler to store
+        self._archived: dict[Bounds, dict[str, Any]] = {}
+        #: purged panes the handler restored: events may enter them again
+        self._reopened: set[Bounds] = set()
+        #: purged panes whose states the handler stored (until they expire: :meth:`expire`)
+        self._closed: set[Bounds] = set()
+        self.counters = {"events": 0, "duplicates": 0, "late_updates": 0, "reopened": 0, "dropped_late": 0}
 
     # --- input -----------------------------------------------------------------------------
+    def closed(self, event: Event) -> list[Bounds]:
+        """The purged panes ``event`` belongs to whose states were stored: the handler loads them
+        and passes them to :meth:`reopen` before :meth:`add` (tumbling and hopping)."""
+        if self._wm is None or self._session:
+            return []
+        return [b for b in self.query.window.assign(event.time) if b in self._closed and b not in self._panes]
+
+    def reopen(self, bounds: Bounds, state: Mapping[str, Any] | None) -> None:
+        """Bring a purged pane back (``state`` from :meth:`take_panes`; ``None``: none was stored)."""
+        if bounds in self._panes or self._session:
+            return
+        if bounds in self._archived:  # purged but not taken yet: this engine's copy is the newest
+            state = self._archived.pop(bounds)
+        self._reopened.add(bounds)
+        self._closed.discard(bounds)
+        if state is None:
+            return
+        self._pane_rev[bounds] = max(self._pane_rev.get(bounds, 0), int(state.get("revision", 0)))
+        for raw in state["windows"]:
+            if (bounds[0], bounds[1], raw["group"]) not in self._wins:
+                self._restore(raw)
+        self.counters["reopened"] += 1
+
+    def _horizon(self) -> int | None:
+        """Panes ending before this (the newest event time less ``keep_closed``) are forgotten."""
+        return max(self._high.values()) - self.keep_closed_ms if self._high else None
+
+    def expire(self) -> list[Bounds]:
+        """Stored panes older than ``keep_closed`` (behind the newest event): the handler deletes
+        them; an event for one of them later is counted in ``dropped_late``."""
+        horizon = self._horizon()
+        if horizon is None:
+            return []
+        gone = sorted(b for b in self._closed if b[1] <= horizon)
+        self._closed.difference_update(gone)
+        return gone
+
     def add(self, shard: str, event: Event) -> None:
         """Count ``event`` (read on ``shard``) into its windows; call :meth:`advance` after."""
         self._seen_shards.add(shard)
         self._active.add(shard)
         self._high[shard] = max(self._high.get(shard, event.time), event.time)
         wm = self.watermark()
-        if isinstance(self.query.window, Session):
+        if self._session:
+            assert isinstance(self.query.window, Session)
             self._add_session(event, wm, self.query.window.gap)
             return
         lateness = self.query.lateness_ms
         for start, end in self.query.window.assign(event.time):
-            if wm is not None and end + lateness <= wm:
-                self.counters["dropped_late"] += 1
-                continue
             key = (start, end, event.group)
             w = self._wins.get(key)
             if w is None:
+                bounds = (start, end)
+                if wm is not None and end + lateness <= wm and bounds not in self._reopened:
+                    horizon = self._horizon()
+                    if (
+                        bounds in self._closed
+                        or self._archived.get(bounds)
+                        or (horizon is not None and end <= horizon)
+                    ):
+                        self.counters["dropped_late"] += 1  # not reopened, or forgotten (keep_closed)
+                        continue
+                    self._reopened.add(bounds)  # never had an event: it starts empty
                 w = self._create(start, end, event.group)
             self._apply(w, event, wm)
+
+    def progress(self, shard: str, time_ms: int) -> None:
+        """``shard`` will bring no event older than ``time_ms`` (beyond ``out_of_orderness``): a
+        Lambda processing window closed for it. Raises its ``high`` without an event."""
+        self._seen_shards.add(shard)
+        self._active.add(shard)
+        self._high[shard] = max(self._high.get(shard, time_ms), time_ms)
 
     def _create(self, start: int, end: int, group: str | None) -> _Win:
         w = _Win(start, end, group, [a.new() for a in self.query.aggregates])
         self._wins[w.key] = w
-        if not isinstance(self.query.window, Session):
+        if not self._session:
             self._panes.setdefault((start, end), set()).add(group)
         self._schedule(w)
         return w
@@ -124,11 +225,14 @@ class WindowEngine:
         if event.key in w.seen:
             self.counters["duplicates"] += 1
             return
-        w.seen.add(event.key)
-        for agg, acc, value in zip(self.query.aggregates, w.accs, event.values, strict=True):
+        aggs = self.query.aggregates
+        w.seen[event.key] = [a.dump_value(v) for a, v in zip(aggs, event.values, strict=True)]
+        for agg, acc, value in zip(aggs, w.accs, event.values, strict=True):
             agg.add(acc, value)
         w.dirty = True
         self.counters["events"] += 1
+        if self.parts and not self._session:
+            self._changed.add((w.start, w.end))
         if wm is not None and w.end <= wm:
             self.counters["late_updates"] += 1
             self._refire.add(w.key)
@@ -154,7 +258,7 @@ class WindowEngine:
             for other in overlapping[1:]:
                 for agg, acc, more in zip(self.query.aggregates, w.accs, other.accs, strict=True):
                     agg.merge(acc, more)
-                w.seen |= other.seen
+                w.seen.update(other.seen)
                 w.revision = max(w.revision, other.revision)
                 w.emitted.extend(other.emitted)
                 sessions.remove(other)
@@ -168,10 +272,11 @@ class WindowEngine:
         self._apply(w, event, wm)
 
     def complete(self, shard: str) -> None:
-        """``shard`` delivered CONTROL ``COMPLETED``: the QLDB stream wrote everything before it."""
+        """``shard`` delivered CONTROL ``COMPLETED``: QLDB wrote everything; the input has ended."""
         self._seen_shards.add(shard)
         self._active.add(shard)
         self._completed.add(shard)
+        self._ended = True
 
     def release(self, shard: str) -> None:
         """The runtime gave ``shard`` up (ended or lease lost): it no longer holds the watermark."""
@@ -180,12 +285,12 @@ class WindowEngine:
     # --- the watermark ---------------------------------------------------------------------
     def watermark(self) -> int | None:
         """The current watermark (``None``: no window may fire yet). Never decreases."""
-        limiting = [self._high[s] for s in self._active if s not in self._completed and s in self._high]
+        limiting = [self._high[s] for s in self._active if s in self._high]
         candidate: int | None = None
-        if len(self._seen_shards) < self.min_shards:
-            candidate = None  # a shard not seen yet may still bring early events
-        elif self._completed and not (self._active - self._completed):
+        if self._ended:
             candidate = END_OF_INPUT
+        elif len(self._seen_shards) < self.min_shards:
+            candidate = None  # a shard not seen yet may still bring early events
         elif self.mode == "global":
             candidate = max(self._high.values()) - self.query.delay_ms if self._high else None
         elif limiting:
@@ -197,7 +302,7 @@ class WindowEngine:
     # --- output ----------------------------------------------------------------------------
     def drain(self) -> list[Emission]:
         """End of input: fire and purge every window."""
-        self._wm = END_OF_INPUT
+        self._ended = True
         return self.advance()
 
     def advance(self) -> list[Emission]:
@@ -220,18 +325,20 @@ class WindowEngine:
         lateness = self.query.lateness_ms
         emit = [w for w in due.values() if w.dirty or (not w.final and w.end + lateness <= wm)]
         out: list[Emission] = []
-        if isinstance(self.query.window, Session):
+        if self._session:
             for w in sorted(emit, key=lambda w: (w.start, w.end, _gsort(w.group))):
                 out.extend(self._emit_session(w, wm))
-        else:
-            by_bounds: dict[tuple[int, int], list[_Win]] = {}
-            for w in emit:
-                by_bounds.setdefault((w.start, w.end), []).append(w)
-            for bounds in sorted(by_bounds):
-                out.append(self._emit_pane(bounds, by_bounds[bounds], wm))
-        for w in due.values():
-            if w.end + lateness <= wm:
-                self._purge(w)
+            for w in due.values():
+                if w.end + lateness <= wm:
+                    self._purge_session(w)
+            return out
+        by_bounds: dict[Bounds, list[_Win]] = {}
+        for w in emit:
+            by_bounds.setdefault((w.start, w.end), []).append(w)
+        for bounds in sorted(by_bounds):
+            out.append(self._emit_pane(bounds, by_bounds[bounds], wm))
+        for bounds in sorted({(w.start, w.end) for w in due.values() if w.end + lateness <= wm}):
+            self._purge_pane(bounds)
         return out
 
     def _mark(self, w: _Win, wm: int) -> bool:
@@ -239,14 +346,17 @@ class WindowEngine:
         if w.dirty:
             w.revision += 1
             w.dirty = False
-        w.final = w.end + self.query.lateness_ms <= wm
+        final = w.end + self.query.lateness_ms <= wm
+        if final != w.final and self.parts and not self._session:
+            self._changed.add((w.start, w.end))
+        w.final = final
         return updated
 
     def _result(self, w: _Win) -> WindowResult:
         values = {a.name: a.result(acc) for a, acc in zip(self.query.aggregates, w.accs, strict=True)}
         return WindowResult(self.query.name, w.start, w.end, w.group, w.revision, w.final, values, self.shard)
 
-    def _emit_pane(self, bounds: tuple[int, int], changed: list[_Win], wm: int) -> Pane:
+    def _emit_pane(self, bounds: Bounds, changed: list[_Win], wm: int) -> Pane:
         updated = {w.group for w in changed if self._mark(w, wm)}
         groups = sorted(self._panes.get(bounds, ()), key=_gsort)
         rows = tuple(self._result(self._wins[(bounds[0], bounds[1], g)]) for g in groups)
@@ -284,20 +394,88 @@ class WindowEngine:
         )
         return out
 
-    def _purge(self, w: _Win) -> None:
+    def _purge_pane(self, bounds: Bounds) -> None:
+        """Purge every group of a pane together; its state goes to the archive."""
+        groups = self._panes.pop(bounds, set())
+        windows = [self._wins.pop((bounds[0], bounds[1], g)) for g in sorted(groups, key=_gsort)]
+        if windows:
+            self._archived[bounds] = self._pane_state(bounds, windows)
+            self._closed.add(bounds)
+        self._reopened.discard(bounds)
+        self._changed.discard(bounds)
+
+    def _purge_session(self, w: _Win) -> None:
         self._wins.pop(w.key, None)
-        if isinstance(self.query.window, Session):
-            sessions = self._sessions.get(w.group, [])
-            if w in sessions:
-                sessions.remove(w)
-            if not sessions:
-                self._sessions.pop(w.group, None)
-        else:
-            groups = self._panes.get((w.start, w.end))
-            if groups is not None:
-                groups.discard(w.group)
+        sessions = self._sessions.get(w.group, [])
+        if w in sessions:
+            sessions.remove(w)
+        if not sessions:
+            self._sessions.pop(w.group, None)
+
+    # --- panes: what the handler stores (archives, parts) ------------------------------------
+    def _raw(self, w: _Win) -> dict[str, Any]:
+        aggs = self.query.aggregates
+        return {
+            "start": w.start,
+            "end": w.end,
+            "group": w.group,
+            "accs": [a.dump(acc) for a, acc in zip(aggs, w.accs, strict=True)],
+            "seen": dict(sorted(w.seen.items())),
+            "revision": w.revision,
+            "dirty": w.dirty,
+            "final": w.final,
+            "emitted": [list(b) for b in w.emitted],
+        }
+
+    def _restore(self, raw: Mapping[str, Any]) -> _Win:
+        aggs = self.query.aggregates
+        w = self._create(int(raw["start"]), int(raw["end"]), raw["group"])
+        w.accs = [a.load(acc) for a, acc in zip(aggs, raw["accs"], strict=True)]
+        seen = raw["seen"]
+        w.seen = dict(seen) if isinstance(seen, Mapping) else dict.fromkeys(seen)  # version 1: keys only
+        w.revision, w.dirty, w.final = int(raw["revision"]), bool(raw["dirty"]), bool(raw["final"])
+        w.emitted = [(int(s), int(e)) for s, e in raw.get("emitted", [])]
+        if self._session:
+            self._sessions.setdefault(w.group, []).append(w)
+        if w.revision > 0 and w.dirty:
+            self._refire.add(w.key)
+        return w
+
+    def _pane_state(self, bounds: Bounds, windows: Sequence[_Win]) -> dict[str, Any]:
+        return {
+            "start": bounds[0],
+            "end": bounds[1],
+            "revision": self._pane_rev.get(bounds, 0),
+            "final": all(w.final for w in windows),
+            "windows": [self._raw(w) for w in windows],
+        }
+
+    def take_panes(self) -> dict[Bounds, dict[str, Any]]:
+        """Pane states for the handler to store, each with a pane revision one higher than the last
+        one taken: the panes purged since the last call (always), and with ``parts`` every pane
+        whose content or finality changed. Purged panes leave memory with this call."""
+        wanted = set(self._archived) | (self._changed if self.parts else set())
+        out: dict[Bounds, dict[str, Any]] = {}
+        for bounds in sorted(wanted):
+            state = self._archived.pop(bounds, None)
+            if state is None:
+                groups = sorted(self._panes.get(bounds, ()), key=_gsort)
                 if not groups:
-                    del self._panes[(w.start, w.end)]
+                    continue
+                state = self._pane_state(bounds, [self._wins[(bounds[0], bounds[1], g)] for g in groups])
+            revision = self._pane_rev.get(bounds, 0) + 1
+            state["revision"] = revision
+            if bounds in self._panes:
+                self._pane_rev[bounds] = revision
+            else:
+                self._pane_rev.pop(bounds, None)
+            out[bounds] = state
+        self._changed.clear()
+        return out
+
+    def is_open(self, bounds: Bounds) -> bool:
+        """Whether the pane is in memory (not purged)."""
+        return bounds in self._panes
 
     # --- state -----------------------------------------------------------------------------
     @property
@@ -310,28 +488,23 @@ class WindowEngine:
         return sum(len(w.seen) for w in self._wins.values())
 
     def to_state(self) -> dict[str, Any]:
-        """JSON-able state: open windows (partial aggregates, keys), shard progress, the watermark."""
-        aggs = self.query.aggregates
+        """JSON-able state: open windows (partial aggregates, keys), shard progress, the watermark.
+
+        Panes purged but not yet taken (:meth:`take_panes`) are not in it: take them first."""
         return {
+            "version": STATE_VERSION,
             "fingerprint": self.query.fingerprint(),
             "watermark": self._wm,
+            "ended": self._ended,
             "high": dict(sorted(self._high.items())),
             "active": sorted(self._active),
             "seen_shards": sorted(self._seen_shards),
             "completed": sorted(self._completed),
             "counters": dict(self.counters),
+            "pane_revisions": [[s, e, r] for (s, e), r in sorted(self._pane_rev.items())],
+            "closed": [list(b) for b in sorted(self._closed)],
             "windows": [
-                {
-                    "start": w.start,
-                    "end": w.end,
-                    "group": w.group,
-                    "accs": [a.dump(acc) for a, acc in zip(aggs, w.accs, strict=True)],
-                    "seen": sorted(w.seen),
-                    "revision": w.revision,
-                    "dirty": w.dirty,
-                    "final": w.final,
-                    "emitted": [list(b) for b in w.emitted],
-                }
+                self._raw(w)
                 for w in sorted(self._wins.values(), key=lambda w: (w.start, w.end, _gsort(w.group)))
             ],
         }
@@ -349,15 +522,50 @@ class WindowEngine:
         self._active = set(state["active"])
         self._seen_shards = set(state["seen_shards"])
         self._completed = set(state["completed"])
+        # version 1 ended the input only once every shard read had completed
+        self._ended = bool(state.get("ended", self._completed and not (self._active - self._completed)))
         self.counters.update(state["counters"])
-        aggs = self.query.aggregates
+        self._pane_rev = {(int(s), int(e)): int(r) for s, e, r in state.get("pane_revisions", [])}
+        self._closed = {(int(s), int(e)) for s, e in state.get("closed", [])}
         for raw in state["windows"]:
-            w = self._create(raw["start"], raw["end"], raw["group"])
-            w.accs = [a.load(acc) for a, acc in zip(aggs, raw["accs"], strict=True)]
-            w.seen = set(raw["seen"])
-            w.revision, w.dirty, w.final = raw["revision"], raw["dirty"], raw["final"]
-            w.emitted = [(int(s), int(e)) for s, e in raw["emitted"]]
-            if isinstance(self.query.window, Session):
-                self._sessions.setdefault(w.group, []).append(w)
-            if w.revision > 0 and w.dirty:
-                self._refire.add(w.key)
+            self._restore(raw)
+
+
+def merge_parts(query: Query, bounds: Bounds, parts: Sequence[Mapping[str, Any]]) -> Pane:
+    """One result per group for a tumbling or hopping window, from the pane states of several
+    shards (:meth:`WindowEngine.take_panes`): the union of their events, each counted once.
+
+    The result's revision is the sum of the parts' revisions - it grows whenever any part grows, so
+    a result written from fewer or older parts never overwrites a newer one - and it is final when
+    every part is."""
+    aggs = query.aggregates
+    by_group: dict[str | None, list[Mapping[str, Any]]] = {}
+    for part in parts:
+        for raw in part["windows"]:
+            by_group.setdefault(raw["group"], []).append(raw)
+    revision = sum(int(p["revision"]) for p in parts)
+    final = all(bool(p["final"]) for p in parts)
+    rows = []
+    for group in sorted(by_group, key=_gsort):
+        raws = by_group[group]
+        events: dict[str, Any] = {}
+        legacy = False
+        for raw in raws:
+            seen = raw["seen"]
+            if not isinstance(seen, Mapping) or any(v is None for v in seen.values()):
+                legacy = True
+                break
+            events.update(seen)
+        accs = [a.new() for a in aggs]
+        if legacy:  # values unknown (version-1 state): merge the partial aggregates
+            for raw in raws:
+                for a, acc, more in zip(aggs, accs, raw["accs"], strict=True):
+                    a.merge(acc, a.load(more))
+        else:
+            for key in sorted(events):
+                for a, acc, value in zip(aggs, accs, events[key], strict=True):
+                    a.add(acc, a.load_value(value))
+        values = {a.name: a.result(acc) for a, acc in zip(aggs, accs, strict=True)}
+        rows.append(WindowResult(query.name, bounds[0], bounds[1], group, revision, final, values, None))
+    groups = frozenset(by_group)
+    return Pane(query.name, bounds[0], bounds[1], False, tuple(rows), groups, groups, None)

@@ -4,37 +4,68 @@ Lifecycle (see :mod:`qldbstream.handler`):
 
 1. ``setup`` builds the sinks and the state store and loads the saved window state.
 2. ``handle_batch`` turns each revision into events of the matching queries, record by record:
-   the event is counted into its windows, then every window the watermark has passed is emitted
-   into the *outbox* (pure, in memory). CONTROL ``COMPLETED`` ends the shard's input.
+   the event is counted into its windows (a window that already left memory is loaded back from
+   the state store first: nothing is dropped), then every window the watermark has passed is
+   emitted into the *outbox* (pure, in memory). CONTROL ``COMPLETED`` ends the input.
 3. ``flush`` - before the runtime's checkpoint - (a) writes the outbox to every sink, idempotently,
-   then (b) saves the window state. If either raises, the checkpoint does not move: the records are
-   delivered again, the windows skip the events they already hold, and the same results are
-   written again under the same keys.
+   (b) stores the windows that left memory, then (c) saves the window state. If any step raises,
+   the checkpoint does not move: the records are delivered again, the windows skip the events
+   they already hold, and the same results are written again under the same keys.
 4. ``shard_released`` takes the shard out of the watermark (``scope = stream``) or drops its
    windows from memory (``scope = shard``; the next owner loads them from the state store).
+5. ``window_closed`` (AWS Lambda tumbling windows, ``isFinalInvokeForWindow``): the shard has
+   delivered every record that reached Kinesis before the processing window's end, so that end
+   is the shard's progress: windows it passes fire, and the results are written at once.
+
+**scope = shard** (several consumers: Lambda, several KCL workers). Each shard keeps its own
+windows; every flush stores the shard's *part* of each window it changed (its events, with a
+revision) and registers it in the window's members index; then it reads every shard's part of that
+window and writes the *union* to the sinks - one result per window and group, exact (each event
+counted once, distinct values united), with revision = the sum of the parts' revisions, so a
+result from fewer or older parts never overwrites a newer one. It reads the members again after
+writing and repeats if another shard's part changed meanwhile, so the last writer always writes
+the union of every part. Results are therefore written at every flush that changes a window (not
+only when it fires): the last windows of a bounded stream are written even though only one shard
+reads CONTROL ``COMPLETED`` and an idle shard is never invoked again. ``final`` says every part
+is final (each shard's watermark, COMPLETED on that shard, or a Lambda processing window closing
+after the window's end). Session windows stay per shard (their results carry the shard).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from qldbstream.decode import ControlRecord, JournalRecord, RevisionDetails
 from qldbstream.errors import ConfigurationError, PoisonRecordError
 from qldbstream.handler import BatchItemError, Handler, HandlerContext, SetupContext
 from qldbstream.metrics import Metrics, NullMetrics
-from qldbstream_handlers.analytics.engine import WindowEngine
-from qldbstream_handlers.analytics.query import Query
+from qldbstream_handlers.analytics.engine import Bounds, WindowEngine, merge_parts
+from qldbstream_handlers.analytics.query import Query, epoch_ms
 from qldbstream_handlers.analytics.results import Emission, Pane, Retraction
 from qldbstream_handlers.analytics.settings import AnalyticsConfig, AnalyticsOptions, parse_settings
 from qldbstream_handlers.analytics.sinks import ResultSink
-from qldbstream_handlers.analytics.state import InMemoryStateStore, StateStore, decode_state, encode_state
+from qldbstream_handlers.analytics.state import (
+    InMemoryStateStore,
+    StateStore,
+    decode_state,
+    encode_state,
+)
+from qldbstream_handlers.analytics.windows import Session
 
 __all__ = ["AnalyticsHandler"]
 
 log = logging.getLogger("qldbstream.handler.analytics")
 _StateKey = str | None  # None: the one state of scope = stream; else a shard id
+#: (state key, query, bounds): a pane state waiting to be stored
+_PaneKey = tuple[_StateKey, str, Bounds]
+#: pane states kept in memory after they were stored (a late event reopens them without a read)
+_PANE_CACHE = 16
+#: how often a shard reads the members again when other shards keep changing a window
+_MERGE_ROUNDS = 5
 
 
 class AnalyticsHandler(Handler):
@@ -45,6 +76,8 @@ class AnalyticsHandler(Handler):
     """
 
     name = "analytics"
+    #: every revision counts in event time: an older version arriving after a newer one too
+    late_policy = "deliver-late"
 
     def __init__(
         self,
@@ -67,6 +100,8 @@ class AnalyticsHandler(Handler):
             raise ConfigurationError(f"analytics: queries need unique names, got {names}")
         self.queries = tuple(queries)
         self.options = options or AnalyticsOptions()
+        #: ``stream`` or ``shard`` (``auto`` resolved once, here)
+        self.scope = self.options.resolved_scope()
         self.sinks: list[ResultSink] | None = list(sinks) if sinks is not None else None
         self.state_store = state
         self._clients = clients
@@ -75,6 +110,10 @@ class AnalyticsHandler(Handler):
         self._outbox: dict[tuple[str, str, int, int, str | None], Emission] = {}
         self._dirty: set[_StateKey] = set()
         self._reported: dict[tuple[_StateKey, str], dict[str, int]] = {}
+        #: pane states to store in the next flush (archives; parts in scope = shard)
+        self._pane_out: dict[_PaneKey, dict[str, Any]] = {}
+        #: pane states recently stored, by storage key
+        self._pane_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # --- set-up ----------------------------------------------------------------------------
     def _client(self, service: str) -> Any:
@@ -125,8 +164,13 @@ class AnalyticsHandler(Handler):
     def setup(self, ctx: SetupContext) -> None:
         self.metrics = ctx.metrics
         self._build()
-        if self.options.scope == "stream":
+        if self.scope == "stream":
             self._engines_for(None)
+        elif isinstance(self.state_store, InMemoryStateStore) and self.config is not None:
+            log.warning(
+                "analytics: scope = shard with state = memory unites only the shards this process "
+                "reads; with several consumers (Lambda, KCL workers) use state = dynamodb:<table>"
+            )
 
     def _state_name(self, key: _StateKey) -> str:
         return self.name if key is None else f"{self.name}#{key}"
@@ -141,7 +185,12 @@ class AnalyticsHandler(Handler):
         o = self.options
         engines = {
             q.name: WindowEngine(
-                q, watermark=o.watermark, min_shards=o.min_shards if key is None else 1, shard=key
+                q,
+                watermark=o.watermark,
+                min_shards=o.min_shards if key is None else 1,
+                shard=key if self._per_shard_results(q) else None,
+                parts=key is not None and not self._per_shard_results(q),
+                keep_closed_ms=o.keep_closed_ms,
             )
             for q in self.queries
         }
@@ -162,6 +211,10 @@ class AnalyticsHandler(Handler):
         self._engines[key] = engines
         return engines
 
+    def _per_shard_results(self, query: Query) -> bool:
+        """Session windows in scope = shard: results per shard (sessions cannot be united by key)."""
+        return self.scope == "shard" and isinstance(query.window, Session)
+
     # --- records ---------------------------------------------------------------------------
     def wants(self, record: JournalRecord) -> bool:
         if isinstance(record, RevisionDetails):
@@ -170,7 +223,7 @@ class AnalyticsHandler(Handler):
 
     def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
         shard = ctx.shard_id or "-"
-        key: _StateKey = None if self.options.scope == "stream" else shard
+        key: _StateKey = None if self.scope == "stream" else shard
         engines = self._engines_for(key)
         try:
             for i, record in enumerate(records):
@@ -185,13 +238,32 @@ class AnalyticsHandler(Handler):
                     except PoisonRecordError as exc:
                         raise BatchItemError(i, exc, self.name) from exc
                     for name, event in events:
-                        if event is not None:
-                            engines[name].add(shard, event)
+                        if event is None:
+                            continue
+                        engine = engines[name]
+                        for bounds in engine.closed(event):
+                            engine.reopen(bounds, self._stored_pane(key, name, bounds))
+                        engine.add(shard, event)
                 self._dirty.add(key)
-                for engine in engines.values():
-                    self._collect(engine.advance())
+                self._advance(key, engines)
         finally:
             self._report(key, engines)
+
+    def _advance(self, key: _StateKey, engines: Mapping[str, WindowEngine]) -> None:
+        for engine in engines.values():
+            emissions = engine.advance()
+            if not engine.parts:  # in scope = shard, tumbling and hopping results are unions
+                self._collect(emissions)
+
+    def _take_panes(self) -> None:
+        """Move the engines' pane states to store (once per flush: a pane is serialised once)."""
+        for key, engines in self._engines.items():
+            for name, engine in engines.items():
+                for bounds, state in engine.take_panes().items():
+                    pane_key = (key, name, bounds)
+                    self._pane_out[pane_key] = state
+                    if not engine.is_open(bounds):  # what a late event may have to load back
+                        self._cache(self._pane_name(*pane_key), state)
 
     def _collect(self, emissions: list[Emission]) -> None:
         for e in emissions:
@@ -218,12 +290,40 @@ class AnalyticsHandler(Handler):
                     last[counter] = value
             self.metrics.gauge("analytics_open_windows", engine.open_windows, query=name)
 
+    # --- windows that left memory: archives, and each shard's part in scope = shard ----------
+    def _pane_name(self, key: _StateKey, query: str, bounds: Bounds) -> str:
+        return f"{self._state_name(key)}#pane#{query}#{bounds[0]}#{bounds[1]}"
+
+    def _members_group(self, query: str, bounds: Bounds) -> str:
+        return f"{self.name}#{query}#{bounds[0]}#{bounds[1]}"
+
+    def _cache(self, name: str, state: dict[str, Any]) -> None:
+        self._pane_cache[name] = state
+        self._pane_cache.move_to_end(name)
+        while len(self._pane_cache) > _PANE_CACHE:
+            self._pane_cache.popitem(last=False)
+
+    def _stored_pane(self, key: _StateKey, query: str, bounds: Bounds) -> dict[str, Any] | None:
+        """This consumer's last state of a pane that left memory (``None``: it never had one)."""
+        pending = self._pane_out.get((key, query, bounds))
+        if pending is not None:
+            return pending
+        name = self._pane_name(key, query, bounds)
+        cached = self._pane_cache.get(name)
+        if cached is not None:
+            return cached
+        assert self.state_store is not None
+        blob = self.state_store.load(name)
+        return None if blob is None else decode_state(blob)
+
     # --- persistence -----------------------------------------------------------------------
     def flush(self, ctx: HandlerContext) -> None:
         self._persist()
 
     def _persist(self) -> None:
-        """1. write the outbox to every sink (idempotent), 2. save the changed window state."""
+        """1. write the outbox to every sink (idempotent), 2. store the panes that changed (and in
+        scope = shard write the union of every shard's part to the sinks), 3. save the changed
+        window state."""
         if self.sinks is None or self.state_store is None:
             self._build()
         assert self.sinks is not None and self.state_store is not None
@@ -234,23 +334,86 @@ class AnalyticsHandler(Handler):
                 sink.write(panes, retractions)
             self.metrics.incr("analytics_results_written", sum(len(p.changed) for p in panes))
             self._outbox.clear()
+        self._take_panes()
+        for pane_key in sorted(self._pane_out, key=lambda k: (k[0] or "", k[1], k[2])):
+            state = self._pane_out[pane_key]
+            key, query, bounds = pane_key
+            self.state_store.save(self._pane_name(*pane_key), encode_state(state))
+            if key is not None:
+                self.state_store.set_member(self._members_group(query, bounds), key, int(state["revision"]))
+                self._write_union(pane_key, state)
+            del self._pane_out[pane_key]
+        expired: list[str] = []
+        for key, by_query in self._engines.items():
+            for name, engine in by_query.items():
+                for bounds in engine.expire():  # older than keep_closed: forgotten
+                    expired.append(self._pane_name(key, name, bounds))
+                    self._dirty.add(key)
         for key in sorted(self._dirty, key=lambda k: k or ""):
             engines = self._engines.get(key)
             if engines is not None:
-                state = {"version": 1, "queries": {n: e.to_state() for n, e in engines.items()}}
+                state = {"version": 2, "queries": {n: e.to_state() for n, e in engines.items()}}
                 self.state_store.save(self._state_name(key), encode_state(state))
         self._dirty.clear()
+        for pane_name in expired:  # after the state that no longer lists them (a crash leaves garbage)
+            self.state_store.delete(pane_name)
+            self._pane_cache.pop(pane_name, None)
+
+    def _write_union(self, pane_key: _PaneKey, own: dict[str, Any]) -> None:
+        """Write the union of every shard's part of one window; read the members again after and
+        repeat while another shard changed its part meanwhile (the last writer writes it all)."""
+        assert self.sinks is not None and self.state_store is not None
+        own_key, query_name, bounds = pane_key
+        query = next(q for q in self.queries if q.name == query_name)
+        group = self._members_group(query_name, bounds)
+        members = self.state_store.members(group)
+        for _ in range(_MERGE_ROUNDS):
+            parts: dict[str, dict[str, Any]] = {}
+            for member in sorted(members):
+                if member == own_key:
+                    parts[member] = own
+                    continue
+                blob = self.state_store.read(self._pane_name(member, query_name, bounds))
+                if blob is not None:
+                    parts[member] = decode_state(blob)
+            if set(parts) != set(members):  # a shard's part expired (keep_closed): a union would shrink
+                log.warning(
+                    "analytics: window %s %s..%s: the parts of %s are gone (older than keep_closed); "
+                    "its result is left as it is",
+                    query_name,
+                    bounds[0],
+                    bounds[1],
+                    sorted(set(members) - set(parts)),
+                )
+                return
+            pane = merge_parts(query, bounds, list(parts.values()))
+            for sink in self.sinks:
+                sink.write([pane], [])
+            self.metrics.incr("analytics_results_written", len(pane.changed))
+            used = {m: int(p["revision"]) for m, p in parts.items()}
+            members = self.state_store.members(group)
+            if all(used.get(m, -1) >= r for m, r in members.items()):
+                return
+        log.warning(
+            "analytics: window %s %s..%s keeps changing on other shards; their flushes write the union",
+            query_name,
+            bounds[0],
+            bounds[1],
+        )
 
     def drain(self) -> None:
         """End of input: fire and purge every window, write the results, save the (empty) state."""
         for key, engines in self._engines.items():
             for engine in engines.values():
-                self._collect(engine.drain())
+                emissions = engine.drain()
+                if not engine.parts:
+                    self._collect(emissions)
+            self._advance(key, engines)
             self._dirty.add(key)
         self._persist()
 
     def shard_released(self, shard_id: str) -> None:
-        if self.options.scope == "shard":
+        if self.scope == "shard":
             if shard_id in self._engines:
                 self._try_persist()
                 self._engines.pop(shard_id, None)
@@ -260,9 +423,29 @@ class AnalyticsHandler(Handler):
             return
         for engine in engines.values():
             engine.release(shard_id)
-            self._collect(engine.advance())
+        self._advance(None, engines)
         self._dirty.add(None)
         self._try_persist()
+
+    def window_closed(self, window: Any, ctx: HandlerContext) -> None:
+        """AWS Lambda closed a tumbling (processing-time) window of ``window.shard_id``: every record
+        that reached that shard before ``window.end`` has been delivered, so no event older than
+        that (less ``out_of_orderness``, which covers QLDB's publishing delay) will come from it.
+        Windows this passes fire, and everything is written now (the hook runs after the
+        invocation's flush; Lambda retries the final invocation if this raises)."""
+        if not getattr(window, "final", False):
+            return  # terminated early (state over 1 MB): the window goes on
+        shard = getattr(window, "shard_id", None) or ctx.shard_id or "-"
+        end = _parse_time(getattr(window, "end", None))
+        key: _StateKey = None if self.scope == "stream" else shard
+        engines = self._engines_for(key)
+        if end is not None:
+            for engine in engines.values():
+                engine.progress(shard, end)
+        self._advance(key, engines)
+        self._dirty.add(key)
+        self._report(key, engines)
+        self._persist()
 
     def _try_persist(self) -> None:
         """Outside ``flush`` nothing can hold a checkpoint back: log a failure (results are rewritten
@@ -278,3 +461,14 @@ class AnalyticsHandler(Handler):
                 sink.close()
             except Exception:
                 log.exception("analytics: closing sink %s failed", sink.name)
+
+
+def _parse_time(text: Any) -> int | None:
+    """An ISO-8601 time (``2020-12-09T07:06:00Z``, as Lambda gives window bounds) in epoch ms."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return epoch_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        log.warning("analytics: cannot read the Lambda window end %r", text)
+        return None

@@ -6,13 +6,14 @@ string; a bad one is a :class:`~qldbstream.errors.ConfigurationError` at start-u
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from qldbstream.errors import ConfigurationError
 from qldbstream_handlers.analytics.aggregates import parse_aggregates
 from qldbstream_handlers.analytics.query import OPERATIONS, TRANSACTION_VELOCITY, Query, parse_where
-from qldbstream_handlers.analytics.windows import parse_window
+from qldbstream_handlers.analytics.windows import Duration, duration_ms, parse_window
 
 __all__ = ["PRESETS", "SINKS", "AnalyticsConfig", "AnalyticsOptions", "parse_settings"]
 
@@ -23,7 +24,16 @@ _QUERY_KEYS = frozenset(
     | {"allowed_lateness", "out_of_orderness"}
 )
 _OTHER_KEYS = frozenset(
-    {"watermark", "min_shards", "scope", "sinks", "emf_path", "emf_namespace", "dynamodb_table"}
+    {
+        "watermark",
+        "min_shards",
+        "scope",
+        "keep_closed",
+        "sinks",
+        "emf_path",
+        "emf_namespace",
+        "dynamodb_table",
+    }
     | {"parquet_path", "parquet_compression", "decimal_scale", "state", "region", "endpoint_url"}
 )
 
@@ -36,16 +46,32 @@ class AnalyticsOptions:
     watermark: str = "shards"
     #: No window fires before this many shards have delivered records ("shards" mode).
     min_shards: int = 1
-    #: ``stream``: one set of windows for all shards (one consumer process); ``shard``: per shard.
-    scope: str = "stream"
+    #: ``stream``: one set of windows for all shards (one consumer process); ``shard``: windows per
+    #: shard, united through the state store (several consumers: Lambda, several KCL workers);
+    #: ``auto``: ``shard`` in AWS Lambda (``AWS_LAMBDA_FUNCTION_NAME`` is set), else ``stream``.
+    scope: str = "auto"
+    #: how long (event time, behind the newest event) a purged window stays in the state store to be
+    #: reopened by a late event (a day: Kinesis's default retention - nothing older can be read)
+    keep_closed: Duration = "1d"
 
     def __post_init__(self) -> None:
         if self.watermark not in ("shards", "global"):
             raise ConfigurationError(f"analytics: watermark must be shards or global, not {self.watermark!r}")
-        if self.scope not in ("stream", "shard"):
-            raise ConfigurationError(f"analytics: scope must be stream or shard, not {self.scope!r}")
+        if self.scope not in ("stream", "shard", "auto"):
+            raise ConfigurationError(f"analytics: scope must be stream, shard or auto, not {self.scope!r}")
         if self.min_shards < 1:
             raise ConfigurationError("analytics: min_shards must be at least 1")
+        object.__setattr__(self, "keep_closed", duration_ms(self.keep_closed, "analytics: keep_closed"))
+
+    @property
+    def keep_closed_ms(self) -> int:
+        return duration_ms(self.keep_closed)
+
+    def resolved_scope(self) -> str:
+        """``stream`` or ``shard`` (``auto`` decided by the runtime's environment)."""
+        if self.scope != "auto":
+            return self.scope
+        return "shard" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "stream"
 
 
 @dataclass(frozen=True)
@@ -130,7 +156,8 @@ def parse_settings(settings: Mapping[str, str]) -> AnalyticsConfig:
     options = AnalyticsOptions(
         own.get("watermark", "shards").strip().lower() or "shards",
         _int(own, "min_shards", 1),
-        own.get("scope", "stream").strip().lower() or "stream",
+        own.get("scope", "auto").strip().lower() or "auto",
+        own.get("keep_closed", "1d").strip() or "1d",
     )
     sinks = tuple(sorted(_names(own.get("sinks", "emf").lower()) - {"none"}))
     bad = set(sinks) - SINKS

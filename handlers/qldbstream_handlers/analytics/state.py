@@ -4,7 +4,11 @@ The state (open windows' partial aggregates and event keys, each shard's newest 
 watermark) is saved in ``flush`` - after the results were written, before the runtime moves its
 checkpoint - so a restarted worker resumes with exactly what the records before its checkpoint
 contributed. It is one gzip-compressed JSON document per key (the handler's name, plus the shard
-in ``scope = shard``).
+in ``scope = shard``). Windows that leave memory are stored under their own keys (``<state
+key>#pane#<query>#<start>#<end>``) so that a late event can bring them back; in ``scope = shard``
+these are also each shard's *part* of a window, listed in a *members* item per window
+(``members#<name>#<query>#<start>#<end>``: part -> revision), which every shard reads to write
+the union of all parts.
 
 :class:`DynamoDBStateStore` splits a document into chunks under 350 KB (an item holds at most
 400 KB), written under a fresh writer id, and switches to the new *generation* with one conditional
@@ -30,12 +34,32 @@ CHUNK_BYTES = 350_000
 
 
 class StateStore(Protocol):
+    """Blobs by key (this consumer's own: window state, archived windows, its parts), plus what
+    ``scope = shard`` needs to unite the shards' parts of a window: reading another consumer's
+    blob without touching it, and a *members* index (part name -> part revision) per window."""
+
     def load(self, key: str) -> bytes | None:
         """The last state saved under ``key`` (``None``: never saved)."""
         ...
 
     def save(self, key: str, blob: bytes) -> None:
         """Replace the state under ``key`` atomically."""
+        ...
+
+    def read(self, key: str) -> bytes | None:
+        """Like :meth:`load`, for a key another consumer writes: no side effects."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Forget ``key`` (a stored window that expired)."""
+        ...
+
+    def set_member(self, group: str, member: str, revision: int) -> None:
+        """Record that ``member`` (a part) of ``group`` is at ``revision`` (never lowered)."""
+        ...
+
+    def members(self, group: str) -> dict[str, int]:
+        """Every member of ``group`` and its revision (strongly consistent)."""
         ...
 
 
@@ -57,6 +81,7 @@ class InMemoryStateStore:
 
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
+        self.groups: dict[str, dict[str, int]] = {}
         self.saves = 0
 
     def load(self, key: str) -> bytes | None:
@@ -65,6 +90,19 @@ class InMemoryStateStore:
     def save(self, key: str, blob: bytes) -> None:
         self.blobs[key] = blob
         self.saves += 1
+
+    def read(self, key: str) -> bytes | None:
+        return self.blobs.get(key)
+
+    def delete(self, key: str) -> None:
+        self.blobs.pop(key, None)
+
+    def set_member(self, group: str, member: str, revision: int) -> None:
+        members = self.groups.setdefault(group, {})
+        members[member] = max(revision, members.get(member, revision))
+
+    def members(self, group: str) -> dict[str, int]:
+        return dict(self.groups.get(group, {}))
 
 
 class DynamoDBStateStore:
@@ -109,6 +147,54 @@ class DynamoDBStateStore:
             items.extend(page.get("Items", []))
             if "LastEvaluatedKey" not in page:
                 return items
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def read(self, key: str) -> bytes | None:
+        """Another writer's current state: the head's chunks, read again if a switch raced us."""
+        for _ in range(5):
+            items = self._items(key)
+            head = next((i for i in items if i["sk"]["S"] == "head"), None)
+            if head is None:
+                return None
+            prefix = _chunk_prefix(int(head["generation"]["N"]), head["writer"]["S"])
+            chunks = sorted((i for i in items if i["sk"]["S"].startswith(prefix)), key=lambda i: i["sk"]["S"])
+            if len(chunks) == int(head["chunks"]["N"]):
+                return b"".join(bytes(c["data"]["B"]) for c in chunks)
+        raise HaltShardError(f"analytics state {key}: its chunks keep changing while being read")
+
+    def delete(self, key: str) -> None:
+        for item in self._items(key):
+            self.client.delete_item(TableName=self.table, Key={"pk": item["pk"], "sk": item["sk"]})
+        self._generation.pop(key, None)
+        self._chunks.pop(key, None)
+
+    def set_member(self, group: str, member: str, revision: int) -> None:
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.put_item(
+                TableName=self.table,
+                Item={
+                    "pk": {"S": f"members#{group}"},
+                    "sk": {"S": member},
+                    "revision": {"N": str(revision)},
+                },
+                ConditionExpression="attribute_not_exists(pk) OR revision <= :revision",
+                ExpressionAttributeValues={":revision": {"N": str(revision)}},
+            )
+
+    def members(self, group: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": f"members#{group}"}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.client.query(**request)
+            for item in page.get("Items", []):
+                out[item["sk"]["S"]] = int(item["revision"]["N"])
+            if "LastEvaluatedKey" not in page:
+                return out
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def load(self, key: str) -> bytes | None:

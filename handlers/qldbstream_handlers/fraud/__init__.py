@@ -5,9 +5,10 @@ The handler plugin ``fraud`` (:class:`FraudHandler`) evaluates, per account and 
 
 * ``high_value`` - one transaction at or over a threshold (per currency if configured);
 * ``velocity`` - count and sum of transactions in a sliding window;
-* patterns - "N transactions matching a predicate within T" (the seed's
-  ``rapid_small_transactions``: at least 5 with ``amount < 10`` within 5 minutes), from settings
-  or registered in Python (:meth:`FraudHandler.pattern`);
+* patterns - ``MATCH_RECOGNIZE`` sequences (the seed's ``rapid_small_transactions``: at least 5
+  with ``amount < 10``, the last less than 5 minutes after the first, greedy, skip past last row)
+  and "N transactions matching a predicate within T" window rules, from settings or registered in
+  Python (:meth:`FraudHandler.add_sequence`, :meth:`FraudHandler.pattern`);
 * ``anomaly`` - a Random Cut Forest score per account with an explanation
   (:mod:`~qldbstream_handlers.fraud.rcf`).
 
@@ -30,7 +31,15 @@ from qldbstream_handlers.fraud.alerts import (
 from qldbstream_handlers.fraud.events import Condition, TransactionEvent, parse_conditions
 from qldbstream_handlers.fraud.handler import FraudHandler
 from qldbstream_handlers.fraud.rcf import FEATURES, AnomalyScore, RandomCutForest
-from qldbstream_handlers.fraud.rules import HighValueRule, Limit, WindowRule, parse_window_rule
+from qldbstream_handlers.fraud.rules import (
+    HighValueRule,
+    Limit,
+    SequenceRule,
+    WindowRule,
+    parse_pattern,
+    parse_sequence_rule,
+    parse_window_rule,
+)
 from qldbstream_handlers.fraud.settings import FraudSettings, parse_settings
 from qldbstream_handlers.fraud.state import (
     AccountState,
@@ -57,6 +66,7 @@ __all__ = [
     "InMemoryStateStore",
     "Limit",
     "RandomCutForest",
+    "SequenceRule",
     "SnsAlertSink",
     "SqsAlertSink",
     "StateStore",
@@ -65,6 +75,8 @@ __all__ = [
     "alert_id",
     "default_bus",
     "parse_conditions",
+    "parse_pattern",
+    "parse_sequence_rule",
     "parse_settings",
     "parse_window_rule",
 ]

@@ -4,20 +4,30 @@ What it reads: live inserts (version 0) of the configured table. Deletes (a reve
 not undo the attempt and are not delivered to it; redacted inserts have no data and are counted
 (``fraud_events{outcome=redacted}``) and skipped; updates are not transactions and are ignored.
 
-**Event time, watermark, lateness.** Every rule works on the revision's ``txTime``. The handler
-keeps the highest event time it has seen; the **watermark** is that minus ``allowed_lateness``.
+**Event time, watermark, lateness.** Every rule works on the revision's ``txTime``. Each shard's
+*progress* is the newest event time read from it (shared by every consumer through the state
+store); the **watermark** is the smallest progress of the shards that are not done, minus
+``allowed_lateness`` (the disorder tolerated *within* a shard). A shard read far behind the others
+holds the watermark back instead of its transactions arriving late.
 
 * *High value* needs no other event: it is evaluated when the transaction arrives.
-* *Window rules* (velocity, patterns) and the *anomaly score* are evaluated for a transaction
+* *Window rules* (velocity, count patterns) and the *anomaly score* are evaluated for a transaction
   once the watermark has passed it, account by account, in the total order ``(txTime,
-  documentId, version)`` - so every transaction that arrives within the allowed lateness is in
-  place, and the result is the same whatever the delivery order, shard interleaving or
-  duplication. The price is latency: these alerts come ``allowed_lateness`` after the fact.
+  documentId, version)``; *sequence rules* (``MATCH_RECOGNIZE``, the seed's pattern) decide a
+  match attempt once no row that could join it can still arrive. So the result is the same
+  whatever the delivery order, shard interleaving or duplication. The price is latency.
+* No window rule or pattern is evaluated before ``min_shards`` shards delivered transactions.
 * A transaction older than one its account has already evaluated arrived *too late*
-  (``fraud_events{outcome=too_late}``): it is evaluated at once, against what is there; windows
-  already evaluated are not revisited.
-* A bounded stream ends with CONTROL ``COMPLETED``: with ``drain_on_completed`` everything still
-  waiting is evaluated then (:meth:`FraudHandler.drain` does the same on demand).
+  (``fraud_events{outcome=too_late}``: disorder within a shard beyond ``allowed_lateness``, or a
+  shard first seen after the others had advanced - set ``min_shards``): window rules evaluate it at
+  once, against what is there; decided sequence attempts are not revisited.
+* **Bounded streams.** CONTROL ``COMPLETED`` (one shard) marks that shard done. Another shard is
+  done when the runtime releases it (the worker at the end of its run) or, in AWS Lambda, when a
+  tumbling processing window closes for it after ``COMPLETED`` arrived (``window_closed``): Lambda
+  has then delivered every record of that shard. Once the stream completed and every shard is done
+  or released, everything still waiting is evaluated. ``drain_on_completed`` evaluates everything
+  at ``COMPLETED`` instead (exact only when ``COMPLETED`` is read after every other shard's
+  records); :meth:`FraudHandler.drain` does it on demand.
 
 **Restarts.** State lives in a :class:`~qldbstream_handlers.fraud.state.StateStore` and is written
 in :meth:`FraudHandler.flush`, after the alerts of the batch were published and before the
@@ -37,7 +47,7 @@ import bisect
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -54,9 +64,14 @@ from qldbstream_handlers.fraud.alerts import (
     SqsAlertSink,
     default_bus,
 )
-from qldbstream_handlers.fraud.events import TransactionEvent, event_from_revision, parse_duration_ms
+from qldbstream_handlers.fraud.events import (
+    TransactionEvent,
+    epoch_ms,
+    event_from_revision,
+    parse_duration_ms,
+)
 from qldbstream_handlers.fraud.rcf import FEATURES, RandomCutForest, features
-from qldbstream_handlers.fraud.rules import Limit, WindowRule
+from qldbstream_handlers.fraud.rules import Limit, SequenceRule, WindowRule
 from qldbstream_handlers.fraud.settings import FraudSettings, parse_settings
 from qldbstream_handlers.fraud.state import (
     AccountState,
@@ -73,12 +88,17 @@ P = TypeVar("P", bound=Callable[[TransactionEvent], bool])
 _MAX_CONFLICTS = 10
 #: state written under optimistic concurrency (a revision per key)
 V = TypeVar("V", AccountState, HandlerMeta)
+#: the watermark once every shard is done: everything is evaluated
+END_OF_INPUT = 2**62
+Rule = WindowRule | SequenceRule
 
 
 class FraudHandler(Handler):
     """See the module docstring. ``settings`` is the handler's own settings dict."""
 
     name = "fraud"
+    #: every insert is a transaction to evaluate, also one that arrives after its update
+    late_policy = "deliver-late"
 
     def __init__(
         self,
@@ -91,7 +111,7 @@ class FraudHandler(Handler):
     ) -> None:
         self.settings: FraudSettings = parse_settings(settings)
         self.bus = bus if bus is not None else default_bus
-        self.rules: list[WindowRule] = list(self.settings.rules)
+        self.rules: list[Rule] = list(self.settings.rules)
         a = self.settings.anomaly
         self.forest = RandomCutForest(a.trees, a.sample_size, a.seed) if a is not None else None
         self._clients = clients
@@ -104,11 +124,10 @@ class FraudHandler(Handler):
         self._outbox: list[Alert] = []
         #: sink name -> ids of the outbox's alerts it already accepted (a flush retried after a failure)
         self._sent: dict[str, set[str]] = {}
-        self._completed = False
 
     # --- custom rules (Python API) -------------------------------------------------------
-    def add_rule(self, rule: WindowRule) -> None:
-        """Add a window rule (evaluated after the configured ones)."""
+    def add_rule(self, rule: Rule) -> None:
+        """Add a window or sequence rule (evaluated after the configured ones)."""
         if any(r.name == rule.name for r in self.rules) or rule.name in ("high_value", "anomaly"):
             raise ConfigurationError(f"fraud handler: a rule named {rule.name!r} already exists")
         self.rules.append(rule)
@@ -137,6 +156,29 @@ class FraudHandler(Handler):
             limits.append(Limit("sum", ">=", Decimal(total)))
         description = getattr(predicate, "__qualname__", repr(predicate))
         rule = WindowRule(name, window, tuple(limits), predicate, description)
+        self.add_rule(rule)
+        return rule
+
+    def add_sequence(
+        self,
+        name: str,
+        predicate: Callable[[TransactionEvent], bool],
+        *,
+        within: str | float | timedelta,
+        at_least: int,
+        consecutive: bool = False,
+    ) -> SequenceRule:
+        """``MATCH_RECOGNIZE`` pattern: at least ``at_least`` transactions matching ``predicate``,
+        the last less than ``within`` after the first (``consecutive``: with no other transaction
+        of the account between them), greedy, skip past last row (see :mod:`.rules`)."""
+        if isinstance(within, timedelta):
+            window = round(within.total_seconds() * 1000)
+        elif isinstance(within, str):
+            window = parse_duration_ms(within, f"rule {name} window")
+        else:
+            window = round(float(within) * 1000)
+        description = getattr(predicate, "__qualname__", repr(predicate))
+        rule = SequenceRule(name, window, at_least, predicate, consecutive, description)
         self.add_rule(rule)
         return rule
 
@@ -212,19 +254,24 @@ class FraudHandler(Handler):
     def wants(self, record: JournalRecord) -> bool:
         if isinstance(record, RevisionDetails):
             return record.table_name == self.settings.table and record.version == 0 and not record.is_deleted
-        return (
-            self.settings.drain_on_completed
-            and isinstance(record, ControlRecord)
-            and record.control_record_type == "COMPLETED"
-        )
+        return isinstance(record, ControlRecord) and record.control_record_type == "COMPLETED"
 
     def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
         self._metrics = ctx.metrics
-        meta = self._load_meta()
+        shard = ctx.shard_id or "-"
+        meta = self._refresh_meta()
         events: list[TransactionEvent] = []
+        drain = False
         for record in records:
             if isinstance(record, ControlRecord):
-                self._completed = True
+                meta.done.add(shard)
+                meta.completed = True
+                arrival = _arrival_ms(record)
+                if arrival is not None:
+                    meta.completed_at = max(meta.completed_at or arrival, arrival)
+                self._meta_dirty = True
+                drain = drain or self.settings.drain_on_completed
+                log.info("fraud: CONTROL COMPLETED on %s: the shard is done", shard)
             elif isinstance(record, RevisionDetails):
                 if record.is_redacted:
                     self._metrics.incr("fraud_events", outcome="redacted")
@@ -243,16 +290,24 @@ class FraudHandler(Handler):
                 continue
             self._high_value(state, event)
             last = state.last_evaluated()
+            decided = any(
+                event.order <= cursor
+                for rule in self.rules
+                if isinstance(rule, SequenceRule) and (cursor := state.cursors.get(rule.name)) is not None
+            )
             if last is not None and event.order < last:
                 self._metrics.incr("fraud_events", outcome="too_late")
                 self._evaluate(state, [event])
+            elif decided:
+                self._metrics.incr("fraud_events", outcome="too_late")
             else:
                 self._metrics.incr("fraud_events", outcome="accepted")
-                earliest = meta.pending.get(event.account_id, event.time_ms)
-                meta.pending[event.account_id] = min(earliest, event.time_ms)
+            earliest = meta.pending.get(event.account_id, event.time_ms)
+            meta.pending[event.account_id] = min(earliest, event.time_ms)
             meta.max_time_ms = max(meta.max_time_ms or event.time_ms, event.time_ms)
+            meta.progress[shard] = max(meta.progress.get(shard, event.time_ms), event.time_ms)
             self._meta_dirty = True
-        self._advance(drain=self._completed)
+        self._advance(drain=drain)
 
     def drain(self) -> list[Alert]:
         """Evaluate everything still waiting for the watermark; return the alerts now in the outbox
@@ -284,26 +339,121 @@ class FraudHandler(Handler):
             for account in clean[:excess]:
                 del self._accounts[account]
 
+    # --- the watermark and shard ends -------------------------------------------------------
+    def watermark(self) -> int | None:
+        """The event time up to which every transaction has arrived (``None``: not known yet)."""
+        meta = self._load_meta()
+        if len(meta.progress) < self.settings.min_shards:
+            return None  # a shard not seen yet may still bring older transactions
+        done = {s for s, t in meta.progress.items() if s in meta.done or self._read_past_completion(meta, t)}
+        finished = all(s in done or meta.released.get(s, t - 1) >= t for s, t in meta.progress.items())
+        if meta.completed and finished:
+            return END_OF_INPUT  # the stream is complete and every shard was read to its end
+        live = [t for s, t in meta.progress.items() if s not in done]
+        return min(live) - self.settings.allowed_lateness_ms if live else None
+
+    @staticmethod
+    def _read_past_completion(meta: HandlerMeta, progress: int) -> bool:
+        """A shard whose progress passed the arrival of CONTROL ``COMPLETED``: only a Lambda
+        processing window closing after it gets there (every record's ``txTime`` is before its own
+        arrival, which is before ``COMPLETED``'s), and then every record of the shard was read."""
+        return meta.completed_at is not None and progress > meta.completed_at
+
+    def window_closed(self, window: Any, ctx: HandlerContext) -> None:
+        """AWS Lambda closed a tumbling (processing-time) window of a shard: every record that
+        reached the shard before ``window.end`` was delivered. That end is the shard's progress;
+        after CONTROL ``COMPLETED`` arrived it also means the shard is done. Evaluates what that
+        allows and publishes it now (the hook runs after the invocation's flush)."""
+        if not getattr(window, "final", False):
+            return
+        self._metrics = ctx.metrics
+        shard = getattr(window, "shard_id", None) or ctx.shard_id or "-"
+        end = _parse_time(getattr(window, "end", None))
+        meta = self._refresh_meta()
+        if end is not None and shard in meta.progress and end > meta.progress[shard]:
+            meta.progress[shard] = end
+            self._meta_dirty = True
+        self._advance(drain=False)
+        self.flush(ctx)
+
+    def shard_released(self, shard_id: str) -> None:
+        """The runtime gave the shard up (the worker's end of run, a KCL shutdown or lease loss).
+        It still holds the watermark at its progress - a new owner may read on - but once the
+        stream completed and every shard is done or released, everything is evaluated."""
+        try:
+            meta = self._refresh_meta()
+            if shard_id in meta.progress:
+                meta.released[shard_id] = meta.progress[shard_id]
+                self._meta_dirty = True
+            self._advance(drain=False)
+            self.flush(HandlerContext(self.name, shard_id, metrics=self._metrics))
+        except Exception:  # nothing to hold back here: what waits stays in the state store
+            log.exception("fraud: evaluating after the release of %s failed", shard_id)
+
     # --- evaluation -----------------------------------------------------------------------
     def _advance(self, *, drain: bool) -> None:
         meta = self._load_meta()
-        if meta.max_time_ms is None:
+        watermark = END_OF_INPUT if drain else self.watermark()
+        if watermark is None:
+            self._metrics.gauge("fraud_pending_accounts", float(len(meta.pending)))
             return
-        watermark = meta.max_time_ms - self.settings.allowed_lateness_ms
-        due = sorted(a for a, t in meta.pending.items() if drain or t <= watermark)
+        due = sorted(a for a, t in meta.pending.items() if t <= watermark)
         self._load_accounts(due)
+        self._refresh_accounts(due)
+        reference = watermark if watermark < END_OF_INPUT else (meta.max_time_ms or 0)
         for account in due:
             state = self._accounts[account]
-            ready = [e for e in state.pending() if drain or e.time_ms <= watermark]
+            ready = [e for e in state.pending() if e.time_ms <= watermark]
             self._evaluate(state, ready)
             waiting = [e.time_ms for e in state.pending()]
+            next_attempt = self._sequences(state, watermark)
+            if next_attempt is not None:
+                waiting.append(next_attempt)
             if waiting:
                 meta.pending[account] = min(waiting)
             else:
                 meta.pending.pop(account, None)
             self._meta_dirty = True
-            self._prune(state, watermark if not drain else meta.max_time_ms, meta.pending.get(account))
+            self._prune(state, reference, meta.pending.get(account))
         self._metrics.gauge("fraud_pending_accounts", float(len(meta.pending)))
+
+    def _sequences(self, state: AccountState, watermark: int) -> int | None:
+        """Decide the sequence rules' attempts the watermark allows; the next attempt's due time."""
+        due: int | None = None
+        history = state.history()
+        for rule in self.rules:
+            if not isinstance(rule, SequenceRule):
+                continue
+            scan = rule.scan(history, state.cursors.get(rule.name), watermark)
+            for match in scan.matches:
+                first, last = match.evidence[0], match.evidence[-1]
+                details = {
+                    "count": match.count,
+                    "sum": str(match.total),
+                    # the seed's measure: COUNT(*) * AVG(amount)
+                    "patternScore": str(match.total),
+                    "currency": last.currency,
+                    "windowSeconds": rule.within_ms / 1000,
+                    "firstEventTimeMs": first.time_ms,
+                    "condition": rule.description,
+                }
+                self._raise(
+                    state,
+                    Alert.create(
+                        rule.name,
+                        state.account_id,
+                        match.score,
+                        [e.key for e in match.evidence],
+                        last.time_ms,
+                        details,
+                    ),
+                )
+            if scan.cursor is not None and scan.cursor != state.cursors.get(rule.name):
+                state.cursors[rule.name] = scan.cursor
+                state.dirty = True
+            if scan.due_ms is not None:
+                due = scan.due_ms if due is None else min(due, scan.due_ms)
+        return due
 
     def _retention_ms(self) -> int:
         return max((r.window_ms for r in self.rules), default=0) + self.settings.allowed_lateness_ms
@@ -319,6 +469,8 @@ class FraudHandler(Handler):
             history = state.history()
             index = bisect.bisect_left([e.order for e in history], event.order)
             for rule in self.rules:
+                if not isinstance(rule, WindowRule):
+                    continue
                 consumed = state.consumed.setdefault(rule.name, set())
                 match = rule.evaluate(history, index, consumed)
                 if match is None:
@@ -415,6 +567,27 @@ class FraudHandler(Handler):
             self._meta = HandlerMeta.from_json(stored[1], stored[0]) if stored else HandlerMeta()
         return self._meta
 
+    def _refresh_meta(self) -> HandlerMeta:
+        """The shared handler state, with what other consumers stored since (their shards' progress)."""
+        meta = self._load_meta()
+        stored = self.store.get([self._meta_key()]).get(self._meta_key())
+        if stored is not None and stored[0] != meta.revision:
+            meta.merge(HandlerMeta.from_json(stored[1], stored[0]))
+            meta.revision = stored[0]
+        return meta
+
+    def _refresh_accounts(self, accounts: Sequence[str]) -> None:
+        """Merge in what other consumers stored for these accounts (before evaluating them)."""
+        if not accounts:
+            return
+        stored = self.store.get([self._account_key(a) for a in accounts])
+        for account in accounts:
+            item = stored.get(self._account_key(account))
+            state = self._accounts[account]
+            if item is not None and item[0] != state.revision:
+                state.merge(AccountState.from_json(item[1], item[0]))
+                state.revision = item[0]
+
     def _load_accounts(self, accounts: Iterable[str]) -> None:
         missing = sorted({a for a in accounts if a not in self._accounts})
         if missing:
@@ -461,3 +634,20 @@ class FraudHandler(Handler):
             value.revision = stored[0]
             merged()
         raise RetryableError(f"{what}: too many concurrent writers")
+
+
+def _arrival_ms(record: JournalRecord) -> int | None:
+    """When the record's Kinesis record reached the stream (epoch ms), if known."""
+    user = record.user_record
+    arrival = user.parent.approximate_arrival_timestamp if user is not None else None
+    return None if arrival is None else int(arrival * 1000)
+
+
+def _parse_time(text: Any) -> int | None:
+    """An ISO-8601 time (as Lambda gives window bounds) in epoch ms."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return epoch_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        return None

@@ -1,4 +1,5 @@
-"""Fraud rules: a high-value threshold, and "N events matching a predicate within T" window rules.
+"""Fraud rules: a high-value threshold, "N events matching a predicate within T" window rules, and
+``MATCH_RECOGNIZE`` sequence rules (the seed's ``SMALL_TXN{5,} WITHIN INTERVAL '5' MINUTE``).
 
 **High value** (:class:`HighValueRule`) looks at one transaction: ``amount >= threshold`` (a
 threshold per currency, or a default). It needs no other event, so it is evaluated as soon as
@@ -19,6 +20,24 @@ LAST ROW`` does). The seed's ``pattern_matching`` and velocity limits are both w
 Window rules are evaluated when the event-time watermark has passed the transaction (see
 :mod:`qldbstream_handlers.fraud.handler`), in the total order, so the result does not depend on
 delivery order.
+
+**Sequence rules** (:class:`SequenceRule`) are SQL row pattern matching over each account's
+transactions in event time, ``PARTITION BY account ORDER BY (txTime, documentId, version)``,
+``ONE ROW PER MATCH``, ``AFTER MATCH SKIP PAST LAST ROW``, with one pattern variable ``X`` defined
+by the rule's predicate::
+
+    consecutive >= 5 within 5m where amount < 10   PATTERN (X{5,})         WITHIN INTERVAL '5' MINUTE
+    sequence >= 5 within 5m where amount < 10      PATTERN (X (O* X){4,})  WITHIN INTERVAL '5' MINUTE
+                                                   (O: any row that is not an X)
+
+A match attempt starts at the first row not yet consumed that is an ``X``; the quantifier is
+greedy, so the match takes every following ``X`` (``consecutive``: up to the first row that is not
+one; ``sequence``: skipping those rows, which are not part of the match) whose time is less than
+``within`` after the first row's (``WITHIN`` as Flink defines it: last - first < interval). If it
+holds at least ``N`` rows it is a match - one alert, its rows the evidence - and the next attempt
+starts after its last row; otherwise the next attempt starts at the next row. An attempt is
+*decided* once no row that could join it can still arrive: the watermark has reached ``first +
+within - 1 ms`` (or, for ``consecutive``, passed a row that ends the run).
 """
 
 from __future__ import annotations
@@ -37,7 +56,20 @@ from qldbstream_handlers.fraud.events import (
     parse_duration_ms,
 )
 
-__all__ = ["HighValueRule", "Limit", "WindowMatch", "WindowRule", "parse_window_rule"]
+__all__ = [
+    "HighValueRule",
+    "Limit",
+    "SequenceMatch",
+    "SequenceRule",
+    "WindowMatch",
+    "WindowRule",
+    "parse_pattern",
+    "parse_sequence_rule",
+    "parse_window_rule",
+]
+
+#: An event's place in the total order: ``(txTime, documentId, version)``.
+Order = tuple[int, str, int]
 
 Predicate = Callable[[TransactionEvent], bool]
 
@@ -136,6 +168,140 @@ class WindowRule:
             return None
         score = max(limit.ratio(count, total) for limit in crossed)
         return WindowMatch(tuple(window), count, total, score)
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceMatch:
+    """A sequence rule matched: its rows (the evidence, in event order), their count and sum."""
+
+    evidence: tuple[TransactionEvent, ...]
+    count: int
+    total: Decimal
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceScan:
+    """What :meth:`SequenceRule.scan` decided: the matches, where the next attempt starts, and
+    the event time at which the watermark may decide it (``None``: no attempt is pending)."""
+
+    matches: tuple[SequenceMatch, ...]
+    cursor: Order | None
+    due_ms: int | None
+
+
+@dataclass(frozen=True)
+class SequenceRule:
+    """``MATCH_RECOGNIZE`` row pattern ``X{min_count,}`` (``consecutive``) or ``X (O* X){min_count-1,}``
+    within ``within_ms``, greedy, skip past last row (see the module docstring)."""
+
+    name: str
+    within_ms: int
+    min_count: int
+    where: Predicate | None = None
+    consecutive: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ConfigurationError(f"fraud handler: rule name {self.name!r} must be lower_snake_case")
+        if self.within_ms <= 0 or self.min_count < 1:
+            raise ConfigurationError(
+                f"fraud handler: rule {self.name}: needs a positive window and at least one row"
+            )
+
+    @property
+    def window_ms(self) -> int:
+        """How far back a decision looks (for the state's retention)."""
+        return self.within_ms
+
+    def matches(self, event: TransactionEvent) -> bool:
+        return self.where is None or bool(self.where(event))
+
+    def scan(self, history: Sequence[TransactionEvent], cursor: Order | None, watermark: int) -> SequenceScan:
+        """Decide every attempt the ``watermark`` allows, starting after ``cursor`` (the last row
+        of the decided part; ``None``: from the beginning). ``history`` is in the total order and
+        holds every row after the cursor that has arrived."""
+        n = len(history)
+        i = 0
+        if cursor is not None:
+            while i < n and history[i].order <= cursor:
+                i += 1
+        found: list[SequenceMatch] = []
+        while i < n:
+            first = history[i]
+            if first.time_ms > watermark:
+                return SequenceScan(tuple(found), cursor, first.time_ms)  # a row may still come before it
+            if not self.matches(first):
+                cursor = first.order
+                i += 1
+                continue
+            limit = first.time_ms + self.within_ms  # rows of the match: time < limit
+            rows = [first]
+            breaker: TransactionEvent | None = None
+            j = i + 1
+            while j < n and history[j].time_ms < limit:
+                row = history[j]
+                if self.matches(row):
+                    rows.append(row)
+                elif self.consecutive:
+                    breaker = row
+                    break
+                j += 1
+            decided = limit - 1 <= watermark or (breaker is not None and breaker.time_ms <= watermark)
+            if not decided:
+                due = limit - 1 if breaker is None else min(limit - 1, breaker.time_ms)
+                return SequenceScan(tuple(found), cursor, due)
+            if len(rows) >= self.min_count:
+                total = sum((e.amount or Decimal(0) for e in rows), Decimal(0))
+                found.append(SequenceMatch(tuple(rows), len(rows), total, len(rows) / self.min_count))
+                cursor = rows[-1].order
+                last = rows[-1]
+                while i < n and history[i].order <= last.order:
+                    i += 1
+            else:
+                cursor = first.order
+                i += 1
+        return SequenceScan(tuple(found), cursor, None)
+
+
+_SEQUENCE = re.compile(
+    r"^\s*(?P<kind>sequence|consecutive)\s*>=\s*(?P<count>\d+)\s+within\s+(?P<window>\S+)"
+    r"(?:\s+where\s+(?P<where>.+?))?\s*$",
+    re.I,
+)
+
+
+def parse_sequence_rule(name: str, text: str) -> SequenceRule:
+    """``"sequence >= 5 within 5m where amount < 10"`` (or ``consecutive``) → a :class:`SequenceRule`."""
+    what = f"rule {name}"
+    match = _SEQUENCE.match(text)
+    if not match:
+        raise ConfigurationError(
+            f"fraud handler: {what}: expected '<sequence|consecutive> >= N within <duration> "
+            f"[where <conditions>]', not {text!r}"
+        )
+    conditions = parse_conditions(match.group("where"), what) if match.group("where") else ()
+
+    def where(event: TransactionEvent) -> bool:
+        return all(c(event) for c in conditions)
+
+    return SequenceRule(
+        name,
+        parse_duration_ms(match.group("window"), f"{what} window"),
+        int(match.group("count")),
+        where if conditions else None,
+        match.group("kind").lower() == "consecutive",
+        text.strip(),
+    )
+
+
+def parse_pattern(name: str, text: str) -> WindowRule | SequenceRule:
+    """A ``pattern_<name>`` setting: a sequence rule (``sequence``/``consecutive >= N ...``) or a
+    window rule (``count``/``sum ... within ...``)."""
+    if re.match(r"^\s*(sequence|consecutive)\b", text, re.I):
+        return parse_sequence_rule(name, text)
+    return parse_window_rule(name, text)
 
 
 _RULE = re.compile(r"^\s*(?P<limits>.+?)\s+within\s+(?P<window>\S+)(?:\s+where\s+(?P<where>.+?))?\s*$", re.I)

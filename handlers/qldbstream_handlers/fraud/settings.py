@@ -16,12 +16,15 @@ from decimal import Decimal, InvalidOperation
 
 from qldbstream.errors import ConfigurationError
 from qldbstream_handlers.fraud.events import FieldMap, parse_duration_ms
-from qldbstream_handlers.fraud.rules import HighValueRule, Limit, WindowRule, parse_window_rule
+from qldbstream_handlers.fraud.rules import HighValueRule, Limit, SequenceRule, WindowRule, parse_pattern
 
 __all__ = ["DEFAULT_PATTERNS", "AnomalySettings", "FraudSettings", "parse_settings"]
 
-#: The seed's ``pattern_matching`` query: ``SMALL_TXN{5,} WITHIN INTERVAL '5' MINUTE`` with ``amount < 10``.
-DEFAULT_PATTERNS = {"rapid_small_transactions": "count >= 5 within 5m where amount < 10"}
+#: The seed's ``pattern_matching`` query, ``PATTERN (SMALL_TXN{5,} WITHIN INTERVAL '5' MINUTE)`` with
+#: ``SMALL_TXN AS amount < 10``, with ``MATCH_RECOGNIZE`` semantics - except that the account's other
+#: transactions may sit between the small ones (``sequence``, not ``consecutive``: see the rules'
+#: module and ``docs/handlers/fraud.md``).
+DEFAULT_PATTERNS = {"rapid_small_transactions": "sequence >= 5 within 5m where amount < 10"}
 
 _PLAIN_KEYS = frozenset(
     {
@@ -49,6 +52,7 @@ _PLAIN_KEYS = frozenset(
         "endpoint_url",
         "max_accounts",
         "drain_on_completed",
+        "min_shards",
     }
 )
 _HIGH_VALUE_CCY = re.compile(r"^high_value_([a-z]{3})$")
@@ -71,7 +75,8 @@ class FraudSettings:
     fields: FieldMap = field(default_factory=FieldMap)
     high_value: HighValueRule | None = field(default_factory=HighValueRule)
     #: velocity and pattern rules, evaluated in this order
-    rules: tuple[WindowRule, ...] = ()
+    rules: tuple[WindowRule | SequenceRule, ...] = ()
+    #: how far behind its shard's newest ``txTime`` a transaction may arrive (disorder within a shard)
     allowed_lateness_ms: int = 60_000
     anomaly: AnomalySettings | None = field(default_factory=AnomalySettings)
     #: ``bus``, ``sqs:<queue url>``, ``sns:<topic arn>``
@@ -82,7 +87,10 @@ class FraudSettings:
     region: str | None = None
     endpoint_url: str | None = None
     max_accounts: int = 100_000
-    drain_on_completed: bool = True
+    #: evaluate everything as soon as CONTROL ``COMPLETED`` is read (else: when every shard is done)
+    drain_on_completed: bool = False
+    #: no window rule or pattern is evaluated before this many shards delivered transactions
+    min_shards: int = 1
 
 
 def _fail(key: str, reason: str) -> ConfigurationError:
@@ -150,7 +158,7 @@ def parse_settings(raw: Mapping[str, str] | None) -> FraudSettings:
         if default_threshold is not None or per_currency
         else None
     )
-    rules: list[WindowRule] = []
+    rules: list[WindowRule | SequenceRule] = []
     window = parse_duration_ms(own.get("velocity_window", "10m"), "velocity_window")
     max_count = _decimal("velocity_max_count", own.get("velocity_max_count", "10"))
     max_sum = _decimal("velocity_max_sum", own.get("velocity_max_sum", "off"))
@@ -170,7 +178,7 @@ def parse_settings(raw: Mapping[str, str] | None) -> FraudSettings:
         if text.strip().lower() not in _OFF:
             if name == "velocity":
                 raise _fail(f"pattern_{name}", "the name 'velocity' is taken by the velocity rule")
-            rules.append(parse_window_rule(name, text))
+            rules.append(parse_pattern(name, text))
     anomaly = None
     if _bool("anomaly", own.get("anomaly", "on")):
         threshold = _decimal("anomaly_threshold", own.get("anomaly_threshold", "10"))
@@ -205,5 +213,6 @@ def parse_settings(raw: Mapping[str, str] | None) -> FraudSettings:
         region=own.get("region") or None,
         endpoint_url=own.get("endpoint_url") or None,
         max_accounts=_int("max_accounts", own.get("max_accounts", "100000"), 1),
-        drain_on_completed=_bool("drain_on_completed", own.get("drain_on_completed", "true")),
+        drain_on_completed=_bool("drain_on_completed", own.get("drain_on_completed", "false")),
+        min_shards=_int("min_shards", own.get("min_shards", "1"), 1),
     )

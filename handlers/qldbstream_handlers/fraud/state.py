@@ -2,9 +2,11 @@
 
 **What the state is.** For each account (:class:`AccountState`): its recent transactions (the
 events, keyed by ``(documentId, version)``), which of them have been evaluated, which each window
-rule has consumed as evidence, and the ids of the alerts already raised. For the handler as a
-whole (:class:`HandlerMeta`): the highest event time seen (the watermark's source) and the
-accounts with events still waiting for the watermark.
+rule has consumed as evidence, where each sequence rule's next match attempt starts (its
+*cursor*), and the ids of the alerts already raised. For the handler as a whole
+(:class:`HandlerMeta`): each shard's progress (its newest event time: the watermark's source),
+the shards that are done (read CONTROL ``COMPLETED``, or a Lambda processing window closed after
+it), and the accounts with events or attempts still waiting for the watermark.
 
 **Why a checkpointed store rather than a replay window.** Rebuilding windows by re-reading the
 stream from ``now - window`` at start-up would need a second reader, a way to map event time to
@@ -18,7 +20,8 @@ twice changes nothing, and alerts have deterministic ids, so re-raising one is r
 spreads one account's revisions over all shards. Every item carries a revision counter and is
 written with a conditional put; on a conflict the handler reads the stored item, **merges** it
 (events, evaluated marks, consumed evidence and alert ids are all grow-only sets, so the union is
-always a correct merge) and writes again.
+always a correct merge; a sequence rule's cursor only moves forward, so the later one wins) and
+writes again.
 
 **Size.** Each account keeps the events inside ``retention`` (the longest rule window plus the
 allowed lateness) before the oldest event still waiting, plus the ``keep`` (anomaly sample + 1)
@@ -63,7 +66,17 @@ class StateStore(Protocol):
 class AccountState:
     """One account's events, evaluation marks, consumed evidence and raised alerts."""
 
-    __slots__ = ("_history", "account_id", "alerts", "consumed", "dirty", "evaluated", "events", "revision")
+    __slots__ = (
+        "_history",
+        "account_id",
+        "alerts",
+        "consumed",
+        "cursors",
+        "dirty",
+        "evaluated",
+        "events",
+        "revision",
+    )
 
     def __init__(self, account_id: str) -> None:
         self.account_id = account_id
@@ -73,6 +86,8 @@ class AccountState:
         self.consumed: dict[str, set[EventKey]] = {}
         #: alert id -> event time (ms) of the alert
         self.alerts: dict[str, int] = {}
+        #: sequence rule name -> order key of the last row of its decided part
+        self.cursors: dict[str, tuple[int, str, int]] = {}
         self.revision = 0
         self.dirty = False
         self._history: list[TransactionEvent] | None = None
@@ -123,6 +138,9 @@ class AccountState:
         for rule, keys in other.consumed.items():
             self.consumed.setdefault(rule, set()).update(keys)
         self.alerts.update(other.alerts)
+        for rule, cursor in other.cursors.items():
+            mine = self.cursors.get(rule)
+            self.cursors[rule] = cursor if mine is None else max(mine, cursor)
         self._history = None
         self.dirty = True
 
@@ -134,6 +152,7 @@ class AccountState:
                 "evaluated": sorted([d, v] for d, v in self.evaluated),
                 "consumed": {r: sorted([d, v] for d, v in keys) for r, keys in sorted(self.consumed.items())},
                 "alerts": dict(sorted(self.alerts.items())),
+                "cursors": {r: list(c) for r, c in sorted(self.cursors.items())},
             },
             separators=(",", ":"),
         )
@@ -148,31 +167,72 @@ class AccountState:
         state.evaluated = {(d, int(v)) for d, v in data["evaluated"]}
         state.consumed = {r: {(d, int(v)) for d, v in keys} for r, keys in data["consumed"].items()}
         state.alerts = {a: int(t) for a, t in data["alerts"].items()}
+        state.cursors = {r: (int(c[0]), str(c[1]), int(c[2])) for r, c in data.get("cursors", {}).items()}
         state.revision = revision
         return state
 
 
 @dataclass
 class HandlerMeta:
-    """The highest event time seen, and accounts with events waiting: ``account -> earliest time``."""
+    """Shard progress and accounts waiting for the watermark (``account -> earliest due time``).
+
+    ``progress`` is each shard's newest event time (raised by a Lambda processing window's end);
+    ``done`` the shards that will bring nothing more (read CONTROL ``COMPLETED``, or a Lambda
+    processing window closed after ``completed_at``, the arrival time of ``COMPLETED``);
+    ``released`` the shards their runtime let go of."""
 
     max_time_ms: int | None = None
     pending: dict[str, int] = field(default_factory=dict)
     revision: int = 0
+    progress: dict[str, int] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
+    #: CONTROL ``COMPLETED`` was read (the stream is bounded and QLDB wrote all of it)
+    completed: bool = False
+    completed_at: int | None = None
+    #: shard -> its progress when its runtime released it (the worker's end of run, a KCL worker's
+    #: shutdown); a later event on the shard (a new owner) makes it count as read again
+    released: dict[str, int] = field(default_factory=dict)
 
     def merge(self, other: HandlerMeta) -> None:
         if other.max_time_ms is not None:
             self.max_time_ms = max(self.max_time_ms or other.max_time_ms, other.max_time_ms)
         for account, t in other.pending.items():
             self.pending[account] = min(t, self.pending.get(account, t))
+        for shard, t in other.progress.items():
+            self.progress[shard] = max(t, self.progress.get(shard, t))
+        self.done |= other.done
+        self.completed = self.completed or other.completed
+        for shard, t in other.released.items():
+            self.released[shard] = max(t, self.released.get(shard, t))
+        if other.completed_at is not None:
+            self.completed_at = max(self.completed_at or other.completed_at, other.completed_at)
 
     def to_json(self) -> str:
-        return json.dumps({"max_time_ms": self.max_time_ms, "pending": dict(sorted(self.pending.items()))})
+        return json.dumps(
+            {
+                "max_time_ms": self.max_time_ms,
+                "pending": dict(sorted(self.pending.items())),
+                "progress": dict(sorted(self.progress.items())),
+                "done": sorted(self.done),
+                "completed": self.completed,
+                "completed_at": self.completed_at,
+                "released": dict(sorted(self.released.items())),
+            }
+        )
 
     @classmethod
     def from_json(cls, body: str, revision: int) -> HandlerMeta:
         data = json.loads(body)
-        return cls(data["max_time_ms"], {a: int(t) for a, t in data["pending"].items()}, revision)
+        return cls(
+            data["max_time_ms"],
+            {a: int(t) for a, t in data["pending"].items()},
+            revision,
+            {s: int(t) for s, t in data.get("progress", {}).items()},  # absent before version 2
+            set(data.get("done", [])),
+            bool(data.get("completed", False)),
+            data.get("completed_at"),
+            {s: int(t) for s, t in data.get("released", {}).items()},
+        )
 
 
 class InMemoryStateStore:

@@ -3,7 +3,9 @@
 Verified journal records are republished, byte for byte, to one or more target Kinesis data
 streams (one per region), with the document id as partition key, optional KPL re-aggregation,
 per-target health checks and failover. Writes happen in ``flush``, before the checkpoint; a
-target that cannot be written holds the checkpoint, so nothing is ever dropped.
+target that cannot be written holds the checkpoint, so a failure never drops anything. Each target
+holds every document's versions in increasing version order: a revision older than one already
+written is skipped and counted (``replication_late_skipped``), never written after it.
 
 ``qldbstream dr-check`` compares a target with the source. See ``docs/handlers/replication.md``.
 """

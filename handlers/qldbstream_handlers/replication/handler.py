@@ -15,6 +15,17 @@ byte-identical to the first copy, so a consumer of the target (qldbstream itself
 de-duplicating by ``(documentId, version)``) drops them. Within one process, every lane
 remembers the keys it wrote (``sent_cache_size``) and skips them when a batch comes back after a
 failed flush.
+
+**Version order.** The target holds each document's versions in increasing version order:
+
+* a lane writes the revisions it buffered with each document's versions sorted (a batch, or the
+  backlog of a target that was down, may hold version 2 before version 1: 1 goes first);
+* a revision older than one already written is **not written** (``replication_late_skipped``, a
+  warning naming it): Kinesis is append-only, so it could only land *after* the newer version. It
+  is recognised by the pipeline's late flag (``ctx.late``: a newer version of the document was
+  delivered and flushed, so it is on the targets) and by the lane's own record of the highest
+  version it wrote per document. ``late_policy = reorder`` makes the pipeline hold a revision whose
+  predecessor is missing, so fewer revisions arrive late in the first place.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from qldbstream.metrics import Metrics, NullMetrics
 from qldbstream_handlers.replication.health import TargetHealth
 from qldbstream_handlers.replication.rounds import Outgoing, plan_rounds
 from qldbstream_handlers.replication.settings import Mode, ReplicationSettings, TargetConfig
-from qldbstream_handlers.replication.target import RecentKeys, Target
+from qldbstream_handlers.replication.target import HighestVersions, RecentKeys, Target
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
@@ -67,17 +78,53 @@ class Lane:
         self.name = name
         self.pending: OrderedDict[str, Outgoing] = OrderedDict()
         self.sent = RecentKeys(sent_cache_size)
+        #: document -> highest version this lane wrote (an older one is never written after it)
+        self.written = HighestVersions(sent_cache_size)
+        #: revisions not written because a newer version of their document was written first
+        self.late_skipped = 0
 
     def add(self, item: Outgoing) -> bool:
-        """Buffer ``item`` unless this lane already wrote it; a key already buffered keeps its place."""
+        """Buffer ``item`` unless this lane already wrote it (or a newer version of its document);
+        a key already buffered keeps its place."""
         if item.key in self.sent:
             return False
+        if item.document_id is not None and item.version is not None:
+            highest = self.written.get(item.document_id)
+            if highest is not None and item.version <= highest:
+                if item.version < highest:
+                    self.late_skipped += 1
+                return False
         self.pending[item.key] = item
         return True
 
+    def skip_late(self) -> None:
+        """A revision the pipeline flagged late: a newer version is already on the target."""
+        self.late_skipped += 1
+
+    def ordered(self) -> list[Outgoing]:
+        """The pending records in stream order, except that each document's revisions take the
+        places of its revisions in version order."""
+        items = list(self.pending.values())
+        by_doc: dict[str, list[Outgoing]] = {}
+        for item in items:
+            if item.document_id is not None and item.version is not None:
+                by_doc.setdefault(item.document_id, []).append(item)
+        if all(len(v) == 1 for v in by_doc.values()):
+            return items
+        queues = {doc: sorted(v, key=lambda i: i.version or 0) for doc, v in by_doc.items()}
+        out = []
+        for item in items:
+            if item.document_id is not None and item.version is not None:
+                out.append(queues[item.document_id].pop(0))
+            else:
+                out.append(item)
+        return out
+
     def done(self, keys: Sequence[str]) -> None:
         for key in keys:
-            self.pending.pop(key, None)
+            item = self.pending.pop(key, None)
+            if item is not None and item.document_id is not None and item.version is not None:
+                self.written.record(item.document_id, item.version)
         self.sent.add(keys)
 
     def drop_shard(self, shard_id: str) -> int:
@@ -101,6 +148,10 @@ class ReplicationHandler(Handler):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = ReplicationSettings.parse(settings or {})
+        #: what the pipeline does with a revision older than one already delivered: ``deliver-late``
+        #: (the handler sees ``ctx.late`` and skips it, counted) or ``reorder`` (held for its
+        #: predecessors first); never ``drop``, which would hide the skip from this handler's metrics
+        self.late_policy = self.settings.late_policy
         self._client_factory = clients or default_client
         self.clock = clock
         self.sleep = sleep
@@ -172,10 +223,47 @@ class ReplicationHandler(Handler):
         return True
 
     def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
-        for record in records:
-            item = Outgoing(dedupe_key(record), _partition_key(record), record.raw, ctx.shard_id)
+        #: document -> highest version seen so far in this batch (not flagged late)
+        in_batch: dict[str, int] = {}
+        for i, record in enumerate(records):
+            revision = record if isinstance(record, RevisionDetails) else None
+            item = Outgoing(
+                dedupe_key(record),
+                _partition_key(record),
+                record.raw,
+                ctx.shard_id,
+                revision.document_id if revision is not None else None,
+                revision.version if revision is not None else None,
+            )
+            late = False
+            if revision is not None:
+                newer_here = in_batch.get(revision.document_id, -1) > revision.version
+                # The pipeline flags a revision late when a newer version was delivered before it,
+                # in an earlier batch (flushed: it is on the targets) or earlier in this one (still
+                # buffered here: the lane writes this one first, and skips it only if its own
+                # record says a newer version was already written).
+                late = i in ctx.late_indexes and not newer_here
+                if not late:
+                    in_batch[revision.document_id] = max(
+                        in_batch.get(revision.document_id, -1), revision.version
+                    )
             for lane in self.lanes.values():
-                lane.add(item)
+                before = lane.late_skipped
+                if late:
+                    lane.skip_late()
+                else:
+                    lane.add(item)
+                if lane.late_skipped != before:
+                    ctx.metrics.incr("replication_late_skipped", target=lane.name)
+                    assert revision is not None
+                    log.warning(
+                        "replication lane %s: %s %s version %d arrived after a newer version was "
+                        "written; not replicated (the target keeps versions in order)",
+                        lane.name,
+                        revision.table_name,
+                        revision.document_id,
+                        revision.version,
+                    )
 
     def shard_released(self, shard_id: str) -> None:
         """The shard's unflushed records will be redelivered to its next owner: forget them here."""
@@ -263,7 +351,7 @@ class ReplicationHandler(Handler):
 
     def _write(self, target: Target, lane: Lane) -> None:
         shard_map = target.shard_map() if self.settings.aggregate else None
-        for round_ in plan_rounds(list(lane.pending.values()), shard_map=shard_map):
+        for round_ in plan_rounds(lane.ordered(), shard_map=shard_map):
             target.put_round(round_)
             lane.done(round_.keys)
 
@@ -279,6 +367,7 @@ class ReplicationHandler(Handler):
             "active": None if self.active is None else self.active.name,
             "failovers": self.failovers,
             "pending": {name: len(lane.pending) for name, lane in self.lanes.items()},
+            "lateSkipped": {name: lane.late_skipped for name, lane in self.lanes.items()},
             "targets": {
                 t.name: {
                     "healthy": t.health.healthy,

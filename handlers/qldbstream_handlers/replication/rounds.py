@@ -38,6 +38,10 @@ class Outgoing:
     data: bytes
     #: the source shard it came from (dropped when that shard is released)
     shard_id: str | None = None
+    #: a revision's document and version (``None`` for block summaries and CONTROL records): a lane
+    #: writes each document's versions in version order and never an older one after a newer one
+    document_id: str | None = None
+    version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

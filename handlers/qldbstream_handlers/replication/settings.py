@@ -15,7 +15,12 @@ their defaults:
 * ``auto_failover`` = ``true`` (failover mode): move to the next healthy target on its own.
 * ``failback`` = ``true`` (failover mode): return to a higher-priority target once it is healthy.
 * ``put_attempts`` = ``4`` ``PutRecords`` attempts per round (throttling, per-record failures).
-* ``sent_cache_size`` = ``100000`` keys remembered per lane to skip re-puts after a failed flush.
+* ``sent_cache_size`` = ``100000`` keys remembered per lane to skip re-puts after a failed flush
+  (and documents whose highest written version each lane remembers).
+* ``late_policy`` = ``deliver-late``: what the pipeline does, for this handler, with a revision
+  older than one already delivered - ``deliver-late`` (the handler skips it and counts it in
+  ``replication_late_skipped``) or ``reorder`` (the pipeline first holds a revision whose
+  predecessor is missing, for up to its ``reorder_window_seconds``).
 
 Target names are lower-case letters and digits (``west``, ``eu1``) so that every key is also a
 valid environment variable name: ``QLDBSTREAM_HANDLER_REPLICATION__WEST_STREAM=ledger-dr``.
@@ -52,8 +57,10 @@ _GLOBAL_KEYS = frozenset(
         "failback",
         "put_attempts",
         "sent_cache_size",
+        "late_policy",
     }
 )
+_LATE_POLICIES = ("deliver-late", "reorder")
 
 
 class Mode(StrEnum):
@@ -92,6 +99,7 @@ class ReplicationSettings:
     failback: bool = True
     put_attempts: int = 4
     sent_cache_size: int = 100_000
+    late_policy: str = "deliver-late"
 
     @classmethod
     def parse(cls, settings: Mapping[str, str]) -> ReplicationSettings:
@@ -128,6 +136,12 @@ class ReplicationSettings:
                 f"replication handler: mode must be fanout or failover, not {own['mode']!r}"
             ) from None
         tables = frozenset(_list(own.get("tables", ""))) or None
+        late_policy = own.get("late_policy", "deliver-late").lower() or "deliver-late"
+        if late_policy not in _LATE_POLICIES:
+            raise ConfigurationError(
+                f"replication handler: late_policy must be deliver-late or reorder, not {late_policy!r} "
+                "(drop would lose versions without this handler counting them)"
+            )
         return cls(
             tuple(targets),
             mode,
@@ -141,6 +155,7 @@ class ReplicationSettings:
             _bool(own, "failback", True),
             _number(own, "put_attempts", 4, int, minimum=1),
             _number(own, "sent_cache_size", 100_000, int, minimum=0),
+            late_policy,
         )
 
 

@@ -29,7 +29,7 @@ from qldbstream_handlers.replication.settings import TargetConfig
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
 
-__all__ = ["RecentKeys", "Target"]
+__all__ = ["HighestVersions", "RecentKeys", "Target"]
 
 log = logging.getLogger("qldbstream.handler.replication")
 
@@ -58,6 +58,33 @@ class RecentKeys:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+class HighestVersions:
+    """The highest version written per document, for the ``size`` documents written most recently.
+
+    A document forgotten here (more than ``size`` documents written since) is still protected by the
+    pipeline's own late check (``ctx.late``): this is the lane's second line of defence.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._versions: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, document_id: str) -> int | None:
+        return self._versions.get(document_id)
+
+    def record(self, document_id: str, version: int) -> None:
+        if self.size == 0:
+            return
+        current = self._versions.get(document_id)
+        self._versions[document_id] = version if current is None else max(current, version)
+        self._versions.move_to_end(document_id)
+        while len(self._versions) > self.size:
+            self._versions.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._versions)
 
 
 class Target:
