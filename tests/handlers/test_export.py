@@ -23,19 +23,21 @@ from qldbstream_handlers.export import (
     COLUMNS,
     ErrorPrefixDeadLetterQueue,
     ExportHandler,
+    ExportIndex,
     ExportOptions,
     LocalStorage,
     Storage,
     arrow_schema,
 )
+from qldbstream_handlers.export.manifest import Flush
 
 from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import RevisionDetails, decode
-from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails, decode
+from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore, LatePolicy, Watermark
 from qldbstream.errors import ConfigurationError
-from qldbstream.handler import SetupContext
+from qldbstream.handler import HandlerContext, SetupContext
 from qldbstream.metrics import InMemoryMetrics
-from qldbstream.pipeline import Pipeline, PipelineSettings
+from qldbstream.pipeline import BatchResult, Pipeline, PipelineSettings
 from qldbstream.plugins import load_handler
 from qldbstream.records import KinesisRecord
 from qldbstream.simulate import LedgerRevision, Simulation
@@ -282,19 +284,22 @@ def test_killed_mid_export_resumes_from_the_checkpoint_without_duplicate_rows(
     assert len(manifests) == 2
 
 
-def test_a_replay_in_smaller_batches_rewrites_and_deletes_the_files_it_supersedes(
+def test_a_replay_in_smaller_batches_adds_nothing_and_rewrites_nothing(
     crashy: Simulation, tmp_path: Path
 ) -> None:
     records = kinesis_records(crashy)
     options = ExportOptions(partition="table=TABLE/year=YYYY/")
     first = export(records, tmp_path, options, size=12)
-    files = {p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet")}
+    files = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*.parquet")}
     # The checkpoints were lost after the files were written: everything is read again, in batches
-    # of 2 - every earlier file is superseded (same first record, other tables, other boundaries).
+    # of 2 (other boundaries, other tables per flush). Each revision is already exported: no file
+    # is written, rewritten or deleted - what a replay re-delivers is not what a checkpoint says.
     again = export(records, tmp_path, options, size=2)
     check_rows(read(tmp_path), crashy.ledger.revisions)
-    assert again.progress.truncated > 0 and first.progress.truncated == 0
-    assert files - {p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet")}  # some were deleted
+    assert first.progress.rows == len(crashy.ledger.revisions)
+    assert again.progress.rows == again.progress.files == 0
+    assert again.progress.duplicates == first.progress.rows  # the stream's own: the pipeline's
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*.parquet")} == files
 
 
 def test_the_stream_own_duplicates_across_a_restart_are_skipped(tmp_path: Path) -> None:
@@ -302,7 +307,11 @@ def test_the_stream_own_duplicates_across_a_restart_are_skipped(tmp_path: Path) 
     sim = simulation(40, seed=2, aggregate=False)
     ((shard, records),) = kinesis_records(sim).items()
     export({shard: records}, tmp_path)
-    replayed = records[-6:]  # a producer retry put the tail again (fresh sequence numbers)
+    # A producer retry put the tail again (fresh sequence numbers), from a block summary on: a
+    # revision is delivered only with its block summary (a re-put revision whose summary is not
+    # in the input stays parked: it is never verified, so never delivered).
+    summaries = [i for i, r in enumerate(records) if isinstance(decode(deaggregate(r)[0]), BlockSummary)]
+    replayed = records[summaries[-2] :]
     again = [
         KinesisRecord(r.data, str(int(records[-1].sequence_number) + 10 * (i + 1)), r.partition_key, shard)
         for i, r in enumerate(replayed)
@@ -311,6 +320,240 @@ def test_the_stream_own_duplicates_across_a_restart_are_skipped(tmp_path: Path) 
     check_rows(read(tmp_path), sim.ledger.revisions)
     revisions = [u for r in replayed for u in deaggregate(r) if isinstance(decode(u), RevisionDetails)]
     assert revisions and handler.progress.duplicates == len(revisions) and handler.progress.rows == 0
+
+
+# -- out of position order, across shards, then a crash ------------------------------------------
+
+
+class RecordingExport(ExportHandler):
+    """The export, remembering each delivery: the batch's shard, the record's own shard and
+    sequence number, the revision."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deliveries: list[tuple[str | None, str, int, tuple[str, int]]] = []
+
+    def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
+        for r in records:
+            assert isinstance(r, RevisionDetails)
+            p = r.position
+            self.deliveries.append(
+                (ctx.shard_id, p.shard_id or "", int(p.sequence_number or 0), (r.document_id, r.version))
+            )
+        super().handle_batch(records, ctx)
+
+
+class CrashingDoneMarks:
+    """A de-duplication store that dies at its n-th ``mark_done``: the export's flush returned, the
+    framework has not recorded the batch as done."""
+
+    def __init__(self, inner: InMemoryDedupeStore, crash_at: int | None) -> None:
+        self.inner, self.crash_at, self.calls = inner, crash_at, 0
+
+    def done(self, handler: str, keys: Sequence[str]) -> set[str]:
+        return self.inner.done(handler, keys)
+
+    def mark_done(self, handler: str, keys: Sequence[str]) -> None:
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise Crash(f"killed before done mark {self.calls}")
+        self.inner.mark_done(handler, keys)
+
+    def watermarks(self, handler: str, document_ids: Sequence[str]) -> dict[str, Watermark]:
+        return self.inner.watermarks(handler, document_ids)
+
+    def advance(self, handler: str, marks: dict[str, Watermark]) -> None:
+        self.inner.advance(handler, marks)
+
+
+def resume(
+    records: dict[str, list[KinesisRecord]],
+    handler: ExportHandler,
+    store: DedupeStore,
+    checkpoints: dict[str, tuple[str, int]],
+    *,
+    size: int,
+) -> None:
+    """Run like the worker, but with real checkpoints: each shard's batches in turn, read from
+    after its checkpoint; a checkpoint moves as the batch result says - the batch's own shard's,
+    and the other shards' whose parked records it delivered - so it stays before what its shard
+    parked. The end of the input decides what still waits (``drain``)."""
+    handler.setup(SetupContext({}, logging.getLogger("test"), InMemoryMetrics()))
+    t = FakeTime()
+    assert handler.errors is not None
+    pipeline = Pipeline(
+        [handler],
+        dlq=ErrorPrefixDeadLetterQueue(handler.errors),
+        store=store,
+        settings=PipelineSettings(late_policy=LatePolicy.DELIVER_LATE),
+        clock=t.clock,
+        sleep=t.sleep,
+    )
+
+    def save(result: BatchResult) -> None:
+        if result.shard_id is not None and result.checkpoint is not None:
+            checkpoints[result.shard_id] = result.checkpoint
+        for other, checkpoint in result.other_checkpoints.items():
+            if other is not None:
+                checkpoints[other] = checkpoint
+
+    def unread(shard: str, r: KinesisRecord) -> bool:
+        return shard not in checkpoints or int(r.sequence_number) > int(checkpoints[shard][0])
+
+    queues = {s: batches([r for r in rs if unread(s, r)], size) for s, rs in sorted(records.items())}
+    while any(queues.values()):
+        for shard, queue in queues.items():
+            if queue:
+                result = pipeline.process(shard, queue.pop(0))
+                assert not result.halted, result.halt_reason
+                save(result)
+    save(pipeline.drain())
+
+
+class DyingStorage(CrashingStorage):
+    """Dies at the n-th write of one step of a flush: its ``intent`` (the flush record, pending),
+    a ``data`` file, its ``commit`` (the flush record, committed)."""
+
+    def __init__(self, inner: Storage, counts: Counter[str], stage: str | None, n: int) -> None:
+        super().__init__(inner, [0], None)
+        self.counts, self.stage, self.n = counts, stage, n
+
+    def put(self, path: str, data: bytes) -> None:
+        step = None
+        if path.endswith(".parquet"):
+            step = "data"
+        elif path.startswith("_export/shards/") and path.count("/") == 3:
+            step = "commit" if json.loads(data)["state"] == "committed" else "intent"
+        if step is not None:
+            self.counts[step] += 1
+            if step == self.stage and self.counts[step] == self.n:
+                raise Crash(f"killed at {step} {self.n}")
+        self.inner.put(path, data)
+
+
+@pytest.mark.parametrize("done_marks_survive", [False, True], ids=["done-marks-lost", "done-marks-kept"])
+@pytest.mark.parametrize(
+    "kill",
+    [("intent", 16), ("data", 17), ("commit", 17), ("done-marks", 4), ("done-marks", 17)],
+    ids=lambda k: f"{k[0]}-{k[1]}",
+)
+def test_records_out_of_shard_order_across_batch_contexts_then_a_crash_and_a_re_read(
+    tmp_path: Path, kill: tuple[str, int], done_marks_survive: bool
+) -> None:
+    """Without aggregation a revision that arrives before its block summary is parked and delivered
+    in another shard's batch, after later records of its own shard; its shard's checkpoint stays
+    before it while those later records are exported and marked done. The process dies - before a
+    flush's intent, between its intent and its commit, or after a flush before the framework's done
+    marks - and each shard is read again from its checkpoint: what was exported after it comes again
+    (done marks lost) or is skipped (done marks kept: never delivered again). Every revision of the
+    ledger is exported exactly once, and no interrupted flush leaves a file behind."""
+    sim = simulation(30, seed=5, shards=2, aggregate=False, duplicates=0.2, reorder=8)
+    records = kinesis_records(sim)
+    marks = InMemoryDedupeStore()
+    checkpoints: dict[str, tuple[str, int]] = {}
+    stage, n = kill
+    counts: Counter[str] = Counter()
+    crashing = RecordingExport(
+        storage=DyingStorage(LocalStorage(tmp_path), counts, stage, n),
+        errors=LocalStorage(tmp_path / "_errors"),
+        options=ExportOptions(),
+    )
+    dying_marks = CrashingDoneMarks(marks, n if stage == "done-marks" else None)
+    with pytest.raises(Crash):
+        resume(records, crashing, dying_marks, checkpoints, size=4)
+
+    # What the crashed run did - the case this test is about:
+    seen = crashing.deliveries
+    assert any(batch != own for batch, own, _, _ in seen)  # delivered in another shard's batch
+    by_shard: dict[str, list[int]] = {}
+    for _, own, seq, _ in seen:
+        by_shard.setdefault(own, []).append(seq)
+    assert any(seqs != sorted(seqs) for seqs in by_shard.values())  # a shard out of position order
+    index = ExportIndex.load(LocalStorage(tmp_path), {"data": LocalStorage(tmp_path)})
+    behind = {
+        key
+        for _, own, seq, key in seen
+        if own in checkpoints and seq > int(checkpoints[own][0]) and index.exported(key)
+    }
+    assert behind  # exported, and its shard will be read again from a checkpoint before it
+    interrupted = [f for m in index.shards.values() for f in m.flushes.values() if not f.committed]
+    assert bool(interrupted) == (stage in ("data", "commit"))
+
+    after = RecordingExport(
+        storage=LocalStorage(tmp_path), errors=LocalStorage(tmp_path / "_errors"), options=ExportOptions()
+    )
+    resume(records, after, marks if done_marks_survive else InMemoryDedupeStore(), checkpoints, size=3)
+
+    rows = read(tmp_path)
+    check_rows(rows, sim.ledger.revisions)  # the ledger's revisions, each exactly once
+    assert len(rows) == len(sim.ledger.revisions)
+    again = {key for _, _, _, key in after.deliveries}
+    if done_marks_survive and stage != "done-marks":
+        assert not behind & again  # skipped as done: never delivered again, and not lost
+    else:
+        assert behind & again and after.progress.duplicates > 0  # delivered again, not written again
+    index = ExportIndex.load(LocalStorage(tmp_path), {"data": LocalStorage(tmp_path)})
+    assert all(f.committed for m in index.shards.values() for f in m.flushes.values())
+    assert after.progress.reclaimed == sum(len(f.keys) for f in interrupted)
+
+
+def test_flush_records_are_folded_into_the_shard_manifests(bank: Simulation, tmp_path: Path) -> None:
+    """One record per flush, folded into the shard's manifest as they pile up (in the run) and when
+    a process first flushes the shard (the next run): the union always holds every revision."""
+    first = export(kinesis_records(bank), tmp_path, size=1)
+    shards = tmp_path / "_export" / "shards"
+    records = [p for d in shards.iterdir() if d.is_dir() for p in d.iterdir()]
+    manifests = {p.stem: json.loads(p.read_bytes())["revisions"] for p in shards.glob("*.json")}
+    folded = {(d, v) for m in manifests.values() for d, vs in m.items() for v in vs}
+    pending = {
+        (d, v) for p in records for d, vs in json.loads(p.read_bytes())["revisions"].items() for v in vs
+    }
+    assert folded and records  # folded during the run (a manifest starts empty), records since
+    assert folded | pending == {(r.document_id, r.version) for r in bank.ledger.revisions}
+    assert first.progress.rows == len(bank.ledger.revisions)
+    again = export(kinesis_records(bank), tmp_path, size=5)
+    assert again.progress.rows == 0 and again.progress.duplicates == len(bank.ledger.revisions)
+    assert not [p for d in shards.iterdir() if d.is_dir() for p in d.iterdir()]  # ... and on a claim
+    check_rows(read(tmp_path), bank.ledger.revisions)
+
+
+def test_a_version_1_manifest_is_read_and_its_unfinished_flush_collected(tmp_path: Path) -> None:
+    """A destination written by the position-keyed export (a manifest of recent flushes, each entry
+    written before its files): a flush whose files are all there is exported; one that did not
+    finish is pending - its orphan file goes once a new flush holds its revisions."""
+    storage = LocalStorage(tmp_path)
+    shard = "shardId-000000000000"
+    for path in ("year=2024/a.parquet", "year=2024/b.parquet"):
+        storage.put(path, b"rows")
+    flushes = [
+        {
+            "first": ["10", 0],
+            "last": ["10", 0],
+            "files": ["data:year=2024/a.parquet"],
+            "keys": {"d1#0": ["10", 0]},
+        },
+        {
+            "first": ["12", 0],
+            "last": ["13", 0],
+            "files": ["data:year=2024/b.parquet", "data:year=2024/c.parquet"],  # c: never written
+            "keys": {"d2#0": ["12", 0], "d2#1": ["13", 0]},
+        },
+    ]
+    doc = {"version": 1, "shard": shard, "flushes": flushes}
+    storage.put(f"_export/shards/{shard}.json", json.dumps(doc).encode())
+    index = ExportIndex.load(storage, {"data": storage, "errors": storage})
+    assert index.exported(("d1", 0)) and not index.exported(("d2", 0))
+    index.claim(shard)  # rewritten as version 2; the unfinished flush keeps a record of its own
+    manifest = json.loads(storage.get(f"_export/shards/{shard}.json") or b"")
+    assert manifest["version"] == 2 and manifest["revisions"] == {"d1": [0]}
+    again = ExportIndex.load(storage, {"data": storage, "errors": storage})
+    (pending,) = again.shards[shard].flushes.values()
+    assert not pending.committed and pending.keys == {("d2", 0), ("d2", 1)}
+    storage.put("year=2024/new.parquet", b"rows")
+    index.commit(Flush(shard, "new", ["data:year=2024/new.parquet"], frozenset({("d2", 0), ("d2", 1)})))
+    assert index.collect() == 2
+    assert storage.list("year=2024/") == ["year=2024/a.parquet", "year=2024/new.parquet"]
+    assert not storage.list(f"_export/shards/{shard}/v1-")
 
 
 # -- the error prefix ------------------------------------------------------------------------------

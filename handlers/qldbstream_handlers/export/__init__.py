@@ -9,7 +9,7 @@ under any runtime as the ``export`` plugin. See ``docs/handlers/export.md`` for 
 from qldbstream_handlers.export.destination import DestinationCheckpointStore, ErrorPrefixDeadLetterQueue
 from qldbstream_handlers.export.handler import ExportHandler, ExportProgress
 from qldbstream_handlers.export.layout import Format, partition_function
-from qldbstream_handlers.export.manifest import ShardManifest
+from qldbstream_handlers.export.manifest import ExportIndex, ShardManifest
 from qldbstream_handlers.export.options import ExportOptions, parse_time
 from qldbstream_handlers.export.schema import COLUMNS, RenderError, arrow_schema, revision_row, to_json
 from qldbstream_handlers.export.storage import LocalStorage, S3Storage, Storage, open_storage
@@ -19,6 +19,7 @@ __all__ = [
     "DestinationCheckpointStore",
     "ErrorPrefixDeadLetterQueue",
     "ExportHandler",
+    "ExportIndex",
     "ExportOptions",
     "ExportProgress",
     "Format",

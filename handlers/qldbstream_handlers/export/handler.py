@@ -7,12 +7,17 @@ Lifecycle (see :mod:`qldbstream.handler`):
   on Kinesis arrival: arrival depends on QLDB's put latency and on *when the stream was read* (a
   bounded stream created today for last year arrives today), so arrival cannot say which year a
   revision belongs to.
-* ``handle_batch`` - one row per revision into the shard's buffer (by position, so a retried
-  chunk replaces its rows); data that cannot be rendered becomes an *error line* with its reason;
-  a revision already exported by an earlier kept flush is skipped (see :mod:`.manifest`).
-* ``flush`` - before the checkpoint: truncate what a replay re-delivers, save the manifest, write
-  one file per partition and one error file, each atomically under a deterministic name.
-* ``shard_released`` - drop the shard's unflushed rows (its next reader reads them again).
+* ``handle_batch`` - one row per revision into the batch shard's buffer, keyed by the revision
+  ``(documentId, version)`` (a retried chunk replaces its rows; another delivery of a buffered
+  revision is a duplicate); data that cannot be rendered becomes an *error line* with its reason.
+  The records need not be in any shard's position order, and may come from other shards (a
+  parked record released by this batch's block summary, or journal order).
+* ``flush`` - before the checkpoint and the done marks: drop the revisions the export already
+  holds, then record the flush (pending), write one file per partition and one error file, each
+  atomically under a deterministic name, record it committed (see :mod:`.manifest`). Written files
+  are never rewritten.
+* ``shard_released`` - drop the shard's unflushed rows (they are delivered again); read its
+  bookkeeping again before its next flush.
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ from qldbstream.decode import JournalRecord, RevisionDetails
 from qldbstream.errors import ConfigurationError
 from qldbstream.handler import Handler, HandlerContext, SetupContext
 from qldbstream.metrics import Metrics, NullMetrics
-from qldbstream_handlers.export.layout import file_name, partition_function
-from qldbstream_handlers.export.manifest import Flush, ShardManifest
+from qldbstream_handlers.export.layout import file_name, flush_stem, partition_function
+from qldbstream_handlers.export.manifest import ExportIndex, Flush, Key
 from qldbstream_handlers.export.options import ExportOptions
-from qldbstream_handlers.export.schema import Position, RenderError, position_of, revision_row, tx_time_utc
+from qldbstream_handlers.export.schema import RenderError, position_of, revision_row, tx_time_utc
 from qldbstream_handlers.export.storage import Storage, open_storage
 
 __all__ = ["ExportHandler", "ExportProgress"]
@@ -47,12 +52,15 @@ class ExportProgress:
 
     rows: int = 0
     errors: int = 0
+    #: deliveries of a revision the export already holds (or holds twice in one flush): not written
     duplicates: int = 0
     files: int = 0
-    truncated: int = 0
+    #: revisions listed by flushes that did not finish (a crash mid-flush), whose files were
+    #: deleted once a later flush had written every one of those revisions again
+    reclaimed: int = 0
     #: the newest ``txTime`` written, epoch seconds
     newest: float | None = None
-    #: per shard: the newest ``txTime`` written (a shard is in journal order: its progress)
+    #: per shard a row was read from: the newest ``txTime`` written (journal order: its progress)
     newest_by_shard: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -60,19 +68,28 @@ class ExportProgress:
         return set(self.newest_by_shard)
 
 
+#: Where a delivery was read from: (its own shard, sequence number, sub-sequence number).
+_Where = tuple[str, int, int]
+
+
 @dataclass
 class _Buffer:
-    first: Position | None = None
-    rows: dict[Position, dict[str, Any]] = field(default_factory=dict)
-    errors: dict[Position, dict[str, Any]] = field(default_factory=dict)
-    keys: dict[str, Position] = field(default_factory=dict)
-    duplicates: int = 0
+    """One batch shard's deliveries since its last flush, by revision."""
+
+    where: dict[Key, _Where] = field(default_factory=dict)
+    rows: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    #: further deliveries (other positions) of a revision already in the buffer
+    again: set[_Where] = field(default_factory=set)
 
 
 class ExportHandler(Handler):
     """``ExportHandler(settings)`` (plugin form) or ``ExportHandler(storage=..., options=...)``."""
 
     name = "export"
+    #: every verified revision is a row, whatever order it comes in: an older version delivered
+    #: after a newer one is exported too, never dropped
+    late_policy = "deliver-late"
 
     def __init__(
         self,
@@ -100,7 +117,7 @@ class ExportHandler(Handler):
         self.progress = ExportProgress()
         self.metrics: Metrics = NullMetrics()
         self._buffers: dict[str, _Buffer] = {}
-        self._manifests: dict[str, ShardManifest] = {}
+        self._loaded: ExportIndex | None = None
         self._start_ms = None if self.options.start is None else self.options.start.timestamp()
         self._end_ms = None if self.options.end is None else self.options.end.timestamp()
 
@@ -138,99 +155,128 @@ class ExportHandler(Handler):
             self._end_ms is None or when < self._end_ms
         )
 
-    def _manifest(self, shard: str) -> ShardManifest:
-        manifest = self._manifests.get(shard)
-        if manifest is None:
+    def _index(self) -> ExportIndex:
+        if self._loaded is None:
             self._open()
-            assert self.storage is not None
-            manifest = ShardManifest.load(self.storage, shard, self.options.track_flushes)
-            self._manifests[shard] = manifest
-        return manifest
+            assert self.storage is not None and self.errors is not None
+            self._loaded = ExportIndex.load(self.storage, {"data": self.storage, "errors": self.errors})
+            self.progress.reclaimed += self._tidy(self._loaded, None)  # flushes written again since
+        return self._loaded
+
+    @staticmethod
+    def _tidy(index: ExportIndex, shard: str | None) -> int:
+        """Collect interrupted flushes and fold the shard's records into its manifest when due;
+        return the revisions collected. Best effort: each step is repeated by a later flush, and
+        a flush that committed must not fail (retried, it would find its rows exported)."""
+        try:
+            reclaimed = index.collect()
+            if shard is not None and index.due(shard):
+                index.compact(shard)
+        except Exception as exc:
+            log.warning("export: tidying the bookkeeping failed (done at a later flush): %r", exc)
+            return 0
+        return reclaimed
 
     def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
         shard = ctx.shard_id or "unknown"
-        buffer = self._buffers.setdefault(shard, _Buffer())
-        manifest = self._manifest(shard)
+        staged: list[tuple[Key, _Where, dict[str, Any] | None, dict[str, Any] | None]] = []
         for record in records:
             assert isinstance(record, RevisionDetails)
-            pos = position_of(record)
-            if buffer.first is None:
-                buffer.first = pos
-            key = f"{record.document_id}#{record.version}"
-            seen = buffer.keys.get(key)
-            earlier = manifest.position_of(key)
-            if (seen is not None and seen != pos) or (earlier is not None and earlier < buffer.first):
-                buffer.duplicates += 1  # the stream delivered this revision twice
-                continue
-            buffer.keys[key] = pos
+            key = (record.document_id, record.version)
+            where = (record.position.shard_id or shard, *position_of(record))
             try:
-                buffer.rows[pos] = revision_row(record, json_column=self.options.json_column)
+                staged.append((key, where, revision_row(record, json_column=self.options.json_column), None))
             except RenderError as exc:
-                buffer.errors[pos] = _error_line(record, shard, str(exc))
+                staged.append((key, where, None, _error_line(record, where[0], str(exc))))
+        # all or nothing: a call that raised leaves the buffer as it was (the chunk is retried)
+        buffer = self._buffers.setdefault(shard, _Buffer())
+        for key, where, row, error in staged:
+            held = buffer.where.get(key)
+            if held is not None and held != where:
+                buffer.again.add(where)  # the stream delivered this revision twice
+                continue
+            buffer.where[key] = where
+            if row is not None:
+                buffer.rows[key] = row
+            elif error is not None:
+                buffer.errors[key] = error
 
     # --- files -----------------------------------------------------------------------------
     def flush(self, ctx: HandlerContext) -> None:
         shard = ctx.shard_id or "unknown"
         buffer = self._buffers.get(shard)
-        if buffer is None or buffer.first is None:
+        if buffer is None:
             return
-        if not buffer.rows and not buffer.errors:
-            self.progress.duplicates += buffer.duplicates
+        index = self._index()
+        index.claim(shard)
+        rows = {k: r for k, r in buffer.rows.items() if not index.exported(k)}
+        errors = {k: e for k, e in buffer.errors.items() if not index.exported(k)}
+        duplicates = len(buffer.again) + len(buffer.rows) + len(buffer.errors) - len(rows) - len(errors)
+        if not rows and not errors:
+            self._count(shard, {}, {}, 0, duplicates, 0)
             self._buffers.pop(shard)
             return
-        self._open()
         assert self.storage is not None and self.errors is not None
-        first = buffer.first
+        keys = frozenset(rows) | frozenset(errors)
+        stem = flush_stem(shard, min(buffer.where[k][1:] for k in keys), keys)
         files: dict[str, list[dict[str, Any]]] = {}
-        for pos in sorted(buffer.rows):
-            row = buffer.rows[pos]
+        for key in sorted(rows, key=lambda k: _journal_order(rows[k])):
+            row = rows[key]
             directory = self._partition(row["tx_time"], row["table_name"])
-            files.setdefault(f"data:{directory}{file_name(shard, first, self.format.extension)}", []).append(
-                row
-            )
-        if buffer.errors:
-            files[f"errors:{file_name(shard, first, 'jsonl')}"] = [
-                buffer.errors[p] for p in sorted(buffer.errors)
-            ]
+            files.setdefault(f"data:{directory}{file_name(stem, self.format.extension)}", []).append(row)
+        if errors:
+            files[f"errors:{file_name(stem, 'jsonl')}"] = [errors[k] for k in sorted(errors)]
         started = time.monotonic()
-        manifest = self._manifest(shard)
-        stores = {"data": self.storage, "errors": self.errors}
-        truncated = manifest.truncate(first, stores, self.format, set(files))
-        positions = [*buffer.rows, *buffer.errors]
-        manifest.add(Flush(first, max(positions), sorted(files), dict(buffer.keys)))
-        manifest.save(self.storage)  # the intent, before the files
-        for ref, rows in files.items():
+        record = Flush(shard, stem, sorted(files), keys)
+        index.begin(record)  # the intent, before the files
+        for ref, content in files.items():
             kind, _, path = ref.partition(":")
             if kind == "data":
-                self.storage.put(path, self.format.encode(rows))
+                self.storage.put(path, self.format.encode(content))
             else:
-                self.errors.put(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
-        self._count(buffer, files, truncated, shard)
+                self.errors.put(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in content).encode())
+        index.commit(record)  # every file is there: these revisions are exported
+        reclaimed = self._tidy(index, shard)
+        self._count(shard, rows, errors, len(files), duplicates, reclaimed)
         self.metrics.observe("export_flush_seconds", time.monotonic() - started, shard=shard)
         self._buffers.pop(shard)
 
     def _count(
-        self, buffer: _Buffer, files: dict[str, list[dict[str, Any]]], truncated: int, shard: str
+        self,
+        shard: str,
+        rows: dict[Key, dict[str, Any]],
+        errors: dict[Key, dict[str, Any]],
+        files: int,
+        duplicates: int,
+        reclaimed: int,
     ) -> None:
         p = self.progress
-        p.rows += len(buffer.rows)
-        p.errors += len(buffer.errors)
-        p.duplicates += buffer.duplicates
-        p.files += len(files)
-        p.truncated += truncated
-        newest = max((r["tx_time"].timestamp() for r in buffer.rows.values()), default=None)
-        if newest is not None:
+        p.rows += len(rows)
+        p.errors += len(errors)
+        p.duplicates += duplicates
+        p.files += files
+        p.reclaimed += reclaimed
+        for row in rows.values():
+            newest = row["tx_time"].timestamp()
             p.newest = newest if p.newest is None else max(p.newest, newest)
-            p.newest_by_shard[shard] = max(p.newest_by_shard.get(shard, newest), newest)
-        self.metrics.incr("export_rows", len(buffer.rows), shard=shard)
-        self.metrics.incr("export_errors", len(buffer.errors), shard=shard)
-        self.metrics.incr("export_duplicates", buffer.duplicates, shard=shard)
-        if truncated:
-            log.info("export: shard %s replayed from %s; %d rows rewritten", shard, buffer.first, truncated)
+            own = row["shard_id"] or shard
+            p.newest_by_shard[own] = max(p.newest_by_shard.get(own, newest), newest)
+        self.metrics.incr("export_rows", len(rows), shard=shard)
+        self.metrics.incr("export_errors", len(errors), shard=shard)
+        self.metrics.incr("export_duplicates", duplicates, shard=shard)
+        if reclaimed:
+            log.info(
+                "export: deleted the files of interrupted flushes (%d revisions, written again)", reclaimed
+            )
 
     def shard_released(self, shard_id: str) -> None:
         self._buffers.pop(shard_id, None)
-        self._manifests.pop(shard_id, None)
+        if self._loaded is not None:
+            self._loaded.release(shard_id)
+
+
+def _journal_order(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["block_strand_id"], row["block_sequence_no"], row["document_id"], row["version"])
 
 
 def _error_line(record: RevisionDetails, shard: str, reason: str) -> dict[str, Any]:

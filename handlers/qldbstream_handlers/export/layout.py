@@ -2,29 +2,32 @@
 
 A partition pattern is a path with the tokens ``YYYY``, ``MM``, ``DD``, ``HH`` (the revision's
 ``txTime``, UTC) and ``TABLE``: ``year=YYYY/`` (the default, the seed's layout),
-``year=YYYY/month=MM/``, ``table=TABLE/date=YYYY-MM-DD/``. A data file is named after the shard and
-the position of the first record of the flush that wrote it::
+``year=YYYY/month=MM/``, ``table=TABLE/date=YYYY-MM-DD/``. A data file is named after the shard
+whose batch flushed it, the lowest position (sequence, sub-sequence number) among the flush's rows
+and a digest of the revisions the flush holds::
 
-    year=2024/month=03/shardId-000000000001-49650...952-00003.parquet
+    year=2024/month=03/shardId-000000000001-49650...952-00003-5c1f0e9a2b.parquet
 
-so a flush that is repeated after a crash writes the same names again (see :mod:`.manifest`).
+so a flush that is repeated (a retried ``flush``) writes the same names again, and two different
+flushes never write the same name (see :mod:`.manifest`).
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from qldbstream.errors import ConfigurationError
 from qldbstream_handlers.export.schema import Position, arrow_schema
 
-__all__ = ["FORMATS", "Format", "file_name", "partition_function", "positions_kept"]
+__all__ = ["FORMATS", "Format", "file_name", "flush_stem", "partition_function"]
 
 FORMATS = {"parquet": ("snappy", "gzip", "zstd", "none"), "jsonl": ("gzip", "none")}
 _PATTERN = re.compile(r"^(?:[A-Za-z0-9=_.-]+/)+$")
@@ -54,12 +57,15 @@ def partition_function(pattern: str) -> Callable[[datetime, str], str]:
     return partition
 
 
-def file_name(shard: str, first: Position, extension: str) -> str:
-    return f"{shard}-{first[0]}-{first[1]:05d}.{extension}"
+def file_name(stem: str, extension: str) -> str:
+    return f"{stem}.{extension}"
 
 
-def _position(row: dict[str, Any]) -> Position:
-    return (int(row["sequence_number"]), int(row["sub_sequence_number"]))
+def flush_stem(shard: str, first: Position, keys: Iterable[tuple[str, int]]) -> str:
+    """A flush's file stem: the shard whose batch flushed, the lowest position among its rows, and
+    a digest of the revisions it holds - the same flush gets the same name, another flush another."""
+    digest = hashlib.sha256("\n".join(f"{d}#{v}" for d, v in sorted(keys)).encode()).hexdigest()
+    return f"{shard}-{first[0]}-{first[1]:05d}-{digest[:10]}"
 
 
 class Format:
@@ -110,20 +116,4 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
     out["tx_time"] = row["tx_time"].isoformat(timespec="milliseconds").replace("+00:00", "Z")
     for key in ("data_hash", "revision_hash"):
         out[key] = None if row[key] is None else base64.b64encode(row[key]).decode("ascii")
-    return out
-
-
-def positions_kept(rows: list[dict[str, Any]], first: Position) -> list[dict[str, Any]]:
-    """The rows of ``rows`` before ``first`` (a replay from ``first`` rewrites the rest)."""
-    return [r for r in rows if _position(r) < first]
-
-
-def restore_row(row: dict[str, Any], fmt: Format) -> dict[str, Any]:
-    """A decoded row back in the form :meth:`Format.encode` takes."""
-    if fmt.name == "parquet":
-        return row
-    out = dict(row)
-    out["tx_time"] = datetime.fromisoformat(row["tx_time"].replace("Z", "+00:00"))
-    for key in ("data_hash", "revision_hash"):
-        out[key] = None if row[key] is None else base64.b64decode(row[key])
     return out

@@ -55,8 +55,6 @@ class ExportOptions:
     compression: str | None = None
     partition: str = "year=YYYY/"
     json_column: bool = True
-    #: flushes each shard's manifest remembers (see :mod:`.manifest`)
-    track_flushes: int = 8
 
     def __post_init__(self) -> None:
         for name in ("start", "end"):

@@ -79,10 +79,11 @@ class LocalStorage:
             self._path(path).unlink()
 
     def list(self, prefix: str = "") -> list[str]:
-        if not self.root.is_dir():
+        folder = self.root / prefix.rpartition("/")[0]  # walk only what can match
+        if not folder.is_dir():
             return []
         out = []
-        for p in self.root.rglob("*"):
+        for p in folder.rglob("*"):
             rel = p.relative_to(self.root).as_posix()
             if p.is_file() and rel.startswith(prefix) and not p.name.startswith(".tmp-"):
                 out.append(rel)
