@@ -151,8 +151,16 @@ class _Table:
         return items
 
     def batch_put(self, items: Sequence[Item]) -> None:
-        for chunk in _chunks(items, BATCH_WRITE_LIMIT):
-            pending: list[Any] = [{"PutRequest": {"Item": item}} for item in chunk]
+        self._batch_write([{"PutRequest": {"Item": item}} for item in items])
+
+    def batch_delete(self, keys: Sequence[Item]) -> None:
+        """Delete the items of ``keys`` (absent ones are no error)."""
+        self._batch_write([{"DeleteRequest": {"Key": key}} for key in keys])
+
+    def _batch_write(self, requests: Sequence[Any]) -> None:
+        """``BatchWriteItem`` in chunks of 25; unprocessed requests are sent again after a backoff."""
+        for chunk in _chunks(requests, BATCH_WRITE_LIMIT):
+            pending: list[Any] = list(chunk)
             attempt = 1
             while pending:
                 response = self.call(
@@ -167,18 +175,15 @@ class _Table:
 
     def update(self, **request: Any) -> bool:
         """A conditional ``UpdateItem``; False when its condition did not hold."""
-        try:
-            self.call("UpdateItem", partial(self.client.update_item, TableName=self.name, **request))
-        except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return self._conditional("UpdateItem", self.client.update_item, request)
 
     def put(self, **request: Any) -> bool:
         """A conditional ``PutItem``; False when its condition did not hold."""
+        return self._conditional("PutItem", self.client.put_item, request)
+
+    def _conditional(self, what: str, operation: Callable[..., Any], request: dict[str, Any]) -> bool:
         try:
-            self.call("PutItem", partial(self.client.put_item, TableName=self.name, **request))
+            self.call(what, partial(operation, TableName=self.name, **request))
         except ClientError as exc:
             if _code(exc) == "ConditionalCheckFailedException":
                 return False
@@ -194,22 +199,6 @@ class _Table:
             if "LastEvaluatedKey" not in page:
                 return
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-    def batch_delete(self, keys: Sequence[Item]) -> None:
-        """Delete the items of ``keys`` (absent ones are no error); unprocessed deletes are sent again."""
-        for chunk in _chunks(keys, BATCH_WRITE_LIMIT):
-            pending: list[Any] = [{"DeleteRequest": {"Key": key}} for key in chunk]
-            attempt = 1
-            while pending:
-                response = self.call(
-                    "BatchWriteItem",
-                    partial(self.client.batch_write_item, RequestItems={self.name: pending}),
-                )
-                left = list(response.get("UnprocessedItems", {}).get(self.name, []))
-                if not left:
-                    break
-                attempt = self._again("BatchWriteItem", attempt, len(left) < len(pending), len(left))
-                pending = left
 
 
 def _create_table(
