@@ -121,6 +121,17 @@ class App:
         store.check()  # a missing table or a wrong key schema fails here, at start-up
         return store
 
+    def warn_if_gate_in_memory(self, runtime: str) -> None:
+        """Lambda and the KCL run one shard per process: in memory, a revision whose block summary
+        another process reads waits until the maximum wait and is dead-lettered - say so at start."""
+        if not self.gate_store.durable:
+            log.warning(
+                "%s with gate_store = memory: a revision whose block summary is read by another "
+                "process (no KPL aggregation) waits in this process only and is dead-lettered after "
+                "gate_max_wait_seconds; set gate_store = dynamodb:<table> (docs/delivery.md)",
+                runtime,
+            )
+
     def _build_gate_store(self) -> GateStore:
         spec = self.settings.gate_store
         if spec == "memory":

@@ -29,7 +29,7 @@ import pytest
 
 from qldbstream.config import load_settings
 from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import JournalRecord, decode
+from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails, decode, decode_bytes
 from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
 from qldbstream.errors import ConfigurationError, RetryableError
 from qldbstream.gate import InMemoryGateStore
@@ -45,6 +45,7 @@ from qldbstream.kcl import (
 from qldbstream.kcl_daemon import DaemonOptions, kcl_properties, prometheus_endpoint, render_properties
 from qldbstream.pipeline import Pipeline, PipelineSettings
 from qldbstream.records import KinesisRecord
+from qldbstream.records import Position as RecordPosition
 from qldbstream.reliability import RetryPolicy
 from tests.integration.kcl_worker_sink import effect_key
 from tests.support.fakes import FakeTime, MemoryDLQ
@@ -238,6 +239,7 @@ def make(
     options: ProcessorOptions | None = None,
     parent_alive: Callable[[], bool] = lambda: True,
     late_policy: LatePolicy = LatePolicy.DELIVER_LATE,
+    gate: InMemoryGateStore | None = None,
 ) -> tuple[KclRecordProcessor, FakeDaemon]:
     pipeline = Pipeline(
         [sink],
@@ -253,7 +255,7 @@ def make(
         sleep=t.sleep,
         # one record processor per shard: the deployed KCL parks in DynamoDB (durable); in memory a
         # block summary would hold the checkpoint until its revisions came (docs/delivery.md)
-        gate_store=DurableGate(),
+        gate_store=gate if gate is not None else DurableGate(),
     )
     processor = KclRecordProcessor(
         pipeline,
@@ -826,3 +828,29 @@ def test_the_launcher_serves_the_processors_prometheus_metrics_summed() -> None:
             text = response.read().decode()
     assert 'qldbstream_records_in_total{stage="user"} 6.0' in text
     assert not Path(directory).exists()  # a directory of its own, removed afterwards
+
+
+def test_records_waiting_in_memory_for_a_block_summary_are_dead_lettered_at_shard_end() -> None:
+    """gate_store = memory under the KCL: what waits for a block summary this process will never
+    read is decided at shard end (dead-lettered as unverifiable), then SHARD_END is checkpointed."""
+    records, _ = stream(20, aggregate=False)
+    kinds = [decode_bytes(base64.b64decode(r["data"]), RecordPosition("t")) for r in records]
+    blocks = [i for i, k in enumerate(kinds) if isinstance(k, BlockSummary)]
+    victim = blocks[len(blocks) // 2]
+    orphans = {
+        (k.document_id, k.version)
+        for k in kinds
+        if isinstance(k, RevisionDetails) and k.block_address.sequence_no == kinds[victim].sequence_no  # type: ignore[union-attr]
+    }
+    assert orphans
+    sink, t, dlq = Sink(), FakeTime(), MemoryDLQ()
+    processor, daemon = make(sink, t, dlq=dlq, gate=InMemoryGateStore())
+    daemon.process(records[:victim] + records[victim + 1 :])
+    assert processor.pipeline.waiting(SHARD)
+    asked = daemon.call({"action": "shardEnded"})
+    assert asked[-1] == (None, None)
+    dead = {(letter.document_id, letter.version) for letter in dlq.letters}
+    assert orphans <= dead
+    assert all("unverifiable" in letter.error_message for letter in dlq.letters if letter.document_id)
+    assert not {k for k in sink.effects if k.startswith("rev#")} & {f"rev#{d}#{v}" for d, v in orphans}
+    daemon.close()
