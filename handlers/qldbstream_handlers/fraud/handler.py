@@ -437,23 +437,20 @@ class FraudHandler(Handler):
                     "firstEventTimeMs": first.time_ms,
                     "condition": rule.description,
                 }
-                self._raise(
-                    state,
-                    Alert.create(
-                        rule.name,
-                        state.account_id,
-                        match.score,
-                        [e.key for e in match.evidence],
-                        last.time_ms,
-                        details,
-                    ),
-                )
+                self._raise_match(state, rule.name, match, last.time_ms, details)
             if scan.cursor is not None and scan.cursor != state.cursors.get(rule.name):
                 state.cursors[rule.name] = scan.cursor
                 state.dirty = True
             if scan.due_ms is not None:
                 due = scan.due_ms if due is None else min(due, scan.due_ms)
         return due
+
+    def _raise_match(
+        self, state: AccountState, rule: str, match: Any, time_ms: int, details: dict[str, Any]
+    ) -> None:
+        """An alert for a rule's match: its score, its evidence (the matched rows), at ``time_ms``."""
+        evidence = [e.key for e in match.evidence]
+        self._raise(state, Alert.create(rule, state.account_id, match.score, evidence, time_ms, details))
 
     def _retention_ms(self) -> int:
         return max((r.window_ms for r in self.rules), default=0) + self.settings.allowed_lateness_ms
@@ -483,17 +480,7 @@ class FraudHandler(Handler):
                     "windowSeconds": rule.window_ms / 1000,
                     "condition": rule.description,
                 }
-                self._raise(
-                    state,
-                    Alert.create(
-                        rule.name,
-                        state.account_id,
-                        match.score,
-                        [e.key for e in match.evidence],
-                        event.time_ms,
-                        details,
-                    ),
-                )
+                self._raise_match(state, rule.name, match, event.time_ms, details)
             self._score(state, history, index, event)
             state.evaluated.add(event.key)
             state.dirty = True
