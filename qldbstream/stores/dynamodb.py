@@ -208,22 +208,37 @@ def _create_table(
     ttl_attribute: str | None,
     sleep: Callable[[float], None],
     timeout: float,
+    *,
+    attributes: Sequence[tuple[str, Literal["S", "N", "B"]]] = (),
+    indexes: Sequence[Any] = (),
 ) -> None:
-    """Create an on-demand table with ``keys`` ((name, HASH|RANGE), all strings); idempotent."""
+    """Create an on-demand table with ``keys`` ((name, HASH|RANGE), all strings), and optionally more
+    ``attributes`` for the global secondary ``indexes``; idempotent. Waits until the table and its
+    indexes are ACTIVE, then turns TTL on for ``ttl_attribute``."""
+    request: dict[str, Any] = {
+        "TableName": table,
+        "KeySchema": [{"AttributeName": name, "KeyType": kind} for name, kind in keys],
+        "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"} for name, _ in keys]
+        + [{"AttributeName": name, "AttributeType": kind} for name, kind in attributes],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    if indexes:
+        request["GlobalSecondaryIndexes"] = list(indexes)
     try:
-        client.create_table(
-            TableName=table,
-            KeySchema=[{"AttributeName": name, "KeyType": kind} for name, kind in keys],
-            AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"} for name, _ in keys],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        client.create_table(**request)
     except ClientError as exc:
         if _code(exc) != "ResourceInUseException":
             raise
     waited = 0.0
-    while client.describe_table(TableName=table)["Table"].get("TableStatus") != "ACTIVE":
+    while True:
+        description = client.describe_table(TableName=table)["Table"]
+        statuses = [description.get("TableStatus")] + [
+            index.get("IndexStatus") for index in description.get("GlobalSecondaryIndexes", [])
+        ]
+        if all(status == "ACTIVE" for status in statuses):
+            break
         if waited >= timeout:
-            raise TimeoutError(f"DynamoDB table {table} is not ACTIVE after {timeout:g} s")
+            raise TimeoutError(f"DynamoDB table {table} (or an index) is not ACTIVE after {timeout:g} s")
         sleep(0.2)
         waited += 0.2
     if ttl_attribute is not None:

@@ -76,12 +76,10 @@ from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
-
 from qldbstream.errors import ConfigurationError, RetryableError
 from qldbstream.gate import BlockKey, BlockVerdict, Link, ParkedRecord
 from qldbstream.reliability import RetryPolicy
-from qldbstream.stores.dynamodb import BATCH_GET_LIMIT, CREATE_TIMEOUT, Item, _code, _Table
+from qldbstream.stores.dynamodb import BATCH_GET_LIMIT, CREATE_TIMEOUT, Item, _create_table, _Table
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -223,51 +221,25 @@ class DynamoDBGateStore:
     ) -> None:
         """Create the table (on demand, keys ``pk``/``sk``, the ``parked-by-time`` index, TTL on ``ttl``)
         unless it exists; wait until it and its index are ACTIVE."""
-        try:
-            client.create_table(
-                TableName=table,
-                KeySchema=[
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                AttributeDefinitions=[
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "S"},
-                    {"AttributeName": "bucket", "AttributeType": "S"},
-                    {"AttributeName": "parkedAt", "AttributeType": "N"},
-                ],
-                GlobalSecondaryIndexes=[
-                    {
-                        "IndexName": EXPIRY_INDEX,
-                        "KeySchema": [
-                            {"AttributeName": "bucket", "KeyType": "HASH"},
-                            {"AttributeName": "parkedAt", "KeyType": "RANGE"},
-                        ],
-                        "Projection": {"ProjectionType": "KEYS_ONLY"},
-                    }
-                ],
-                BillingMode="PAY_PER_REQUEST",
-            )
-        except ClientError as exc:
-            if _code(exc) != "ResourceInUseException":
-                raise
-        waited = 0.0
-        while True:
-            description = client.describe_table(TableName=table)["Table"]
-            statuses = [description.get("TableStatus")] + [
-                index.get("IndexStatus") for index in description.get("GlobalSecondaryIndexes", [])
-            ]
-            if all(status == "ACTIVE" for status in statuses):
-                break
-            if waited >= timeout:
-                raise TimeoutError(f"DynamoDB table {table} or its index is not ACTIVE after {timeout:g} s")
-            sleep(0.2)
-            waited += 0.2
-        status = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
-        if status.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-            client.update_time_to_live(
-                TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"}
-            )
+        _create_table(
+            client,
+            table,
+            [("pk", "HASH"), ("sk", "RANGE")],
+            "ttl",
+            sleep,
+            timeout,
+            attributes=[("bucket", "S"), ("parkedAt", "N")],
+            indexes=[
+                {
+                    "IndexName": EXPIRY_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "bucket", "KeyType": "HASH"},
+                        {"AttributeName": "parkedAt", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                }
+            ],
+        )
 
     def check(self) -> None:
         """Fail at start-up, not at the first batch: raise ConfigurationError unless the table fits."""
