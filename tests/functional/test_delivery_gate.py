@@ -377,8 +377,18 @@ def test_lambda_with_an_in_memory_gate_store_retries_a_parked_record() -> None:
     delivered_before = set(rec.keys())
     first = failures[0]["itemIdentifier"]
     index = next(i for i, r in enumerate(last.records) if r.sequence_number == first)
-    # nothing before the reported record waits, and nothing after it was checkpointed past
-    assert index < len(last.records)
+    # the reported record is the first revision of this shard whose block summary it has not read
+    from qldbstream.deaggregate import deaggregate
+    from qldbstream.decode import BlockSummary, decode
+
+    decoded = [decode(deaggregate(r.kinesis_record())[0]) for r in last.records]
+    blocks_here = {d.sequence_no for d in decoded if isinstance(d, BlockSummary)}
+    orphans = [
+        i
+        for i, d in enumerate(decoded)
+        if isinstance(d, RevisionDetails) and d.block_address.sequence_no not in blocks_here
+    ]
+    assert orphans and index == orphans[0]
     assert not delivered_before & set(stream.journal.truth.withheld())
 
 
