@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -32,6 +33,7 @@ from qldbstream.reliability import RetryPolicy
 __all__ = ["Settings", "load_settings"]
 
 PREFIX = "QLDBSTREAM_"
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _SECRET_WORDS = ("secret", "password", "token", "key")
 
 
@@ -49,8 +51,16 @@ class Settings:
     kinesis_endpoint_url: str | None = None
     dynamodb_endpoint_url: str | None = None
     sqs_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = None
+    #: attempts per AWS API call in botocore (standard retry mode, counting the first call);
+    #: qldbstream's own retry loops (Kinesis throttling, handler retries) sit on top of it
+    aws_max_attempts: int = 3
     #: ``sqs:<queue url>`` (or the https queue URL) or ``dir:<path>``; empty: no DLQ (poison halts)
     dlq: str | None = None
+    #: an SQS DLQ's S3 bucket (``BUCKET`` or ``BUCKET/PREFIX``) for envelopes over 256 KiB: the
+    #: message then points to the object (the SQS extended client's pattern). Without it, such a
+    #: dead letter that cannot be shortened without losing the record halts its shard
+    dlq_payload_bucket: str | None = None
     #: ``memory`` or ``dynamodb:<table>``
     dedupe_store: str = "memory"
     dedupe_ttl_seconds: int = 7 * 24 * 3600
@@ -294,6 +304,13 @@ def _validate(s: Settings) -> None:
         raise ConfigurationError(f"dedupe_store: {s.dedupe_store!r} is not 'memory' or 'dynamodb:<table>'")
     if s.dlq and not s.dlq.startswith(("sqs:", "dir:", "https://sqs", "http://")):
         raise ConfigurationError(f"dlq: {s.dlq!r} is not 'sqs:<queue url>' or 'dir:<path>'")
+    if s.dlq_payload_bucket and not _BUCKET.fullmatch(s.dlq_payload_bucket.partition("/")[0]):
+        raise ConfigurationError(
+            f"dlq_payload_bucket: {s.dlq_payload_bucket!r} is not 'BUCKET' or 'BUCKET/PREFIX' "
+            "(an S3 bucket name: 3-63 lower-case letters, digits, dots and hyphens)"
+        )
+    if s.aws_max_attempts < 1:
+        raise ConfigurationError("aws_max_attempts must be >= 1 (1: botocore does not retry)")
     if not (s.metrics in ("none", "emf") or s.metrics.startswith("prometheus:")):
         raise ConfigurationError(f"metrics: {s.metrics!r} is not none, emf or prometheus:<port>")
     if s.log_format not in ("json", "text"):

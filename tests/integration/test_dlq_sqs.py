@@ -1,17 +1,31 @@
 """SqsDeadLetterQueue against moto server: standard and FIFO queues, attributes, the size limit,
-receive and delete. One fresh queue per test."""
+large envelopes in an S3 bucket behind an extended-client pointer, receive and delete. One fresh
+queue (and bucket) per test."""
 
 from __future__ import annotations
 
 import base64
+import json
+import random
 import uuid
 from dataclasses import asdict
 from typing import Any
 
 import pytest
 
-from qldbstream.dlq import SQS_MAX_BYTES, DeadLetter, SqsDeadLetterQueue, envelope_for
-from qldbstream.errors import PoisonRecordError
+from qldbstream.deaggregate import KPL_MAGIC
+from qldbstream.dlq import (
+    PAYLOAD_POINTER_CLASS,
+    PAYLOAD_SIZE_ATTRIBUTE,
+    SQS_MAX_BYTES,
+    DeadLetter,
+    DeadLetterPayloadError,
+    DeadLetterTooLargeError,
+    DeadLetterWriteError,
+    SqsDeadLetterQueue,
+    envelope_for,
+)
+from qldbstream.errors import HaltShardError, PoisonRecordError
 from qldbstream.records import KinesisRecord, UserRecord
 from tests.support.aws import client
 from tests.support.servers import MotoServer
@@ -135,9 +149,138 @@ def test_a_letter_still_too_big_without_kinesis_data_is_refused_and_nothing_is_s
     url = new_queue(sqs)
     dlq = SqsDeadLetterQueue(sqs, url)
     huge = letter(kinesis_bytes=b"k" * 10, user_bytes=b"u" * 200_000)  # base64 makes it ~267 KB
-    with pytest.raises(ValueError, match="over SQS's 262144: use a directory DLQ"):
+    with pytest.raises(DeadLetterTooLargeError, match="over SQS's 262144, and its user record alone") as exc:
         dlq.put(huge)
+    assert isinstance(exc.value, HaltShardError)  # the pipeline holds the checkpoint at the record
+    assert "QLDBSTREAM_DLQ_PAYLOAD_BUCKET" in str(exc.value)
     assert counts(sqs, url) == (0, 0)
+
+
+def corrupt_aggregate(size: int) -> bytes:
+    """A KPL aggregate of ``size`` bytes whose MD5 does not match: it cannot be deaggregated."""
+    body = bytes(random.Random(size).getrandbits(8) for _ in range(size - len(KPL_MAGIC) - 16))
+    return KPL_MAGIC + body + b"\x00" * 16
+
+
+def poison_letter(data: bytes) -> DeadLetter:
+    """A Kinesis record that could not be deaggregated: the envelope has no user record."""
+    record = KinesisRecord(
+        data, "4959", "pk-1", "shardId-000000000001", None, None, STREAM_ARN, "stream ledger"
+    )
+    return envelope_for("deaggregate", PoisonRecordError("bad MD5"), record)
+
+
+def test_without_a_bucket_a_large_letter_with_no_user_record_is_refused_not_shortened(sqs: Any) -> None:
+    url = new_queue(sqs)
+    dlq = SqsDeadLetterQueue(sqs, url)
+    poison = poison_letter(corrupt_aggregate(200_000))  # ~267 KB of base64: what the issue lost
+    assert poison.user_record_data is None
+    with pytest.raises(DeadLetterTooLargeError, match="the Kinesis record \\(no user record was read\\)"):
+        dlq.put(poison)
+    assert counts(sqs, url) == (0, 0)
+
+
+@pytest.fixture
+def s3(moto_server: MotoServer) -> Any:
+    return client("s3", moto_server.endpoint)
+
+
+def new_bucket(s3: Any) -> str:
+    name = f"dlq-payloads-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def objects(s3: Any, bucket: str) -> dict[str, bytes]:
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+def test_with_a_bucket_a_large_letter_goes_whole_to_s3_behind_an_extended_client_pointer(
+    sqs: Any, s3: Any, fifo: bool
+) -> None:
+    url, bucket = new_queue(sqs, fifo=fifo), new_bucket(s3)
+    dlq = SqsDeadLetterQueue(sqs, url, payload_bucket=bucket, s3=lambda: s3)
+    data = corrupt_aggregate(300_000)
+    sent = poison_letter(data)
+    dlq.put(sent)
+    small = letter("5")
+    dlq.put(small)  # under the limit: inline, as always
+    stored = objects(s3, bucket)
+    ((key, payload),) = stored.items()
+    assert key == f"qldbstream-dlq/{sent.id}.json"
+    assert payload == sent.to_json().encode()  # nothing left out
+    raw = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])["Messages"]
+    pointer = next(m for m in raw if m["Body"].startswith("["))
+    assert json.loads(pointer["Body"]) == [PAYLOAD_POINTER_CLASS, {"s3BucketName": bucket, "s3Key": key}]
+    assert pointer["MessageAttributes"][PAYLOAD_SIZE_ATTRIBUTE] == {
+        "DataType": "Number",
+        "StringValue": str(len(payload)),
+    }
+    assert pointer["MessageAttributes"]["stage"]["StringValue"] == "deaggregate"
+    for m in raw:  # make them visible again for the DLQ's own reader
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+    got = {entry.id: (handle, entry) for handle, entry in dlq.receive()}
+    assert asdict(got[sent.id][1]) == asdict(sent) and asdict(got[small.id][1]) == asdict(small)
+    assert got[sent.id][1].kinesis_record().data == data  # byte for byte
+    dlq.delete(got[small.id][0])
+    assert objects(s3, bucket) == stored  # an inline entry's delete leaves the bucket alone
+    dlq.delete(got[sent.id][0])
+    assert objects(s3, bucket) == {}
+    assert counts(sqs, url) == (0, 0)
+
+
+def test_a_bucket_prefix_is_used_for_the_object_keys(sqs: Any, s3: Any) -> None:
+    url, bucket = new_queue(sqs), new_bucket(s3)
+    dlq = SqsDeadLetterQueue(sqs, url, payload_bucket=f"{bucket}/ledger-a/dead", s3=lambda: s3)
+    sent = poison_letter(corrupt_aggregate(250_000))
+    dlq.put(sent)
+    assert list(objects(s3, bucket)) == [f"ledger-a/dead/{sent.id}.json"]
+
+
+def test_a_bucket_that_cannot_be_written_fails_the_write_and_sends_nothing(sqs: Any, s3: Any) -> None:
+    url = new_queue(sqs)
+    missing = f"no-such-bucket-{uuid.uuid4().hex[:12]}"
+    dlq = SqsDeadLetterQueue(sqs, url, payload_bucket=missing, s3=lambda: s3)
+    with pytest.raises(DeadLetterWriteError, match=f"could not be written to s3://{missing}/.*NoSuchBucket"):
+        dlq.put(poison_letter(corrupt_aggregate(250_000)))
+    assert counts(sqs, url) == (0, 0)
+
+
+def test_a_queue_that_refuses_the_pointer_leaves_no_object_behind(sqs: Any, s3: Any) -> None:
+    url, bucket = new_queue(sqs), new_bucket(s3)
+    dlq = SqsDeadLetterQueue(sqs, url, payload_bucket=bucket, s3=lambda: s3)
+    sqs.delete_queue(QueueUrl=url)
+    with pytest.raises(DeadLetterWriteError, match="could not be sent to"):
+        dlq.put(poison_letter(corrupt_aggregate(250_000)))
+    assert objects(s3, bucket) == {}
+
+
+def test_a_pointer_whose_object_is_gone_is_a_clear_read_error(sqs: Any, s3: Any) -> None:
+    url, bucket = new_queue(sqs), new_bucket(s3)
+    dlq = SqsDeadLetterQueue(sqs, url, payload_bucket=bucket, s3=lambda: s3)
+    dlq.put(poison_letter(corrupt_aggregate(250_000)))
+    (key,) = objects(s3, bucket)
+    s3.delete_object(Bucket=bucket, Key=key)
+    with pytest.raises(DeadLetterPayloadError, match=f"points to s3://{bucket}/{key}, which cannot be read"):
+        list(dlq.receive())
+
+
+def test_a_message_written_by_an_extended_client_library_is_read(sqs: Any, s3: Any) -> None:
+    """Interoperability: the Java library's legacy pointer class, written without qldbstream."""
+    url, bucket = new_queue(sqs), new_bucket(s3)
+    sent = letter("11", user_bytes=b"u" * 300_000)
+    s3.put_object(Bucket=bucket, Key="3f1c2a", Body=sent.to_json().encode())
+    body = json.dumps(
+        ["com.amazon.sqs.javamessaging.MessageS3Pointer", {"s3BucketName": bucket, "s3Key": "3f1c2a"}]
+    )
+    sqs.send_message(QueueUrl=url, MessageBody=body)
+    dlq = SqsDeadLetterQueue(sqs, url, s3=lambda: s3)  # reading needs no payload bucket setting
+    ((handle, got),) = list(dlq.receive())
+    assert asdict(got) == asdict(sent)
+    dlq.delete(handle)
+    assert objects(s3, bucket) == {} and counts(sqs, url) == (0, 0)
 
 
 def test_the_limit_also_holds_on_a_queue_that_takes_1_mib(sqs: Any) -> None:
