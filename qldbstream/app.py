@@ -23,7 +23,15 @@ from qldbstream.errors import ConfigurationError
 from qldbstream.gate import GateStore, InMemoryGateStore
 from qldbstream.handler import Handler, SetupContext
 from qldbstream.logs import configure_logging
-from qldbstream.masking import AesGcmSealer, Masker, MaskingLogFilter, Sealer, masking_from_settings
+from qldbstream.masking import (
+    AesGcmSealer,
+    Masker,
+    MaskingLogFilter,
+    Sealer,
+    install_log_masking,
+    masking_from_settings,
+    remove_log_masking,
+)
 from qldbstream.metrics import Metrics, build_metrics
 from qldbstream.pipeline import Pipeline
 from qldbstream.plugins import load_handlers
@@ -161,10 +169,8 @@ class App:
     def setup(self) -> None:
         if self._setup_done:
             return
-        if self.masker is not None:  # structured log arguments are masked on every root handler
-            self._log_filter = MaskingLogFilter(self.masker)
-            for log_handler in logging.getLogger().handlers:
-                log_handler.addFilter(self._log_filter)
+        if self.masker is not None:  # every log record, of every logger, is masked when created
+            self._log_filter = install_log_masking(self.masker)
         for handler in self.handlers:
             own = self.settings.handler_settings.get(handler.name, {})
             handler.setup(
@@ -200,8 +206,8 @@ class App:
 
     def close(self) -> None:
         if self._log_filter is not None:
-            for log_handler in logging.getLogger().handlers:
-                log_handler.removeFilter(self._log_filter)
+            remove_log_masking(self._log_filter)
+            self._log_filter = None
         for handler in self.handlers:
             try:
                 handler.close()

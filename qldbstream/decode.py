@@ -53,6 +53,7 @@ from qldbstream.qldb_hash import HASH_LENGTH, dot, merkle_root
 from qldbstream.records import Position, UserRecord
 
 __all__ = [
+    "UNREADABLE",
     "BlockAddress",
     "BlockSummary",
     "ControlRecord",
@@ -148,12 +149,29 @@ class JournalRecord:
         self._ion = None
 
     def original_ion(self) -> Any:
-        """The unmasked Ion values: for sealing a dead letter, never for handlers or logs."""
-        if self.masker is None:
-            return self.ion
+        """The unmasked Ion values: for sealing a dead letter, never for handlers or logs.
+
+        A record that amazon-ion cannot load (the scanner accepted it) gives a stand-in whose
+        ``payload.revision.data`` is :data:`UNREADABLE`: sealing a dead letter must not fail on it
+        (the raw bytes are sealed as they are; the envelope's messages are then withheld whole).
+        """
         from amazon.ion import simpleion
 
-        return simpleion.loads(self.raw)
+        try:
+            return self.ion if self.masker is None else simpleion.loads(self.raw)
+        except Exception:  # amazon-ion raises IonException, ValueError, UnicodeDecodeError, ...
+            return {"payload": {"revision": {"data": UNREADABLE}}}
+
+
+class _Unreadable:
+    """What :meth:`JournalRecord.original_ion` gives for data amazon-ion cannot load."""
+
+    def __repr__(self) -> str:
+        return "UNREADABLE"
+
+
+#: the stand-in for a document amazon-ion cannot load (see :meth:`JournalRecord.original_ion`)
+UNREADABLE: Any = _Unreadable()
 
 
 class ControlRecord(JournalRecord):
@@ -236,6 +254,10 @@ class BlockSummary(JournalRecord):
     def sequence_no(self) -> int:
         return self.block_address.sequence_no
 
+    def mask_with(self, masker: Any) -> None:
+        super().mask_with(masker)
+        self._statements = None  # built again, with the literals of masked fields masked
+
     # The objects below are built on first use: verification reads the scan's tuples, so a block
     # whose summaries and statements no handler reads never pays for them.
     @property
@@ -249,7 +271,11 @@ class BlockSummary(JournalRecord):
     def statements(self) -> list[Statement]:
         statements = self._statements
         if statements is None:
-            statements = self._statements = [Statement(t, d, h) for t, d, h in self.statement_entries]
+            masker = self.masker  # masking on: literals of masked fields are masked in the texts
+            statements = self._statements = [
+                Statement(t if masker is None else masker.mask_statement(t), d, h)
+                for t, d, h in self.statement_entries
+            ]
         return statements
 
     @property

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from qldbstream.errors import ConfigurationError
 
@@ -51,10 +51,12 @@ __all__ = [
     "MaskingRule",
     "MaskingType",
     "Sealer",
+    "install_log_masking",
     "masked_copy",
     "masking_from_settings",
     "open_envelope",
     "parse_rules",
+    "remove_log_masking",
     "seal_envelope",
 ]
 
@@ -210,16 +212,50 @@ class Masker:
         return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
 
     def mask_record(self, ion: Any) -> Any:
-        """A QLDB stream record's Ion value with ``payload.revision.data`` masked (other fields,
-        and records without data, unchanged): the journal metadata carries no document fields."""
+        """A QLDB stream record's Ion value with ``payload.revision.data`` masked, and a block
+        summary's statement texts (``payload.transactionInfo.statements[].statement``, where
+        literals carry values: :meth:`mask_statement`); other fields unchanged - the journal
+        metadata carries no document fields."""
         try:
             payload = ion["payload"]
-            revision = payload["revision"]
-            data = revision["data"]
         except (KeyError, TypeError):
             return ion
-        masked_revision = _with_field(revision, "data", self.mask(data))
-        return _with_field(ion, "payload", _with_field(payload, "revision", masked_revision))
+        if not hasattr(payload, "get"):
+            return ion
+        revision = payload.get("revision")
+        if hasattr(revision, "get") and revision.get("data") is not None:
+            masked_revision = _with_field(revision, "data", self.mask(revision["data"]))
+            return _with_field(ion, "payload", _with_field(payload, "revision", masked_revision))
+        info = payload.get("transactionInfo")
+        statements = info.get("statements") if hasattr(info, "get") else None
+        if not isinstance(statements, list) or not statements:
+            return ion
+        masked_statements = [
+            _with_field(s, "statement", _rebuild(s["statement"], _ion_type(s["statement"]), masked))
+            if hasattr(s, "get")
+            and isinstance(s.get("statement"), str)
+            and (masked := self.mask_statement(str(s["statement"]))) != s["statement"]
+            else s
+            for s in statements
+        ]
+        masked_info = _with_field(
+            info, "statements", _rebuild(statements, _ion_type(statements), masked_statements)
+        )
+        return _with_field(ion, "payload", _with_field(payload, "transactionInfo", masked_info))
+
+    def mask_statement(self, text: str) -> str:
+        """A PartiQL statement text with the literals of masked fields masked
+        (:func:`qldbstream.masking_text.mask_statement`)."""
+        from qldbstream.masking_text import mask_statement
+
+        return mask_statement(self, text)
+
+    def mask_text(self, text: str) -> str:
+        """Free text (a message, a traceback) with the values written next to masked field names
+        masked (:func:`qldbstream.masking_text.mask_text`)."""
+        from qldbstream.masking_text import mask_text
+
+        return mask_text(self, text)
 
     def masked_text(self, value: Any) -> str:
         """Compact Ion text of the masked value: what logs and the DLQ may show."""
@@ -316,24 +352,124 @@ def _with_field(struct: Any, name: str, value: Any) -> Any:
 
 
 class MaskingLogFilter(logging.Filter):
-    """Masks structured log arguments (structs and lists, e.g. a revision's ``data``) before they
-    are formatted; attach it to the handlers of the loggers that may see documents."""
+    """Masks a log record before any handler formats it, and never raises.
+
+    Structured arguments (a single mapping, which ``logging`` passes as ``args`` itself; dicts,
+    lists and tuples at any depth, of any type) are masked by field name; the formatted message,
+    the exception text (message and traceback) and the stack are masked as text (``name: value``
+    pairs, :mod:`qldbstream.masking_text`); ``extra`` fields by their names. A record that cannot be
+    masked is replaced by a safe redaction. :func:`install_log_masking` applies it to every record
+    of every logger when it is created, and to ``extra`` fields (set later) on every handler that
+    exists then; it can also be attached to a handler or a logger as usual.
+    """
 
     def __init__(self, masker: Masker) -> None:
         super().__init__()
         self.masker = masker
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, Mapping):
-            record.args = {k: self._arg(v) for k, v in record.args.items()}
-        elif record.args:
-            record.args = tuple(self._arg(a) for a in record.args)
-        if isinstance(record.msg, Mapping | list):
-            record.msg = self.masker.masked_text(record.msg)
+        try:
+            if not getattr(record, "_qldbstream_masked", False):
+                self._mask(record)
+            self._mask_extra(record)  # set after the record was created: masked at each handler
+        except Exception as exc:  # never let logging fail, never let it leak: redact it all
+            record.msg = (
+                f"[log message withheld: it could not be masked ({type(exc).__name__}); "
+                f"logger {record.name}, {record.pathname}:{record.lineno}]"
+            )
+            record.args = None
+            record.exc_info = record.exc_text = record.stack_info = None
+            for k in [k for k in vars(record) if k not in _LOG_RECORD_FIELDS and not k.startswith("_")]:
+                setattr(record, k, "****")
+        record._qldbstream_masked = True
         return True
 
-    def _arg(self, value: Any) -> Any:
-        return self.masker.masked_text(value) if isinstance(value, Mapping | list) else value
+    def _mask_extra(self, record: logging.LogRecord) -> None:
+        from qldbstream.masking_text import loggable
+
+        masker = self.masker
+        for k, v in list(vars(record).items()):
+            if k not in _LOG_RECORD_FIELDS and not k.startswith("_"):
+                setattr(record, k, loggable(masker, v, masker.rule_for(k)))
+
+    def _mask(self, record: logging.LogRecord) -> None:
+        from qldbstream.masking_text import loggable, mask_text
+
+        masker = self.masker
+        if isinstance(record.msg, Mapping | list | tuple):
+            record.msg = loggable(masker, record.msg)
+        if isinstance(record.args, Mapping):
+            record.args = loggable(masker, record.args)
+        elif record.args:
+            record.args = tuple(loggable(masker, a) for a in record.args)
+        message = mask_text(masker, record.getMessage())
+        exc_text = record.exc_text
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_text = logging.Formatter().formatException(record.exc_info)
+        stack = record.stack_info
+        record.msg, record.args = message, None
+        record.exc_info = None
+        record.exc_text = mask_text(masker, exc_text) if exc_text else None
+        record.stack_info = mask_text(masker, stack) if stack else None
+
+
+_LOG_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class _LogMasking:
+    """The filters :func:`install_log_masking` installed (newest last: each app installs its
+    own) and the log record factory that was in place before."""
+
+    filters: ClassVar[list[MaskingLogFilter]] = []
+    factory_before: ClassVar[Callable[..., logging.LogRecord] | None] = None
+
+
+def _masking_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = (_LogMasking.factory_before or logging.LogRecord)(*args, **kwargs)
+    if _LogMasking.filters:
+        _LogMasking.filters[-1].filter(record)
+    return record
+
+
+def install_log_masking(masker: Masker) -> MaskingLogFilter:
+    """Mask every log record from now on, whatever its logger (``qldbstream.*``, handlers' own
+    loggers even with ``propagate = False``, botocore, ...) and whatever its handlers: the filter
+    runs when the record is created (the log record factory). Undo with :func:`remove_log_masking`.
+    """
+    log_filter = MaskingLogFilter(masker)
+    if not _LogMasking.filters:
+        _LogMasking.factory_before = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(_masking_record_factory)
+    _LogMasking.filters.append(log_filter)
+    for log_handler in _log_handlers():  # ``extra`` fields are set after the record is created
+        log_handler.addFilter(log_filter)
+    return log_filter
+
+
+def _log_handlers() -> list[logging.Handler]:
+    """The handlers of the root logger and of every logger that exists now."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    found: dict[int, logging.Handler] = {}
+    for logger in loggers:
+        for log_handler in getattr(logger, "handlers", ()):
+            found[id(log_handler)] = log_handler
+    return list(found.values())
+
+
+def remove_log_masking(log_filter: MaskingLogFilter) -> None:
+    """Undo one :func:`install_log_masking`; the last one restores the previous record factory."""
+    if log_filter in _LogMasking.filters:
+        _LogMasking.filters.remove(log_filter)
+    for log_handler in _log_handlers():
+        log_handler.removeFilter(log_filter)
+    if not _LogMasking.filters and _LogMasking.factory_before is not None:
+        if logging.getLogRecordFactory() is _masking_record_factory:
+            logging.setLogRecordFactory(_LogMasking.factory_before)
+        _LogMasking.factory_before = None
 
 
 # --- the dead-letter queue -------------------------------------------------------------------------
@@ -414,14 +550,27 @@ def seal_envelope(
     for name in _RAW_FIELDS:
         raw = out.get(name)
         if raw is not None:
+            # Only the sealer may raise (a KMS outage: the letter cannot be stored yet, the
+            # checkpoint must hold); nothing below does, whatever the document holds.
             sealed[name] = sealer.seal(base64.b64decode(raw), _context(envelope, name))
             out[name] = None
-    secrets = masker.secrets(data) if data is not None else []
-    for name in ("error_message", "traceback"):
-        if isinstance(out.get(name), str):
-            out[name] = masker.scrub(out[name], secrets)
+    try:
+        from qldbstream.decode import UNREADABLE
+
+        if data is UNREADABLE:
+            raise ValueError("amazon-ion cannot load the document")
+        secrets = masker.secrets(data) if data is not None else []
+        masked_data = masker.masked_text(data) if data is not None else None
+        for name in ("error_message", "traceback"):
+            if isinstance(out.get(name), str):
+                out[name] = masker.mask_text(masker.scrub(out[name], secrets))
+    except Exception as exc:  # the document cannot be masked: withhold what might quote it
+        masked_data = None
+        reason = f"withheld: the document could not be masked ({type(exc).__name__})"
+        out["error_message"] = f"{out.get('error_type') or 'error'} [{reason}]"
+        out["traceback"] = None
     out["sealed"] = sealed
-    out["masked_data"] = masker.masked_text(data) if data is not None else None
+    out["masked_data"] = masked_data
     out["masked"] = True
     return out
 

@@ -229,6 +229,8 @@ class _JsonFormatter(logging.Formatter):
         entry = {"level": record.levelname, "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted already (masking: the masked traceback)
+            entry["exception"] = record.exc_text
         return json.dumps(entry)
 
 
