@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from qldbstream.clients import aws_client
 from qldbstream.config import Settings, load_settings
 from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore
 from qldbstream.dlq import DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue, SqsDeadLetterQueue
@@ -97,15 +98,15 @@ class App:
 
     # --- AWS clients ---------------------------------------------------------------------
     def client(self, service: str) -> Any:
-        """A boto3 client for ``service`` honouring the configured region and endpoints."""
+        """A boto3 client for ``service`` honouring the configured region, endpoints and retry
+        configuration (:mod:`qldbstream.clients`)."""
         if self._client_factory is not None:
             return self._client_factory(service)
-        import boto3
-
-        return boto3.client(
-            service,  # type: ignore[call-overload]
+        return aws_client(
+            service,
             region_name=self.settings.region,
             endpoint_url=self.settings.endpoint(service),
+            max_attempts=self.settings.aws_max_attempts,
         )
 
     def _build_dlq(self) -> DeadLetterQueue:
@@ -115,7 +116,12 @@ class App:
         if spec.startswith("dir:"):
             return DirectoryDeadLetterQueue(spec[4:])
         url = spec[4:] if spec.startswith("sqs:") else spec
-        return SqsDeadLetterQueue(self.client("sqs"), url)
+        return SqsDeadLetterQueue(
+            self.client("sqs"),
+            url,
+            payload_bucket=self.settings.dlq_payload_bucket,
+            s3=lambda: self.client("s3"),
+        )
 
     def _build_store(self) -> DedupeStore:
         spec = self.settings.dedupe_store

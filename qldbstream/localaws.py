@@ -52,15 +52,10 @@ class LocalAws:
             self._server = None
 
     def client(self, service: str) -> Any:
-        import boto3
-        from botocore.config import Config
+        from qldbstream.clients import aws_client
 
-        return boto3.client(
-            service,  # type: ignore[call-overload]
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            config=Config(retries={"max_attempts": 2, "mode": "standard"}),
-            **_CREDENTIALS,
+        return aws_client(
+            service, endpoint_url=self.endpoint, region_name=REGION, max_attempts=3, **_CREDENTIALS
         )
 
     def __enter__(self) -> LocalAws:

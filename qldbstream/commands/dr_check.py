@@ -270,8 +270,7 @@ def _types(text: str) -> frozenset[RecordType]:
 
 
 def _read(spec: StreamSpec, start: str | None, poll_interval: float = 1.0) -> Iterable[KinesisRecord]:
-    import boto3
-
+    from qldbstream.clients import aws_client
     from qldbstream.sources.kinesis import TRIM_HORIZON, StartPosition, read_stream
 
     position = TRIM_HORIZON
@@ -280,7 +279,7 @@ def _read(spec: StreamSpec, start: str | None, poll_interval: float = 1.0) -> It
             position = StartPosition.at_timestamp(datetime.fromisoformat(start.replace("Z", "+00:00")))
         except ValueError:
             raise InputError(f"--from {start!r} is not an ISO 8601 timestamp with a time zone") from None
-    client = boto3.client("kinesis", region_name=spec.region, endpoint_url=spec.endpoint)
+    client = aws_client("kinesis", region_name=spec.region, endpoint_url=spec.endpoint)
     return read_stream(client, spec.stream, start=position, poll_interval=poll_interval)
 
 

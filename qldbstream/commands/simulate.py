@@ -243,14 +243,14 @@ def _open(path: str) -> IO[str]:
 
 
 def _put(sim: Any, args: argparse.Namespace) -> str:
-    import boto3
     from botocore.exceptions import BotoCoreError, NoCredentialsError
 
+    from qldbstream.clients import aws_client
     from qldbstream.simulate.output import put_to_stream
     from qldbstream.sources.kinesis_put import create_stream
 
     try:
-        client = boto3.client("kinesis", endpoint_url=args.endpoint_url, region_name=args.region)
+        client = aws_client("kinesis", endpoint_url=args.endpoint_url, region_name=args.region)
         if args.create_stream:
             create_stream(client, args.stream, args.shards, exist_ok=True)
         results = put_to_stream(client, args.stream, sim.deliveries)

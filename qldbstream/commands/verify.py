@@ -98,8 +98,7 @@ def _items(
 
 
 def _stream_items(args: argparse.Namespace) -> Iterator[KinesisRecord]:
-    import boto3
-
+    from qldbstream.clients import aws_client
     from qldbstream.sources.kinesis import TRIM_HORIZON, StartPosition, read_stream
 
     start = TRIM_HORIZON
@@ -109,7 +108,7 @@ def _stream_items(args: argparse.Namespace) -> Iterator[KinesisRecord]:
         except ValueError:
             raise InputError(f"--from {args.start!r} is not an ISO 8601 timestamp") from None
         start = StartPosition("AT_TIMESTAMP", when)
-    client = boto3.client("kinesis", endpoint_url=args.endpoint_url, region_name=args.region)
+    client = aws_client("kinesis", endpoint_url=args.endpoint_url, region_name=args.region)
     yield from read_stream(client, args.stream, start=start)
 
 

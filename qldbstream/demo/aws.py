@@ -61,18 +61,13 @@ class DemoResources:
 
 def create_resources(aws: Any, names: DemoNames, shards: int) -> DemoResources:
     """Streams (source, and the replica in the second region), tables, the alert queue, the topic."""
-    import boto3
-    from botocore.config import Config
-
+    from qldbstream.clients import aws_client
     from qldbstream.sources.kinesis_put import create_stream
     from qldbstream.stores.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore
 
     create_stream(aws.client("kinesis"), names.stream, shards)
-    west = boto3.client(
-        "kinesis",
-        region_name=names.replica_region,
-        endpoint_url=names.endpoint,
-        config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+    west = aws_client(
+        "kinesis", region_name=names.replica_region, endpoint_url=names.endpoint, max_attempts=3
     )
     create_stream(west, names.replica_stream, max(1, shards // 2))
     dynamodb = aws.client("dynamodb")

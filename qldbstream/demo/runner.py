@@ -394,9 +394,9 @@ def _run_worker(
 
 
 def _collect(aws: Any, names: DemoNames, resources: DemoResources, run: _Run) -> tuple[Observed, ReadBack]:
-    import boto3
     from qldbstream_handlers.fraud import Alert
 
+    from qldbstream.clients import aws_client
     from qldbstream.commands.dr_check import Copy, compare, scan
     from qldbstream.decode import RecordType
     from qldbstream.sources.kinesis import read_stream
@@ -418,7 +418,9 @@ def _collect(aws: Any, names: DemoNames, resources: DemoResources, run: _Run) ->
         read_stream(aws.client("kinesis"), names.stream, poll_interval=0.05),
         types=types,
     )
-    west = boto3.client("kinesis", region_name=names.replica_region, endpoint_url=names.endpoint)
+    west = aws_client(
+        "kinesis", region_name=names.replica_region, endpoint_url=names.endpoint, max_attempts=3
+    )
     target = scan(
         Copy(f"{names.replica_region}:{names.replica_stream}"),
         read_stream(west, names.replica_stream, poll_interval=0.05),
