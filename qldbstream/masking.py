@@ -516,15 +516,46 @@ class KmsSealer:
     def __init__(self, client: Any, key_id: str) -> None:
         self.client = client
         self.key_id = key_id
+        #: data keys already decrypted (a batch sealed with :meth:`batch` shares one)
+        self._opened: dict[str, bytes] = {}
+
+    def __repr__(self) -> str:
+        return f"KmsSealer({self.key_id!r})"
 
     def seal(self, data: bytes, context: str) -> dict[str, str]:
+        return self.batch().seal(data, context)
+
+    def batch(self) -> Sealer:
+        """A sealer that seals many records under one fresh data key (one ``GenerateDataKey``
+        call): for a batch that is written together, e.g. a replica's flush."""
         response = self.client.generate_data_key(KeyId=self.key_id, KeySpec="AES_256")
-        sealed = AesGcmSealer(response["Plaintext"], self.key_id).seal(data, context)
-        return {**sealed, "alg": "KMS+AES-256-GCM", "edk": _b64(response["CiphertextBlob"])}
+        return _DataKeySealer(
+            AesGcmSealer(response["Plaintext"], self.key_id), _b64(response["CiphertextBlob"])
+        )
 
     def open(self, sealed: Mapping[str, str], context: str) -> bytes:
-        key = self.client.decrypt(CiphertextBlob=base64.b64decode(sealed["edk"]))["Plaintext"]
+        edk = sealed["edk"]
+        key = self._opened.get(edk)
+        if key is None:
+            key = self.client.decrypt(CiphertextBlob=base64.b64decode(edk))["Plaintext"]
+            if len(self._opened) >= 1024:
+                self._opened.clear()
+            self._opened[edk] = key
         return AesGcmSealer(key, self.key_id).open(sealed, context)
+
+
+class _DataKeySealer:
+    """Seals under one KMS data key (see :meth:`KmsSealer.batch`); opening is :class:`KmsSealer`'s."""
+
+    def __init__(self, sealer: AesGcmSealer, edk: str) -> None:
+        self._sealer = sealer
+        self._edk = edk
+
+    def seal(self, data: bytes, context: str) -> dict[str, str]:
+        return {**self._sealer.seal(data, context), "alg": "KMS+AES-256-GCM", "edk": self._edk}
+
+    def open(self, sealed: Mapping[str, str], context: str) -> bytes:
+        return self._sealer.open(sealed, context)
 
 
 def _b64(data: bytes) -> str:

@@ -11,6 +11,12 @@ for block summaries - and compared byte for byte. Reported per target:
 * **out of order** - on one target shard, a document's version first appears after a higher one;
 * **verification** - the target's own records failing a check, or unreadable.
 
+A copy written with masking on holds revisions in the *masked form* (:mod:`qldbstream.replica`:
+QLDB's redacted form plus the masked document): such a revision matches its source when its
+revision hash is the source's (the copy's V2 proves its ``dataHash`` and metadata). A *sealed* copy
+(``raw_copy_kms_key_id``) is opened with KMS (``kms:Decrypt``; ``--kms-endpoint-url``) and then
+compared byte for byte like a plain one.
+
 Duplicates (the same record more than once, same bytes) are counted, not failures: delivery is at
 least once. Source records failing verification are expected *not* to be replicated and are
 listed apart. ``--sample`` compares a deterministic fraction of the documents (chosen by a hash of
@@ -23,10 +29,11 @@ Exit status: 0 the copies match, 1 a difference or verification failure, 2 an in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,6 +51,7 @@ from qldbstream.dedupe import dedupe_key
 from qldbstream.errors import DeaggregationError, InputError, PoisonRecordError
 from qldbstream.gate import OWN_BLOCK_CHECKS, WholeInputGate
 from qldbstream.records import KinesisRecord
+from qldbstream.replica import is_masked_record, is_sealed_record, open_sealed_record
 from qldbstream.verify import Verifier
 
 __all__ = ["Copy", "StreamSpec", "compare", "parse_stream_spec", "register", "run", "scan"]
@@ -89,6 +97,16 @@ class Entry:
     document_id: str | None
     version: int | None
     where: str
+    #: a revision's hash (what a masked copy is matched by), else None
+    record_hash: bytes | None = None
+    #: the masked form of a revision (see the module's doc)
+    masked: bool = False
+
+    def same_as(self, source: Entry) -> bool:
+        """This copy of a record holds what ``source`` holds."""
+        if self.masked:
+            return self.record_hash is not None and self.record_hash == source.record_hash
+        return self.digest == source.digest
 
 
 @dataclass
@@ -127,8 +145,10 @@ def scan(
     types: frozenset[RecordType],
     sample: float = 1.0,
     label: str = "",
+    open_sealed: Callable[[bytes], tuple[str, bytes]] | None = None,
 ) -> Copy:
-    """Deaggregate, decode, verify and index ``records`` into ``copy``."""
+    """Deaggregate, decode, verify and index ``records`` into ``copy``; ``open_sealed`` gives a
+    sealed record's key and original bytes (:func:`qldbstream.replica.open_sealed_record`)."""
     for kr in records:
         try:
             users = deaggregate(kr)
@@ -137,6 +157,17 @@ def scan(
             continue
         for user in users:
             copy.user_records += 1
+            sealed_key = None
+            if is_sealed_record(user.data):
+                try:
+                    if open_sealed is None:
+                        raise ValueError("a sealed record, and no way to open it")
+                    sealed_key, data = open_sealed(user.data)
+                except ValueError as exc:
+                    where = user.position.as_dict()
+                    copy.errors.append({"type": "SealedRecordError", "message": str(exc), "position": where})
+                    continue
+                user = dataclasses.replace(user, data=data)
             try:
                 record = decode(user)
                 failures = copy.verifier.verify(record)
@@ -145,6 +176,11 @@ def scan(
                 copy.errors.append({"type": type(exc).__name__, "message": exc.message, "position": pos})
                 continue
             key = dedupe_key(record)
+            if sealed_key is not None and sealed_key != key:  # sealed as another record
+                where = user.position.as_dict()
+                message = f"sealed as {sealed_key}, holds {key}"
+                copy.errors.append({"type": "SealedRecordError", "message": message, "position": where})
+                continue
             if isinstance(record, BlockSummary):
                 own = [f.check for f in failures if f.check in OWN_BLOCK_CHECKS]
                 try:
@@ -167,13 +203,14 @@ def _index(copy: Copy, record: JournalRecord, key: str, shard: str) -> None:
     digest = hashlib.sha256(record.raw).digest()
     doc = record.document_id if isinstance(record, RevisionDetails) else None
     version = record.version if isinstance(record, RevisionDetails) else None
+    record_hash = record.hash if isinstance(record, RevisionDetails) else None
     seen = copy.entries.get(key)
     if seen is not None:
         copy.duplicates += 1
         if seen.digest != digest:
             copy.conflicts.append({"key": key, "documentId": doc, "version": version, "shard": shard})
         return
-    copy.entries[key] = Entry(key, digest, doc, version, shard)
+    copy.entries[key] = Entry(key, digest, doc, version, shard, record_hash, is_masked_record(record))
     if doc is not None and version is not None:
         high = copy.high_versions.get((doc, shard), -1)
         if version < high:
@@ -194,10 +231,10 @@ def compare(source: Copy, target: Copy, limit: int = 100) -> dict[str, Any]:
     mismatched = [
         _subject(e)
         for k, e in target.entries.items()
-        if k in source.entries and source.entries[k].digest != e.digest
+        if k in source.entries and not e.same_as(source.entries[k])
     ]
     mismatched += target.conflicts
-    matched = sum(1 for k, e in target.entries.items() if k in expected and expected[k].digest == e.digest)
+    matched = sum(1 for k, e in target.entries.items() if k in expected and e.same_as(expected[k]))
     counts = {
         "missing": len(missing),
         "extra": len(extra),
@@ -255,6 +292,11 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="seconds between polls of a shard that is caught up (default 1)",
     )
+    p.add_argument(
+        "--kms-endpoint-url",
+        metavar="URL",
+        help="KMS endpoint to open sealed copies (raw_copy_kms_key_id); default: the stream's endpoint",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on standard output")
     p.set_defaults(handler=run)
 
@@ -283,6 +325,23 @@ def _read(spec: StreamSpec, start: str | None, poll_interval: float = 1.0) -> It
     return read_stream(client, spec.stream, start=position, poll_interval=poll_interval)
 
 
+def _opener(spec: StreamSpec, kms_endpoint: str | None) -> Callable[[bytes], tuple[str, bytes]]:
+    """Opens a sealed record with KMS in the stream's region (the client is made on first use)."""
+    sealers: list[Any] = []
+
+    def open_sealed(data: bytes) -> tuple[str, bytes]:
+        if not sealers:
+            import boto3
+
+            from qldbstream.masking import KmsSealer
+
+            client = boto3.client("kms", region_name=spec.region, endpoint_url=kms_endpoint or spec.endpoint)
+            sealers.append(KmsSealer(client, ""))
+        return open_sealed_record(data, sealers[0])
+
+    return open_sealed
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.sample <= 1.0:
         raise InputError(f"--sample must be in (0, 1], not {args.sample}")
@@ -292,7 +351,8 @@ def run(args: argparse.Namespace) -> int:
 
     def read(spec: StreamSpec, copy: Copy, label: str = "") -> Copy:
         records = _read(spec, args.start, args.poll_interval)
-        return scan(copy, records, types=types, sample=args.sample, label=label)
+        opener = _opener(spec, getattr(args, "kms_endpoint_url", None))
+        return scan(copy, records, types=types, sample=args.sample, label=label, open_sealed=opener)
 
     source = read(source_spec, Copy(source_spec.describe()))
     if args.union:

@@ -6,6 +6,11 @@ record is never lost. What is written is each user record's Ion bytes exactly as
 the document id as the partition key (one document, one shard, its versions in order); block
 summaries and CONTROL records keep the partition key QLDB gave them.
 
+**Masking** (``QLDBSTREAM_MASKING``): no personal data reaches a target in clear. Revisions are
+written in the *masked form* (:mod:`qldbstream.replica`: QLDB's redacted form plus the masked
+document, still verifiable), unless ``raw_copy_kms_key_id`` asks for the original bytes, which are
+then *sealed* (encrypted under a KMS data key, one per target and flush) - whatever the masking.
+
 Buffers are *lanes* of records still to write: one per target in ``fanout`` mode (each target
 keeps its own progress, so a target that was down gets the backlog without the others getting
 duplicates), a single one in ``failover`` mode (a record must reach one target: the active one).
@@ -30,6 +35,7 @@ failed flush.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -40,7 +46,9 @@ from qldbstream.decode import ControlRecord, JournalRecord, RevisionDetails
 from qldbstream.dedupe import dedupe_key
 from qldbstream.errors import ConfigurationError, RetryableError
 from qldbstream.handler import Handler, HandlerContext, SetupContext
+from qldbstream.masking import KmsSealer
 from qldbstream.metrics import Metrics, NullMetrics
+from qldbstream.replica import masked_record_bytes, seal_record
 from qldbstream_handlers.replication.health import TargetHealth
 from qldbstream_handlers.replication.rounds import Outgoing, plan_rounds
 from qldbstream_handlers.replication.settings import Mode, ReplicationSettings, TargetConfig
@@ -49,12 +57,21 @@ from qldbstream_handlers.replication.target import HighestVersions, RecentKeys, 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
 
-__all__ = ["ClientFactory", "Lane", "ReplicationHandler", "default_client"]
+__all__ = [
+    "ClientFactory",
+    "KmsClientFactory",
+    "Lane",
+    "ReplicationHandler",
+    "default_client",
+    "default_kms_client",
+]
 
 log = logging.getLogger("qldbstream.handler.replication")
 
 #: Builds the Kinesis client of a target (tests point it at local servers).
 ClientFactory = Callable[[TargetConfig], "KinesisClient"]
+#: Builds the KMS client of a target's region (``raw_copy_kms_key_id``).
+KmsClientFactory = Callable[[TargetConfig], Any]
 
 
 def default_client(config: TargetConfig) -> KinesisClient:
@@ -69,6 +86,19 @@ def default_client(config: TargetConfig) -> KinesisClient:
         config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
     )
     return client
+
+
+def default_kms_client(config: TargetConfig) -> Any:
+    """A boto3 KMS client for the target's region and endpoint, with bounded retries."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "kms",
+        region_name=config.region,
+        endpoint_url=config.endpoint,
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+    )
 
 
 class Lane:
@@ -144,6 +174,7 @@ class ReplicationHandler(Handler):
         settings: Mapping[str, str] | None = None,
         *,
         clients: ClientFactory | None = None,
+        kms_clients: KmsClientFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -153,6 +184,9 @@ class ReplicationHandler(Handler):
         #: predecessors first); never ``drop``, which would hide the skip from this handler's metrics
         self.late_policy = self.settings.late_policy
         self._client_factory = clients or default_client
+        self._kms_client_factory = kms_clients or default_kms_client
+        #: target name -> its sealer (``raw_copy_kms_key_id``)
+        self._sealers: dict[str, KmsSealer] = {}
         self.clock = clock
         self.sleep = sleep
         self.metrics: Metrics = NullMetrics()
@@ -230,7 +264,7 @@ class ReplicationHandler(Handler):
             item = Outgoing(
                 dedupe_key(record),
                 _partition_key(record),
-                record.raw,
+                self._payload(record),
                 ctx.shard_id,
                 revision.document_id if revision is not None else None,
                 revision.version if revision is not None else None,
@@ -264,6 +298,13 @@ class ReplicationHandler(Handler):
                         revision.document_id,
                         revision.version,
                     )
+
+    def _payload(self, record: JournalRecord) -> bytes:
+        """What a target gets: the bytes as received (sealed at flush with ``raw_copy_kms_key_id``),
+        or, masking on, the masked form."""
+        if self.settings.raw_copy_kms_key_id or record.masker is None:
+            return record.raw
+        return masked_record_bytes(record)
 
     def shard_released(self, shard_id: str) -> None:
         """The shard's unflushed records will be redelivered to its next owner: forget them here."""
@@ -351,9 +392,26 @@ class ReplicationHandler(Handler):
 
     def _write(self, target: Target, lane: Lane) -> None:
         shard_map = target.shard_map() if self.settings.aggregate else None
-        for round_ in plan_rounds(lane.ordered(), shard_map=shard_map):
+        for round_ in plan_rounds(self._sealed(target, lane.ordered()), shard_map=shard_map):
             target.put_round(round_)
             lane.done(round_.keys)
+
+    def _sealed(self, target: Target, items: list[Outgoing]) -> list[Outgoing]:
+        """With ``raw_copy_kms_key_id``: the items' bytes sealed under one data key of the
+        target's region (raises - the flush fails, the checkpoint holds - when KMS cannot be used)."""
+        key_id = self.settings.raw_copy_kms_key_id
+        if not key_id or not items:
+            return items
+        sealer = self._sealers.get(target.name)
+        if sealer is None:
+            sealer = self._sealers[target.name] = KmsSealer(self._kms_client_factory(target.config), key_id)
+        try:
+            batch = sealer.batch()
+        except Exception as exc:
+            raise RetryableError(
+                f"replication to {target.name}: cannot seal with KMS key {key_id}: {exc!r}"
+            ) from exc
+        return [dataclasses.replace(i, data=seal_record(batch, i.key, i.data)) for i in items]
 
     def _next_probe_in(self) -> float:
         unhealthy = [t.health.next_check_in(self.clock()) for t in self.targets if not t.health.healthy]

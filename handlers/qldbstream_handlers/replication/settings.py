@@ -21,6 +21,10 @@ their defaults:
   older than one already delivered - ``deliver-late`` (the handler skips it and counts it in
   ``replication_late_skipped``) or ``reorder`` (the pipeline first holds a revision whose
   predecessor is missing, for up to its ``reorder_window_seconds``).
+* ``raw_copy_kms_key_id`` = none: write the original bytes **encrypted** (KMS envelope
+  encryption; the key id, ARN or alias, resolved in each target's region) - a copy verifiable byte
+  for byte once opened, e.g. for disaster recovery. Without it, and with masking on, targets get
+  the masked form (:mod:`qldbstream.replica`); with masking off, the original bytes.
 
 Target names are lower-case letters and digits (``west``, ``eu1``) so that every key is also a
 valid environment variable name: ``QLDBSTREAM_HANDLER_REPLICATION__WEST_STREAM=ledger-dr``.
@@ -58,6 +62,7 @@ _GLOBAL_KEYS = frozenset(
         "put_attempts",
         "sent_cache_size",
         "late_policy",
+        "raw_copy_kms_key_id",
     }
 )
 _LATE_POLICIES = ("deliver-late", "reorder")
@@ -100,6 +105,8 @@ class ReplicationSettings:
     put_attempts: int = 4
     sent_cache_size: int = 100_000
     late_policy: str = "deliver-late"
+    #: the original bytes, encrypted under this KMS key (see the module's doc); None: see masking
+    raw_copy_kms_key_id: str | None = None
 
     @classmethod
     def parse(cls, settings: Mapping[str, str]) -> ReplicationSettings:
@@ -156,6 +163,7 @@ class ReplicationSettings:
             _number(own, "put_attempts", 4, int, minimum=1),
             _number(own, "sent_cache_size", 100_000, int, minimum=0),
             late_policy,
+            own.get("raw_copy_kms_key_id") or None,
         )
 
 
