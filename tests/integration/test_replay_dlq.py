@@ -11,6 +11,8 @@ The two handler plugins live in this module (``picky`` fails on the revisions in
 from __future__ import annotations
 
 import argparse
+import base64
+import dataclasses
 import json
 import shutil
 import uuid
@@ -22,14 +24,17 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from qldbstream.aggregate import MAX_RECORD_BYTES, aggregate
 from qldbstream.app import App
 from qldbstream.commands import replay_dlq
+from qldbstream.config import load_settings
 from qldbstream.deaggregate import deaggregate
 from qldbstream.decode import JournalRecord, RevisionDetails, decode
 from qldbstream.dedupe import InMemoryDedupeStore
-from qldbstream.dlq import DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue
+from qldbstream.dlq import SQS_MAX_BYTES, DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue
 from qldbstream.errors import ConfigurationError, InputError
 from qldbstream.handler import BatchItemError, Handler, HandlerContext
+from qldbstream.metrics import InMemoryMetrics
 from qldbstream.pipeline import Pipeline, PipelineSettings
 from qldbstream.records import KinesisRecord
 from qldbstream.reliability import RetryPolicy
@@ -285,6 +290,154 @@ def test_replay_from_an_sqs_dlq(
         == 1
     )
     assert set(effects("picky")) == revisions(sim) - BROKEN
+
+
+# --- dead letters over SQS's 256 KiB: the payload bucket ----------------------------------------------
+
+
+def one_aggregate(sim: Simulation) -> KinesisRecord:
+    """The whole simulated stream as one KPL aggregate (well over 256 KiB), in journal order."""
+    (records,) = kinesis_records(sim).values()
+    users = [u for r in records for u in deaggregate(r)]
+    data = aggregate([(u.partition_key, u.explicit_hash_key, u.data) for u in users])
+    assert SQS_MAX_BYTES < len(data) < MAX_RECORD_BYTES
+    return dataclasses.replace(records[0], data=data)
+
+
+def corrupted(record: KinesisRecord) -> KinesisRecord:
+    """The same aggregate with one byte of its MD5 flipped: poison (V1), not deaggregatable."""
+    data = record.data[:-1] + bytes([record.data[-1] ^ 0xFF])
+    return dataclasses.replace(record, data=data)
+
+
+def sqs_and_bucket(moto_server: MotoServer, **attributes: str) -> tuple[Any, str, Any, str]:
+    sqs, s3 = client("sqs", moto_server.endpoint), client("s3", moto_server.endpoint)
+    url = sqs.create_queue(QueueName=f"dlq-{uuid.uuid4().hex[:12]}", Attributes=attributes)["QueueUrl"]
+    bucket = f"dlq-payloads-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    return sqs, url, s3, bucket
+
+
+def bucket_objects(s3: Any, bucket: str) -> dict[str, bytes]:
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def queue_depth(sqs: Any, url: str) -> int:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+@pytest.mark.integration
+def test_a_poison_aggregate_over_256_kib_goes_through_the_sqs_dlq_and_s3_and_back_byte_identical(
+    config: Any, moto_server: MotoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an entry that fails again is visible again at once: the second replay below reads it too
+    sqs, url, s3, bucket = sqs_and_bucket(moto_server, VisibilityTimeout="0")
+    poison = corrupted(one_aggregate(simulation(120)))
+    assert len(poison.data) > SQS_MAX_BYTES  # the record alone, before base64, is over the limit
+    cfg = config(dlq=f"sqs:{url}", dlq_payload_bucket=bucket)
+    app = App.from_env(config_file=cfg)
+    try:
+        result = app.pipeline(sleep=lambda seconds: None).process(poison.shard_id, [poison])
+    finally:
+        app.close()
+    assert (result.dead_lettered, result.halted, result.first_unfinished) == (1, False, None)
+    assert result.checkpoint is not None and result.checkpoint[0] == poison.sequence_number
+    ((key, payload),) = bucket_objects(s3, bucket).items()
+    stored = DeadLetter.from_json(payload.decode())
+    assert stored.stage == "deaggregate" and stored.user_record_data is None
+    assert base64.b64decode(stored.kinesis_data or "") == poison.data  # the whole record, in S3
+    assert queue_depth(sqs, url) == 1
+
+    # replay-dlq reads the pointer; the record is still poison, so the entry and its object stay
+    status, out = cli(capsys, "--config", cfg, "--json")
+    report = json.loads(out)
+    assert status == 1 and (report["replayed"], report["stillFailing"], report["deleted"]) == (1, 1, 0)
+    (entry,) = report["entries"]
+    assert entry["id"] == stored.id
+    assert entry["detail"].startswith("failed again at deaggregate: DeaggregationError")
+    assert bucket_objects(s3, bucket) == {key: payload} and queue_depth(sqs, url) == 1
+
+    # and what replay re-drove through the pipeline is the record, byte for byte
+    app = App.from_env(config_file=cfg)
+    captures: list[Any] = []
+
+    def pipeline_for(dlq: DeadLetterQueue, only: frozenset[str] | None) -> Pipeline:
+        captures.append(dlq)
+        return Pipeline([], dlq=dlq, store=InMemoryDedupeStore(), allow_hold=False)
+
+    try:
+        replayed = replay_dead_letters(app.dlq, Replayer(pipeline_for, []))
+    finally:
+        app.close()
+    assert replayed.failed == 1 and replayed.deleted == 0
+    (again,) = captures[0].letters
+    assert again.stage == "deaggregate"
+    assert base64.b64decode(again.kinesis_data) == poison.data
+
+
+@pytest.mark.integration
+def test_without_a_bucket_the_write_fails_and_the_checkpoint_stays_before_the_record(
+    config: Any, moto_server: MotoServer
+) -> None:
+    sqs, url, s3, bucket = sqs_and_bucket(moto_server)
+    sim = simulation(TRANSACTIONS)
+    (records,) = kinesis_records(sim).values()
+    poison = corrupted(dataclasses.replace(records[1], data=one_aggregate(simulation(120)).data))
+    batch = [records[0], poison, *records[2:]]
+    metrics = InMemoryMetrics()
+    app = App(load_settings(config_file=config(dlq=f"sqs:{url}")), metrics=metrics)
+    try:
+        result = app.pipeline(sleep=lambda seconds: None).process(poison.shard_id, batch)
+    finally:
+        app.close()
+    assert result.halted and result.halt_reason == "the DLQ write failed"
+    assert result.first_unfinished is not None
+    assert result.first_unfinished.sequence_number == poison.sequence_number
+    assert result.checkpoint is None or int(result.checkpoint[0]) < int(poison.sequence_number)
+    assert result.dead_lettered == 0 and metrics.total("dlq_write_failures") == 1
+    assert queue_depth(sqs, url) == 0  # nothing shortened was sent
+
+    # the operator adds the bucket: the same batch, read again, gets past the record
+    app = App(load_settings(config_file=config(dlq=f"sqs:{url}", dlq_payload_bucket=bucket)))
+    try:
+        result = app.pipeline(sleep=lambda seconds: None).process(poison.shard_id, batch)
+    finally:
+        app.close()
+    assert not result.halted and result.first_unfinished is None and result.dead_lettered >= 1
+    assert result.checkpoint is not None and int(result.checkpoint[0]) > int(poison.sequence_number)
+    assert len(bucket_objects(s3, bucket)) == 1
+
+
+@pytest.mark.integration
+def test_a_large_handler_dead_letter_replays_from_s3_and_its_object_is_deleted_after_success(
+    config: Any, moto_server: MotoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sqs, url, s3, bucket = sqs_and_bucket(moto_server)
+    sim = simulation(120)
+    record = one_aggregate(sim)
+    BROKEN.update(single_revision_transactions(sim, 1))
+    cfg = config(dlq=f"sqs:{url}", dlq_payload_bucket=bucket)
+    app = App.from_env(config_file=cfg)
+    try:
+        result = app.pipeline(sleep=lambda seconds: None).process(record.shard_id, [record])
+    finally:
+        app.close()
+    assert result.dead_lettered == 1 and result.first_unfinished is None
+    ((_, payload),) = bucket_objects(s3, bucket).items()
+    stored = DeadLetter.from_json(payload.decode())
+    assert stored.handler == "picky"
+    assert base64.b64decode(stored.kinesis_data or "") == record.data  # nothing was left out
+    assert set(effects("picky")) == revisions(sim) - BROKEN
+    BROKEN.clear()  # the handler is fixed
+    status, out = cli(capsys, "--config", cfg)
+    assert status == 0, out
+    assert "replayed 1, succeeded 1, still failing 0, deleted 1" in out
+    assert bucket_objects(s3, bucket) == {} and queue_depth(sqs, url) == 0
+    assert set(effects("picky")) == revisions(sim) and set(effects("picky").values()) == {1}
 
 
 @pytest.mark.integration
