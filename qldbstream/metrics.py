@@ -32,6 +32,7 @@ from collections import defaultdict
 from typing import IO, Any, Protocol
 
 __all__ = [
+    "BLANK_DIMENSION",
     "NAMESPACE",
     "EmfMetrics",
     "InMemoryMetrics",
@@ -116,19 +117,48 @@ class InMemoryMetrics:
         return sum(v for (n, dims), v in self.counters.items() if n == name and want <= set(dims))
 
 
+#: What an EMF dimension holds when the value is blank (CloudWatch rejects empty values): the
+#: dimension is kept, so every metric keeps one dimension set (dashboards and alarms search by it)
+BLANK_DIMENSION = "none"
+#: CloudWatch's longest dimension value
+MAX_DIMENSION_CHARS = 1024
+
+
+def _emf_dimensions(dimensions: dict[str, Any]) -> dict[str, str]:
+    """Dimension values CloudWatch accepts: a string, not blank, at most 1024 characters."""
+    out: dict[str, str] = {}
+    for name, value in dimensions.items():
+        text = "" if value is None else str(value)
+        out[name] = text[:MAX_DIMENSION_CHARS] if text.strip() else BLANK_DIMENSION
+    return out
+
+
 class EmfMetrics(InMemoryMetrics):
     """CloudWatch Embedded Metric Format: :meth:`flush` writes one JSON document per dimension set.
 
     Counters are summed, gauges keep the last value and samples are written as value arrays (EMF
     accepts up to 100 values per metric); everything recorded since the last flush is written
     and cleared. The Lambda adapter flushes after every invocation.
+
+    A blank dimension value (``handler=""`` for a record that failed before any handler, a record
+    with no shard) is written as :data:`BLANK_DIMENSION`: CloudWatch rejects a document with an
+    empty value, and would drop every metric in it.
     """
 
     def __init__(self, namespace: str = NAMESPACE, out: IO[str] | None = None, **static: str) -> None:
         super().__init__()
         self.namespace = namespace
         self.out = out
-        self.static = static
+        self.static = _emf_dimensions(static)
+
+    def incr(self, name: str, value: float = 1, **dimensions: str) -> None:
+        super().incr(name, value, **_emf_dimensions(dimensions))
+
+    def gauge(self, name: str, value: float, **dimensions: str) -> None:
+        super().gauge(name, value, **_emf_dimensions(dimensions))
+
+    def observe(self, name: str, value: float, **dimensions: str) -> None:
+        super().observe(name, value, **_emf_dimensions(dimensions))
 
     def flush(self) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from qldbstream.logs import JsonFormatter, configure_logging
-from qldbstream.metrics import EmfMetrics, InMemoryMetrics, PrometheusMetrics, build_metrics
+from qldbstream.metrics import BLANK_DIMENSION, EmfMetrics, InMemoryMetrics, PrometheusMetrics, build_metrics
 from qldbstream.pipeline import Pipeline
 from qldbstream.router import Router
 from tests.support.streams import kinesis_records, simulation
@@ -65,7 +65,7 @@ def test_emf_documents_follow_the_embedded_metric_format() -> None:
         (directive,) = doc["_aws"]["CloudWatchMetrics"]
         assert directive["Namespace"] == "qldbstream" and isinstance(doc["_aws"]["Timestamp"], int)
         (dims,) = directive["Dimensions"]
-        assert "function" in dims and all(doc[d] for d in dims if d != "handler")
+        assert "function" in dims and all(isinstance(doc[d], str) and doc[d].strip() for d in dims)
         for metric in directive["Metrics"]:
             assert metric["Name"] in doc and metric["Unit"] in ("Count", "Seconds", "Milliseconds", "None")
     failures = [d for d in docs if "verification_failures" in d]
@@ -73,6 +73,39 @@ def test_emf_documents_follow_the_embedded_metric_format() -> None:
     out.truncate(0)
     emf.flush()  # flushed means cleared
     assert out.getvalue().strip("\x00") == ""
+
+
+def test_emf_dimension_values_are_never_blank() -> None:
+    """CloudWatch rejects an EMF document with an empty dimension value (all its metrics are lost)."""
+    out = io.StringIO()
+    emf = EmfMetrics(out=out, region=" ")
+    run_pipeline(emf)  # a tampered revision: dlq_writes with handler="" (no handler saw it)
+    emf.incr("dlq_writes", stage="deaggregate", handler=None)  # type: ignore[arg-type]
+    emf.gauge("iterator_age_ms", 5.0, shard="")
+    emf.observe("handler_latency", 0.5, handler="h" * 2000)
+    emf.flush()
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    values = [
+        (d, doc[d])
+        for doc in docs
+        for (dims,) in [doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"]]
+        for d in dims
+    ]
+    assert values and all(isinstance(v, str) and v.strip() and len(v) <= 1024 for _, v in values)
+    dead = [doc for doc in docs if "dlq_writes" in doc]
+    assert {(doc["stage"], doc["handler"]) for doc in dead} == {
+        ("verify", BLANK_DIMENSION),
+        ("deaggregate", BLANK_DIMENSION),
+    }
+    assert all(
+        sorted(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]) == ["handler", "region", "stage"]
+        for doc in dead
+    )
+    assert {doc["region"] for doc in docs} == {BLANK_DIMENSION}
+    (age,) = [doc for doc in docs if "iterator_age_ms" in doc and doc["shard"] == BLANK_DIMENSION]
+    assert age["iterator_age_ms"] == 5.0
+    (long,) = [doc for doc in docs if doc.get("handler", "").startswith("hhh")]
+    assert long["handler"] == "h" * 1024 and long["handler_latency"] == [0.5]
 
 
 def free_port() -> int:
