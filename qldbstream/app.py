@@ -33,6 +33,7 @@ from qldbstream.masking import (
     masking_from_settings,
     remove_log_masking,
 )
+from qldbstream.masking_text import MaskingMetrics
 from qldbstream.metrics import Metrics, build_metrics
 from qldbstream.pipeline import Pipeline
 from qldbstream.plugins import load_handlers
@@ -84,6 +85,8 @@ class App:
         self.store = store if store is not None else self._build_store()
         self.gate_store = gate_store if gate_store is not None else self._build_gate_store()
         self.masker, self.sealer = self._build_masking()
+        if self.masker is not None:  # no metric dimension carries a masked field's value
+            self.metrics = MaskingMetrics(self.metrics, self.masker)
         self._log_filter: MaskingLogFilter | None = None
         self._setup_done = False
 

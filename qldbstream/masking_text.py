@@ -14,7 +14,8 @@ so a value is recognised by the field name written next to it:
 
 A HASH value already masked (64 hex digits) and a PARTIAL value are left as they are, so that
 masking twice gives the same text. :func:`loggable` masks log arguments of any type (no Ion
-types needed). Nothing here raises for odd input; the callers still guard it.
+types needed). :class:`MaskingMetrics` keeps values out of metric dimensions. Nothing here raises
+for odd input; the callers still guard it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from qldbstream.masking import Masker, MaskingRule
 
-__all__ = ["loggable", "mask_statement", "mask_text"]
+__all__ = ["MaskingMetrics", "loggable", "mask_statement", "mask_text"]
 
 _SQ = r"'(?:[^'\\]|''|\\.)*'"
 _DQ = r'"(?:[^"\\]|\\.)*"'
@@ -168,3 +169,40 @@ def loggable(masker: Masker, value: Any, rule: MaskingRule | None = None, depth:
     if isinstance(value, str):
         return mask_text(masker, value)
     return value
+
+
+class MaskingMetrics:
+    """A metrics backend whose dimension values never carry a masked field's value: a dimension
+    named like a masked field is masked by its rule, any other value as text (:func:`mask_text`).
+    Everything else (``flush``, ``serve``, ``total``, …) is the backend's."""
+
+    def __init__(self, inner: Any, masker: Masker) -> None:
+        self.inner = inner
+        self.masker = masker
+
+    def _dimensions(self, dimensions: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for name, value in dimensions.items():
+            try:
+                rule = self.masker.rule_for(name)
+                text = str(value)
+                out[name] = (
+                    _mask_scalar_text(self.masker, text, rule) if rule else mask_text(self.masker, text)
+                )
+            except Exception:  # a metric must never fail, nor leak
+                out[name] = "****"
+        return out
+
+    def incr(self, name: str, value: float = 1, **dimensions: str) -> None:
+        self.inner.incr(name, value, **self._dimensions(dimensions))
+
+    def gauge(self, name: str, value: float, **dimensions: str) -> None:
+        self.inner.gauge(name, value, **self._dimensions(dimensions))
+
+    def observe(self, name: str, value: float, **dimensions: str) -> None:
+        self.inner.observe(name, value, **self._dimensions(dimensions))
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (a copy being built)
+            raise AttributeError(name)
+        return getattr(self.inner, name)

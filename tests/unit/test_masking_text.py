@@ -205,3 +205,17 @@ def test_a_dead_letter_whose_document_cannot_be_loaded_is_sealed_with_messages_w
     assert SSN not in text and base64.b64encode(raw).decode() not in text
     assert re.search("withheld", sealed["error_message"]) and sealed["traceback"] is None
     assert base64.b64decode(open_envelope(sealed, sealer)["user_record_data"]) == raw
+
+
+def test_metric_dimensions_never_carry_a_masked_value() -> None:
+    from qldbstream.masking_text import MaskingMetrics
+    from qldbstream.metrics import InMemoryMetrics
+
+    inner = InMemoryMetrics()
+    metrics = MaskingMetrics(inner, masker)
+    metrics.incr("lookups", ssn=SSN, table="Customers")
+    metrics.gauge("g", 1.0, reason=f"card_number={CARD}")
+    metrics.observe("o", 2.0, handler="audit")
+    assert metrics.total("lookups", ssn=SSN_HASH, table="Customers") == 1  # the backend's own API
+    text = repr(vars(inner))
+    assert SSN not in text and CARD not in text and "************1111" in text and "audit" in text

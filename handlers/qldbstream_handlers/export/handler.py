@@ -292,5 +292,20 @@ def _error_line(record: RevisionDetails, shard: str, reason: str) -> dict[str, A
         "version": record.version,
         "txId": record.tx_id,
         "txTime": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "record": b64encode(record.raw).decode("ascii"),
+        **_record_fields(record),
     }
+
+
+def _record_fields(record: RevisionDetails) -> dict[str, Any]:
+    """The record itself: its raw bytes (base64) - or, masking on, only its masked data as Ion
+    text (``maskedData``; ``null`` when even that cannot be written): the raw bytes hold what
+    masking hides, and the source stream or the DLQ still has them."""
+    if record.masker is None:
+        return {"record": b64encode(record.raw).decode("ascii")}
+    from amazon.ion import simpleion
+
+    try:  # ``data`` is masked already (the pipeline masked the record)
+        masked = str(simpleion.dumps(record.data, binary=False)).removeprefix("$ion_1_0 ")
+    except Exception:  # the data cannot be written as Ion text (why it is an error line)
+        masked = None
+    return {"record": None, "maskedData": masked}
