@@ -8,7 +8,7 @@ import base64
 import json
 import random
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import pytest
@@ -178,6 +178,29 @@ def test_without_a_bucket_a_large_letter_with_no_user_record_is_refused_not_shor
     with pytest.raises(DeadLetterTooLargeError, match="the Kinesis record \\(no user record was read\\)"):
         dlq.put(poison)
     assert counts(sqs, url) == (0, 0)
+
+
+def sealed(letter: DeadLetter, *fields: str) -> DeadLetter:
+    """The letter as masking leaves it: the raw fields moved into ``sealed`` (ciphertext-sized)."""
+    boxes = {f: {"alg": "AES-256-GCM", "kid": "k1", "nonce": "n", "ct": getattr(letter, f)} for f in fields}
+    return replace(letter, kinesis_data=None, user_record_data=None, sealed=boxes, masked=True)
+
+
+def test_a_sealed_letter_without_a_bucket_loses_only_its_sealed_kinesis_data(sqs: Any) -> None:
+    url = new_queue(sqs)
+    dlq = SqsDeadLetterQueue(sqs, url)
+    big = sealed(
+        letter(kinesis_bytes=b"k" * 200_000, user_bytes=b"u" * 1000), "kinesis_data", "user_record_data"
+    )
+    dlq.put(big)
+    ((_, got),) = list(dlq.receive())
+    assert (
+        set(got.sealed) == {"user_record_data"}
+        and got.sealed["user_record_data"] == big.sealed["user_record_data"]
+    )
+    poison = sealed(poison_letter(corrupt_aggregate(200_000)), "kinesis_data")
+    with pytest.raises(DeadLetterTooLargeError, match="no user record was read"):
+        dlq.put(poison)
 
 
 @pytest.fixture
