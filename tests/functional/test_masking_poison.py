@@ -1,0 +1,85 @@
+"""A record the scanner may accept but amazon-ion cannot load (a string with invalid UTF-8, its
+revision hash recomputed so that it verifies) is dead-lettered once - with masking on or off:
+sealing its dead letter must not raise (it did, and the shard stalled) - and the letter gives
+back its exact bytes, sealed when masking is on."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from qldbstream.app import App
+from qldbstream.config import Settings
+from qldbstream.deaggregate import deaggregate
+from qldbstream.decode import RevisionDetails, decode, scan_record
+from qldbstream.errors import DecodeError
+from qldbstream.handler import HandlerContext
+from qldbstream.records import KinesisRecord
+from qldbstream.router import Router
+from tests.support.fakes import MemoryDLQ
+from tests.support.streams import kinesis_records, simulation
+
+HASH_KEY = "h" * 32
+DLQ_KEY = base64.b64encode(b"d" * 32).decode()
+
+
+def unloadable_customer() -> tuple[KinesisRecord, Any]:
+    """A Customers revision whose ``name`` holds invalid UTF-8, its hash recomputed (V2 holds)."""
+    sim = simulation(20, seed=5, aggregate=False)
+    for records in kinesis_records(sim).values():
+        for kr in records:
+            for user in deaggregate(kr):
+                record = decode(user)
+                if isinstance(record, RevisionDetails) and record.table_name == "Customers" and record.data:
+                    data = record.data
+                    name = str(data["name"]).encode()
+                    raw = bytearray(record.raw)
+                    at = raw.index(name)
+                    raw[at] = 0xFF  # not UTF-8 (the same length: every length field stays right)
+                    old_hash = record.hash
+                    try:
+                        expected = scan_record(bytes(raw))[15]
+                    except DecodeError:
+                        pytest.skip("the scanner refuses invalid UTF-8 now: the decode stage dead-letters it")
+                    patched = bytes(raw).replace(old_hash, expected)
+                    assert patched.count(expected) == 1
+                    return KinesisRecord(patched, kr.sequence_number, kr.partition_key, kr.shard_id), data
+    raise AssertionError("no customer in the simulation")
+
+
+@pytest.mark.parametrize("masking", [True, False])
+def test_a_record_amazon_ion_cannot_load_is_dead_lettered_once(masking: bool) -> None:
+    kr, data = unloadable_customer()
+    router = Router("crm")
+    seen: list[str] = []
+
+    @router.revision(table="Customers")
+    def on_customer(revision: RevisionDetails, ctx: HandlerContext) -> None:
+        seen.append(str(revision.data["name"]))  # amazon-ion raises here
+
+    dlq = MemoryDLQ()
+    settings = Settings(
+        masking=masking, masking_hash_key=HASH_KEY, masking_dlq_key=DLQ_KEY, dlq="dir:/unused"
+    )
+    app = App(settings, handlers=[router], dlq=dlq)
+    try:
+        pipeline = app.pipeline()
+        result = pipeline.process(kr.shard_id, [kr], admitted=True)
+        assert not result.halted and result.checkpoint is not None and not seen
+        assert result.dead_lettered == 1
+    finally:
+        app.close()
+    (letter,) = dlq.letters
+    assert letter.masked is masking
+    if masking:
+        text = letter.to_json()
+        assert str(data["ssn"]) not in text and str(data["card_number"]) not in text
+        assert base64.b64encode(kr.data).decode() not in text
+        assert app.sealer is not None
+        assert letter.kinesis_record(app.sealer).data == kr.data  # the exact bytes, for replay
+        assert json.loads(text)["sealed"]
+    else:
+        assert letter.kinesis_record().data == kr.data
