@@ -331,11 +331,10 @@ def _opener(spec: StreamSpec, kms_endpoint: str | None) -> Callable[[bytes], tup
 
     def open_sealed(data: bytes) -> tuple[str, bytes]:
         if not sealers:
-            import boto3
-
+            from qldbstream.clients import aws_client
             from qldbstream.masking import KmsSealer
 
-            client = boto3.client("kms", region_name=spec.region, endpoint_url=kms_endpoint or spec.endpoint)
+            client = aws_client("kms", region_name=spec.region, endpoint_url=kms_endpoint or spec.endpoint)
             sealers.append(KmsSealer(client, ""))
         return open_sealed_record(data, sealers[0])
 
