@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from qldbstream.masking import Masker, MaskingRule
 
-__all__ = ["MaskingMetrics", "loggable", "mask_statement", "mask_text"]
+__all__ = ["MaskingMetrics", "loggable", "mask_statement", "mask_text", "withhold_records"]
 
 _SQ = r"'(?:[^'\\]|''|\\.)*'"
 _DQ = r'"(?:[^"\\]|\\.)*"'
@@ -112,11 +112,27 @@ def _pairs(masker: Masker, text: str) -> tuple[str, int, list[tuple[int, int]]]:
     return "".join(out), masked_pairs, safe
 
 
+#: QLDB stream records (Ion binary) and KPL aggregates quoted whole: base64 (a Kinesis
+#: ``GetRecords`` response body that botocore logs at DEBUG) or a ``bytes`` repr
+_RECORDS = re.compile(
+    r"(?<![A-Za-z0-9+/])(?:4AEA6|84mawg)[A-Za-z0-9+/]*={0,2}"
+    r"|b'(?:\\xe0\\x01\\x00\\xea|\\xf3\\x89\\x9a\\xc2)(?:[^'\\]|\\.)*'"
+    r'|b"(?:\\xe0\\x01\\x00\\xea|\\xf3\\x89\\x9a\\xc2)(?:[^"\\]|\\.)*"'
+)
+
+
+def withhold_records(text: str) -> str:
+    """``text`` with every QLDB record or KPL aggregate it quotes whole (base64 or a ``bytes``
+    repr) replaced by ``[record withheld]``: its values cannot be told apart from its bytes."""
+    return _RECORDS.sub("[record withheld]", text)
+
+
 def mask_text(masker: Masker, text: str) -> str:
-    """``text`` with the value of every ``name <op> value`` whose name a rule matches masked."""
+    """``text`` with the value of every ``name <op> value`` whose name a rule matches masked, and
+    every QLDB record it quotes whole withheld (:func:`withhold_records`)."""
     if not masker.rules or not text:
         return text
-    return _pairs(masker, text)[0]
+    return _pairs(masker, withhold_records(text))[0]
 
 
 def mask_statement(masker: Masker, text: str) -> str:
