@@ -369,3 +369,50 @@ def test_the_scan_finds_the_values_with_masking_off(
     found = hits(outputs, values)
     assert "kinesis:replica" in found and any(".jsonl" in n or "audit" in n for n in found)
     assert any(n.startswith("sqs:") for n in found) and any("dlq" in n for n in found)
+
+
+def test_qldbstream_run_at_debug_with_masking_starts_and_leaks_nothing(
+    moto_server: MotoServer, tmp_path: Path, literal_statements: None
+) -> None:
+    """``qldbstream run`` in its own process, masking on, log_level DEBUG: botocore's DEBUG lines
+    (request and response bodies) go through the filter - the run starts, finishes, leaks nothing."""
+    import os
+    import subprocess
+    import sys
+
+    kinesis = client("kinesis", moto_server.endpoint)
+    stream = f"pii-run-{uuid.uuid4().hex[:8]}"
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName=stream)
+    sim = simulate(SimulationConfig(seed=12, workload=Workload(transactions=40)))
+    put_records(kinesis, stream, [PutEntry(d.data, d.partition_key) for d in sim.deliveries])
+    sources = [
+        u.data for d in sim.deliveries for u in deaggregate(KinesisRecord(d.data, "1", d.partition_key))
+    ]
+    values = raw_values(sources)
+    audit = tmp_path / "audit.jsonl"
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "QLDBSTREAM_MASKING": "true",
+        "QLDBSTREAM_MASKING_HASH_KEY": HASH_KEY,
+        "QLDBSTREAM_LOG_LEVEL": "DEBUG",
+        "QLDBSTREAM_HANDLERS": "audit",
+        "QLDBSTREAM_HANDLER_AUDIT__PATH": str(audit),
+        "QLDBSTREAM_HANDLER_AUDIT__DATA": "true",
+    }
+    args = ["--stream", stream, "--endpoint-url", moto_server.endpoint, "--region", REGION]
+    args += ["--checkpoint-table", f"{stream}-cp", "--create-table", "--until-caught-up", "--no-progress"]
+    done = subprocess.run(
+        [sys.executable, "-m", "qldbstream", "run", *args, "--poll-interval", "0.05"],
+        env=env,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"botocore" in done.stderr and audit.stat().st_size > 0
+    outputs = {"stderr": done.stderr, "stdout": done.stdout, "audit": audit.read_bytes()}
+    assert hits(outputs, values) == {}
+    assert hits({"source": b"".join(sources)}, values) == {"source": values}  # the scan sees them there
