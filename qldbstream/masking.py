@@ -324,18 +324,19 @@ class Masker:
 
 
 def masked_copy(record: Any, masker: Masker) -> Any:
-    """A copy of a :class:`~qldbstream.decode.RevisionDetails` whose ``ion`` and ``data`` are masked.
+    """A copy of a journal record that gives masked values: a revision's ``ion`` and ``data``, a
+    block summary's statement texts (:meth:`Masker.mask_statement`).
 
-    ``raw`` (the verified original bytes) and every identity field are unchanged; other record
-    types are returned as they are.
+    ``raw`` (the verified original bytes) and every identity field are unchanged; the copy's
+    ``masker`` is set, so that a handler that writes records out (replication) knows to write the
+    masked form. CONTROL records, and records masked by ``masker`` already, are returned as they are.
     """
-    from qldbstream.decode import RevisionDetails
+    from qldbstream.decode import BlockSummary, RevisionDetails
 
-    if not isinstance(record, RevisionDetails) or record.data is None:
+    if not isinstance(record, RevisionDetails | BlockSummary) or record.masker is masker:
         return record
     view = copy.copy(record)
-    masked_ion = masker.mask_record(record.ion)
-    view._ion = masked_ion
+    view.mask_with(masker)
     return view
 
 

@@ -219,3 +219,33 @@ def test_metric_dimensions_never_carry_a_masked_value() -> None:
     assert metrics.total("lookups", ssn=SSN_HASH, table="Customers") == 1  # the backend's own API
     text = repr(vars(inner))
     assert SSN not in text and CARD not in text and "************1111" in text and "audit" in text
+
+
+def test_a_masked_copy_is_written_out_masked() -> None:
+    """The per-handler wrapper's copies carry their masker: replication writes the masked form."""
+    from qldbstream.decode import RevisionDetails
+    from qldbstream.masking import masked_copy
+    from qldbstream.replica import is_masked_record, masked_record_bytes
+    from tests.support.streams import kinesis_records, simulation
+
+    sim = simulation(20, seed=4)
+    from qldbstream.deaggregate import deaggregate
+    from qldbstream.decode import decode, decode_bytes
+
+    customers = [
+        record
+        for records in kinesis_records(sim).values()
+        for kr in records
+        for user in deaggregate(kr)
+        if isinstance(record := decode(user), RevisionDetails)
+        and record.table_name == "Customers"
+        and record.data
+    ]
+    assert customers
+    for record in customers:
+        ssn = str(record.data["ssn"])
+        view = masked_copy(record, masker)
+        assert view.masker is masker and view.raw == record.raw and str(record.data["ssn"]) == ssn
+        written = masked_record_bytes(view)
+        assert ssn.encode() not in written and ssn.encode() in record.raw
+        assert is_masked_record(decode_bytes(written, Position("copy")))
