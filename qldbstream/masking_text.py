@@ -29,13 +29,15 @@ if TYPE_CHECKING:
 
 __all__ = ["MaskingMetrics", "loggable", "mask_statement", "mask_text", "withhold_records"]
 
-_SQ = r"'(?:[^'\\]|''|\\.)*'"
-_DQ = r'"(?:[^"\\]|\\.)*"'
-_BT = r"`[^`]*`"
-_GROUP = rf"(?:{_SQ}|{_DQ}|{_BT}|[^()\[\]'\"`])*"
+# Possessive quantifiers (``*+``): no backtracking into a literal or a list, so that no text a log
+# line may hold (say, a run of quotes after an opening parenthesis) takes exponential time.
+_SQ = r"'(?:[^'\\]|''|\\.)*+'"
+_DQ = r'"(?:[^"\\]|\\.)*+"'
+_BT = r"`[^`]*+`"
+_GROUP = rf"(?:{_SQ}|{_DQ}|{_BT}|[^()\[\]'\"`])*+"
 _VALUE = (
     rf"{_SQ}|{_DQ}|{_BT}|\({_GROUP}\)|\[{_GROUP}\]"
-    r"|[^\s,;(){}\[\]'\"`<>=!:][^\s,;(){}\[\]'\"`=]*"
+    r"|[^\s,;(){}\[\]'\"`<>=!:][^\s,;(){}\[\]'\"`=]*+"
 )
 #: ``name <op> value``; ``name`` is bare, single- or double-quoted (the last part of a path)
 _PAIR = re.compile(
