@@ -1,5 +1,6 @@
 """A record the scanner may accept but amazon-ion cannot load (a string with invalid UTF-8, its
-revision hash recomputed so that it verifies) is dead-lettered once - with masking on or off:
+revision hash recomputed so that it verifies; a scanner that refuses it makes it a decode-stage
+poison record instead) is dead-lettered once - with masking on or off:
 sealing its dead letter must not raise (it did, and the shard stalled) - and the letter gives
 back its exact bytes, sealed when masking is on."""
 
@@ -42,8 +43,10 @@ def unloadable_customer() -> tuple[KinesisRecord, Any]:
                     old_hash = record.hash
                     try:
                         expected = scan_record(bytes(raw))[15]
-                    except DecodeError:
-                        pytest.skip("the scanner refuses invalid UTF-8 now: the decode stage dead-letters it")
+                    except DecodeError:  # the scanner refuses it: the decode stage dead-letters it
+                        return KinesisRecord(
+                            bytes(raw), kr.sequence_number, kr.partition_key, kr.shard_id
+                        ), data
                     patched = bytes(raw).replace(old_hash, expected)
                     assert patched.count(expected) == 1
                     return KinesisRecord(patched, kr.sequence_number, kr.partition_key, kr.shard_id), data
@@ -83,3 +86,36 @@ def test_a_record_amazon_ion_cannot_load_is_dead_lettered_once(masking: bool) ->
         assert json.loads(text)["sealed"]
     else:
         assert letter.kinesis_record().data == kr.data
+
+
+def test_sealing_the_letter_of_a_record_amazon_ion_cannot_load_does_not_raise() -> None:
+    """Whatever the scanner accepts: the pipeline's sealing step (which ran outside the guarded
+    DLQ write) gets a stand-in for data amazon-ion cannot load, seals the bytes, withholds the
+    messages."""
+    from qldbstream.decode import UNREADABLE
+    from qldbstream.dlq import envelope_for
+    from qldbstream.masking import AesGcmSealer, Masker
+    from qldbstream.pipeline import Pipeline
+
+    sim = simulation(20, seed=5, aggregate=False)
+    kr, user, record = next(
+        (kr, user, record)
+        for records in kinesis_records(sim).values()
+        for kr in records
+        for user in deaggregate(kr)
+        if isinstance(record := decode(user), RevisionDetails)
+        and record.table_name == "Customers"
+        and record.data
+    )
+    ssn = str(record.data["ssn"])
+    broken = bytearray(record.raw)
+    broken[broken.index(str(record.data["name"]).encode())] = 0xFF
+    record.raw = bytes(broken)  # what amazon-ion cannot load, whether the scanner would have said so or not
+    masker, sealer = Masker(key=HASH_KEY), AesGcmSealer(b"d" * 32)
+    record.mask_with(masker)
+    assert record.original_ion()["payload"]["revision"]["data"] is UNREADABLE
+    pipeline = Pipeline([], dlq=MemoryDLQ(), masker=masker, sealer=sealer)
+    letter = envelope_for("handler", ValueError(f"cannot read ssn={ssn}"), kr, user, handler="crm")
+    sealed = pipeline._seal(letter, record)
+    assert sealed.sealed and sealed.masked_data is None and ssn not in sealed.to_json()
+    assert "withheld" in sealed.error_message and sealed.kinesis_record(sealer).data == user.data
