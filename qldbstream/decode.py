@@ -47,6 +47,7 @@ from qldbstream.ion.binary import (
     read_varuint,
     struct_slots,
 )
+from qldbstream.ion.check import check_value
 from qldbstream.ion.hash import ion_hash_at
 from qldbstream.native import chosen
 from qldbstream.qldb_hash import HASH_LENGTH, dot, merkle_root
@@ -395,6 +396,14 @@ class RevisionDetails(JournalRecord):
 def scan_record(data: bytes) -> tuple[Any, ...]:
     """Pure-Python scanner (the reference implementation of the scan contract above)."""
     view = parse_record(data)
+    scanned = _scan_view(view)
+    # last, so that a record's first problem is reported as before: anything amazon-ion would not
+    # load to the value just hashed (invalid UTF-8, a minute 112, ...) is malformed Ion
+    check_value(view.buf, view.pos, view.end, view.symbols)
+    return scanned
+
+
+def _scan_view(view: RecordView) -> tuple[Any, ...]:
     t, ln, start, end = header(view.buf, view.pos, view.end)
     if t != T_STRUCT or ln == 15:
         raise MalformedRecordError("a QLDB stream record must be an Ion struct")

@@ -230,6 +230,8 @@ impl<'a, 't, A: Algo> Serializer<'a, 't, A> {
             if t >= T_ANNOTATION {
                 return Err(Error::ion(format!("invalid Ion type descriptor 0x{td:02x}")));
             }
+            // 0x3F is null.int too: amazon-ion writes it back as 0x2F
+            let t = if t == T_NEGINT { T_POSINT } else { t };
             self.out.extend_from_slice(&[0x0B, (t << 4) | 0x0F, 0x0E]);
             return Ok(pos);
         }

@@ -13,6 +13,7 @@
 //! No ``unsafe`` code of our own (PyO3, sha2 and base64-simd have theirs): the safe API is fast
 //! enough here (the result tuples are small).
 
+pub mod check;
 pub mod error;
 pub mod hash;
 pub mod kpl;

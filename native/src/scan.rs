@@ -3,12 +3,13 @@
 //! same order, so that a record with several problems fails with the same error kind (and the
 //! same message) as the pure-Python scanner.
 
+use crate::check::Checker;
 use crate::error::{Error, Kind, Part, Result};
 use crate::hash::{Serializer, Sha256Algo};
 use crate::reader::{
-    Field, Header, Lookup, SlotsError, SymbolTable, T_BLOB, T_LIST, T_POSINT, T_STRING, T_STRUCT, T_SYMBOL,
-    T_TIMESTAMP, header, iter_list, parse_record, read_uint_u64, read_varuint, struct_slots, uint_decimal,
-    utf8,
+    Field, Header, Lookup, RecordView, SlotsError, SymbolTable, T_BLOB, T_LIST, T_POSINT, T_STRING, T_STRUCT,
+    T_SYMBOL, T_TIMESTAMP, header, iter_list, parse_record, read_uint_u64, read_varuint, struct_slots,
+    uint_decimal, utf8,
 };
 
 pub const HASH_LENGTH: usize = 32;
@@ -390,6 +391,13 @@ impl<'a, 't> Scanner<'a, 't> {
 /// ``scan_record``: the scan contract for one user record.
 pub fn scan_record(data: &[u8]) -> Result<Scanned<'_>> {
     let view = parse_record(data)?;
+    let scanned = scan_view(&view)?;
+    // last, as in the Python: anything amazon-ion would not load to the value just hashed
+    Checker::new(view.buf, &view.table).check_value(view.pos, view.end, 0)?;
+    Ok(scanned)
+}
+
+fn scan_view<'a>(view: &RecordView<'a>) -> Result<Scanned<'a>> {
     let mut scanner =
         Scanner { buf: view.buf, table: &view.table, hasher: Serializer::new(view.buf, &view.table) };
     let h = header(view.buf, view.pos, view.end)?;

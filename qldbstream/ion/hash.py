@@ -55,6 +55,7 @@ _E = b"\x0e"
 _SID0 = b"\x0b\x71\x0e"
 _NULLS = {t: bytes((0x0B, (t << 4) | 0x0F, 0x0E)) for t in range(14)}
 _NULLS[T_NULL] = b"\x0b\x0f\x0e"
+_NULLS[T_NEGINT] = _NULLS[T_POSINT]  # 0x3F is null.int too (amazon-ion writes it back as 0x2F)
 _BOOLS = (b"\x0b\x10\x0e", b"\x0b\x11\x0e")
 _ZERO_INT = b"\x0b\x20\x0e"
 _ZERO_FLOAT = b"\x0b\x40\x0e"
