@@ -1,0 +1,236 @@
+"""What the scanner accepts, amazon-ion loads to the same value; the rest is malformed Ion.
+
+Each case puts one value into the ``data`` of an otherwise valid REVISION_DETAILS record (and,
+where it matters, outside the hashed values) and checks that the pure-Python and the compiled
+scanner refuse it with the same ``MalformedIonError`` - or, for the edge cases that are valid,
+accept it and agree with amazon-ion on every field and hash (``tests/support/ion_fuzz.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from amazon.ion import simpleion
+
+from qldbstream.decode import decode_bytes, scan_record
+from qldbstream.errors import MalformedIonError
+from qldbstream.ion.binary import IVM
+from qldbstream.ion.hash import ion_hash, ion_hash_bytes
+from qldbstream.records import Position
+from tests.support.ion_fuzz import Report, check, python_scan
+
+if os.environ.get("REQUIRE_QLDBSTREAM_NATIVE") == "1":
+    import qldbstream_native as native
+else:
+    native = pytest.importorskip("qldbstream_native", reason="qldbstream-native is not installed")
+
+_MARKER = b"\x00" * 24  # a 24-byte blob in data, replaced by the value under test
+
+
+def record_with(value: bytes, where: str = "data") -> bytes:
+    """A REVISION_DETAILS record whose ``data.x`` (or ``tableInfo.x``) is the Ion value ``value``.
+
+    The value replaces a 24-byte blob; the bytes it does not fill become NOP padding (a field
+    whose value is a NOP pad), so no enclosing length changes.
+    """
+    holder: dict[str, Any] = {"x": _MARKER, "amount": 1}
+    table: dict[str, Any] = {"tableName": "T", "tableId": "tid"}
+    data: dict[str, Any] = {"amount": 1}
+    if where == "data":
+        data = holder
+    else:
+        table = {**table, **holder}
+    raw = simpleion.dumps(
+        {
+            "qldbStreamArn": "arn:aws:qldb:eu-west-1:123456789012:stream/l/s",
+            "recordType": "REVISION_DETAILS",
+            "payload": {
+                "tableInfo": table,
+                "revision": {
+                    "blockAddress": {"strandId": "strand", "sequenceNo": 3},
+                    "hash": b"\x01" * 32,
+                    "data": data,
+                    "metadata": {
+                        "id": "doc",
+                        "version": 0,
+                        "txId": "tx",
+                        "txTime": simpleion.loads("2024-03-01T09:00:00.123Z"),
+                    },
+                },
+            },
+        },
+        binary=True,
+    )
+    blob = b"\xae\x98" + _MARKER  # the blob's type descriptor, length 24, body
+    at = raw.index(blob)
+    room = len(blob) - len(value) - 1  # one byte for the NOP field's name (SID 0)
+    assert room >= 1, "value too long for the marker"
+    nop = (
+        bytes([room - 1]) + bytes(room - 1)
+        if room < 15
+        else b"\x0e" + bytes([0x80 | (room - 2)]) + bytes(room - 2)
+    )
+    out = raw[:at] + value + b"\x80" + nop + raw[at + len(blob) :]
+    assert len(out) == len(raw)
+    return out
+
+
+def native_scan(data: bytes) -> tuple[Any, ...]:
+    try:
+        return ("ok", native.scan_record(data))
+    except native.NativeDecodeError as exc:
+        return ("error", *exc.args)
+
+
+def ts(body: bytes) -> bytes:
+    return bytes([0x60 | len(body)]) + body
+
+
+# 2000-01-01 as components: offset, year 2000, month 1, day 1
+_Z = b"\x80"
+_Y2000 = b"\x0f\xd0"
+_JAN1 = b"\x81\x81"
+
+REFUSED: dict[str, tuple[bytes, str]] = {
+    "invalid UTF-8": (b"\x82\xc3\x28", "Ion string is not valid UTF-8"),
+    "a lone continuation byte": (b"\x83ab\x80", "Ion string is not valid UTF-8"),
+    "a UTF-16 surrogate": (b"\x83\xed\xa0\x80", "Ion string is not valid UTF-8"),
+    "minute 112": (ts(_Z + _Y2000 + _JAN1 + b"\x80\xf0"), "Ion timestamp minute is not 0 to 59"),
+    "hour 25": (ts(_Z + _Y2000 + _JAN1 + b"\x99\x80"), "Ion timestamp hour is not 0 to 23"),
+    "second 60": (ts(_Z + _Y2000 + _JAN1 + b"\x80\x80\xbc"), "Ion timestamp second is not 0 to 59"),
+    "a day without its end bit": (ts(_Z + _Y2000 + b"\x81\x01\x80\x80\x80"), "Ion timestamp day is not 1 to 31"),
+    "month 13": (ts(_Z + _Y2000 + b"\x8d"), "Ion timestamp month is not 1 to 12"),
+    "month 0": (ts(b"\xc0" + _Y2000 + b"\x80"), "Ion timestamp month is not 1 to 12"),
+    "February 30": (ts(b"\xc0" + _Y2000 + b"\x82\x9e"), "Ion timestamp day is not 1 to 29"),
+    "February 29 of 1900": (ts(b"\xc0\x0e\xec\x82\x9d"), "Ion timestamp day is not 1 to 28"),
+    "year 0": (ts(b"\xc0\x80"), "Ion timestamp year is not 1 to 9999"),
+    "year 10000": (ts(b"\xc0\x4e\x90"), "Ion timestamp year is not 1 to 9999"),
+    "an offset on a year": (
+        ts(b"\x81" + _Y2000),
+        "Ion timestamp has an offset but no time (amazon-ion drops it)",
+    ),
+    "+00:00 on a day": (
+        ts(_Z + _Y2000 + _JAN1),
+        "Ion timestamp has an offset but no time (amazon-ion drops it)",
+    ),
+    "an offset of 24 hours": (
+        ts(b"\x0b\xa0" + _Y2000 + _JAN1 + b"\x80\x80"),
+        "Ion timestamp offset is 24 hours or more",
+    ),
+    "a local time before year 1": (
+        ts(b"\xc1\x81\x81\x81\x80\x80"),
+        "Ion timestamp's local time is outside years 1 to 9999",
+    ),
+    "a local time after 9999": (
+        ts(b"\x81\x4e\x8f\x8c\x9f\x97\xbb"),
+        "Ion timestamp's local time is outside years 1 to 9999",
+    ),
+    "a padded month": (ts(b"\xc0" + _Y2000 + b"\x00\x81"), "Ion timestamp has a padded component"),
+    "fractional seconds of 1d-40": (
+        ts(_Z + _Y2000 + _JAN1 + b"\x80\x80\x80\xe8\x01"),
+        "Ion timestamp has fractional seconds finer than nanoseconds (amazon-ion changes them)",
+    ),
+    "fractional seconds of 1": (
+        ts(_Z + _Y2000 + _JAN1 + b"\x80\x80\x80\xc1\x0a"),
+        "Ion timestamp fractional seconds must be less than 1",
+    ),
+    "an hour without minutes": (
+        ts(_Z + _Y2000 + _JAN1 + b"\x80"),
+        "Ion timestamp has an hour without minutes",
+    ),
+    "an int of negative zero": (b"\x30", "Ion int is a negative zero"),
+    "a padded negative zero": (b"\x31\x00", "Ion int is a negative zero"),
+    "a float of 3 bytes": (b"\x43\x00\x00\x00", "Ion float has length 3 (must be 0, 4 or 8)"),
+    "an empty sorted struct": (b"\xd1\x80", "Ion sorted struct is empty"),
+    "a decimal exponent of 6112": (
+        b"\x53\x2f\xe0\x01",
+        "Ion decimal exponent is outside -6176 to 6111 (amazon-ion changes or refuses it)",
+    ),
+    "a decimal exponent of -6177": (
+        b"\x53\x70\xa1\x01",
+        "Ion decimal exponent is outside -6176 to 6111 (amazon-ion changes or refuses it)",
+    ),
+    "a symbol not in the table": (b"\x72\x7f\xff", "Ion symbol ID 32767 is not in the symbol table"),
+    "an annotation not in the table": (
+        b"\xe5\x82\x7f\xff\x21\x01",
+        "Ion symbol ID 16383 is not in the symbol table",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+@pytest.mark.parametrize("where", ["data", "tableInfo"])
+def test_malformed_values_are_refused_by_both_scanners(case: str, where: str) -> None:
+    value, message = REFUSED[case]
+    data = record_with(value, where)
+    python = python_scan(data)
+    assert python[:2] == ("error", "ion"), python
+    assert python[2].startswith(message), python
+    assert native_scan(data) == python
+    # and what it protects: amazon-ion refuses it, or reads another value than the bytes say
+    try:
+        loaded = simpleion.loads(data)
+    except Exception:  # amazon-ion's untyped IonException
+        return
+    holder = loaded["payload"]["revision"]["data"] if where == "data" else loaded["payload"]["tableInfo"]
+    try:
+        as_written = ion_hash_bytes(IVM + value)
+    except MalformedIonError:  # (a symbol ID that only this record's table could resolve)
+        return
+    assert as_written != ion_hash(holder["x"]), "amazon-ion reads the value as written: why refuse it?"
+
+
+def test_a_malformed_value_is_a_typed_error_carrying_the_position() -> None:
+    data = record_with(REFUSED["invalid UTF-8"][0])
+    position = Position("shardId-000000000000", "49590338271490256608559692538361571095921575989136588898")
+    with pytest.raises(MalformedIonError) as info:
+        decode_bytes(data, position)
+    assert info.value.position == position
+    assert info.value.action == "dead-letter"
+
+
+ACCEPTED: dict[str, bytes] = {
+    "February 29 of 2000": ts(b"\xc0" + _Y2000 + b"\x82\x9d"),
+    "a year with an unknown offset": ts(b"\xc0" + _Y2000),
+    "minute precision, unknown offset": ts(b"\xc0" + _Y2000 + _JAN1 + b"\x80\x80"),
+    "an offset of 23:59": ts(b"\x0b\x9f" + _Y2000 + _JAN1 + b"\x80\x80"),
+    "nanoseconds": ts(_Z + _Y2000 + _JAN1 + b"\x80\x80\x80\xc9\x3b\x9a\xc9\xff"),
+    "zero with 9 digits": ts(_Z + _Y2000 + _JAN1 + b"\x80\x80\x80\xc9"),
+    "a padded offset": ts(b"\x00\x80" + _Y2000 + _JAN1 + b"\x80\x80"),
+    "year 1, local time in year 1": ts(b"\x81\x81\x81\x81\x80\x80"),
+    "year 9999 UTC": ts(_Z + b"\x4e\x8f\x8c\x9f\x97\xbb"),
+    "a padded positive zero int": b"\x21\x00",
+    "a negative int": b"\x31\x05",
+    "a decimal exponent of 6111": b"\x53\x2f\xdf\x01",
+    "a decimal exponent of -6176": b"\x53\x70\xa0\x01",
+    "a decimal negative zero": b"\x52\x80\x80",
+    "null.int written as 0x3F": b"\x3f",
+    "a four-byte float": b"\x44\x3f\x80\x00\x00",
+    "a string with a 4-byte character": b"\x84\xf0\x9f\x98\x80",
+    "a sorted struct": b"\xd1\x83\x84\x21\x01",
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_valid_edge_cases_are_accepted_with_amazon_ions_value(case: str) -> None:
+    data = record_with(ACCEPTED[case])
+    python = python_scan(data)
+    assert python[0] == "ok", python
+    assert native_scan(data) == python
+    report = Report()
+    assert check(data, report, native) == "accepted, same value", report.examples
+
+
+def test_null_int_hashes_as_amazon_ion_writes_it() -> None:
+    assert ion_hash_bytes(IVM + b"\x3f") == ion_hash_bytes(IVM + b"\x2f")
+    assert native.ion_hash_bytes(IVM + b"\x3f") == native.ion_hash_bytes(IVM + b"\x2f")
+
+
+def test_a_refused_record_is_refused_before_anyone_reads_its_data() -> None:
+    # the issue's case: invalid UTF-8 with a recomputed hash verified, then .data raised an
+    # untyped IonException; now the scan refuses it (the hash never gets compared)
+    data = record_with(b"\x82\xff\xfe")
+    with pytest.raises(MalformedIonError, match="not valid UTF-8"):
+        scan_record(data)
