@@ -329,3 +329,44 @@ impl<'a, 't> Checker<'a, 't> {
         Ok(stop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(body: &[u8]) -> Result<()> {
+        check_timestamp(body, 0, body.len())
+    }
+
+    #[test]
+    fn timestamps() {
+        // 2000-01-01T00:00Z, then minute 112, hour 25, February 29 of 2000 and of 1900
+        assert!(ts(b"\x80\x0f\xd0\x81\x81\x80\x80").is_ok());
+        assert_eq!(
+            ts(b"\x80\x0f\xd0\x81\x81\x80\xf0").unwrap_err().to_string(),
+            "Ion timestamp minute is not 0 to 59"
+        );
+        assert_eq!(
+            ts(b"\x80\x0f\xd0\x81\x81\x99\x80").unwrap_err().to_string(),
+            "Ion timestamp hour is not 0 to 23"
+        );
+        assert!(ts(b"\xc0\x0f\xd0\x82\x9d").is_ok());
+        assert_eq!(ts(b"\xc0\x0e\xec\x82\x9d").unwrap_err().to_string(), "Ion timestamp day is not 1 to 28");
+        // an offset on a year; nanoseconds and finer
+        assert!(ts(b"\x81\x0f\xd0").is_err());
+        assert!(ts(b"\x80\x0f\xd0\x81\x81\x80\x80\x80\xc9\x3b\x9a\xc9\xff").is_ok());
+        assert!(ts(b"\x80\x0f\xd0\x81\x81\x80\x80\x80\xca\x01").is_err());
+        // a huge offset or component saturates instead of overflowing
+        assert!(ts(b"\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\xff\x0f\xd0").is_err());
+        assert!(ts(b"\x80\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\xff").is_err());
+    }
+
+    #[test]
+    fn decimals() {
+        assert!(check_decimal(b"\x2f\xdf\x01", 0, 3).is_ok()); // 1d6111
+        assert!(check_decimal(b"\x2f\xe0\x01", 0, 3).is_err()); // 1d6112
+        assert!(check_decimal(b"\x70\xa0\x01", 0, 3).is_ok()); // 1d-6176
+        assert!(check_decimal(b"\x70\xa1\x01", 0, 3).is_err()); // 1d-6177
+        assert!(check_decimal(b"\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\xff", 0, 11).is_err());
+    }
+}
