@@ -65,7 +65,7 @@ pub fn check_timestamp(buf: &[u8], start: usize, end: usize) -> Result<()> {
     let mut fields = [0u64; 6];
     let mut n = 0;
     while pos < end && n < 6 {
-        if buf[pos] == 0 && n > 0 {
+        if buf[pos] == 0 {
             return Err(ion("Ion timestamp has a padded component"));
         }
         let (v, p) = varuint(buf, pos, end, "timestamp component")?;
@@ -340,6 +340,7 @@ mod tests {
 
     #[test]
     fn timestamps() {
+        assert!(ts(b"\x80\x00\x0f\xd0").is_err()); // a padded year
         // 2000-01-01T00:00Z, then minute 112, hour 25, February 29 of 2000 and of 1900
         assert!(ts(b"\x80\x0f\xd0\x81\x81\x80\x80").is_ok());
         assert_eq!(

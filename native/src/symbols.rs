@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
+use crate::check::Checker;
 use crate::error::{Error, Kind, Part, Result};
 use crate::reader::{
     T_LIST, T_POSINT, T_STRING, T_STRUCT, T_SYMBOL, VarUInt, header, iter_list, read_uint_u64, read_varuint,
@@ -264,7 +265,10 @@ pub fn symbol_table<'a>(
     end: usize,
     current: &SymbolTable<'a>,
 ) -> Result<SymbolTable<'a>> {
+    // amazon-ion reads the whole table value: check it as the record's values are checked
+    let check = || Checker::new(buf, current).check_value(pos, stop, 0);
     if !current.system {
+        check()?;
         let data = local_symbol_table(buf, start, end, current, 0)?;
         return Ok(SymbolTable { buf, data: Rc::new(data), base: 0, system: false });
     }
@@ -273,6 +277,7 @@ pub fn symbol_table<'a>(
     if cacheable && let Some(data) = CACHE.with(|c| c.borrow().get(key).cloned()) {
         return Ok(SymbolTable { buf, data, base: pos, system: false });
     }
+    check()?;
     let data = Rc::new(local_symbol_table(buf, start, end, current, pos)?);
     // Admit a table on its second sighting: tables that name per-record symbols (QLDB puts the
     // document IDs of transactionInfo.documents into the block summary's table) never repeat.

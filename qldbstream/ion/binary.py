@@ -433,20 +433,28 @@ class RecordView:
         self.end = end
 
 
+def _new_table(buf: bytes, pos: int, stop: int, bstart: int, bend: int, current: Symbols) -> Symbols:
+    """Check the symbol table value (amazon-ion reads all of it) and build the table it makes."""
+    from qldbstream.ion.check import check_value  # (check imports this module)
+
+    check_value(buf, pos, stop, current)
+    return _local_symbol_table(buf, bstart, bend, current)
+
+
 def _symbol_table(
     buf: bytes, pos: int, stop: int, bstart: int, bend: int, current: SymbolTable
 ) -> SymbolTable:
     if current is SYSTEM_TABLE:
         key = buf[pos:stop]
         if len(key) > _TABLE_CACHE_MAX_BYTES:  # bound the cache's memory: huge tables are not shared
-            return SymbolTable(_local_symbol_table(buf, bstart, bend, current.symbols))
+            return SymbolTable(_new_table(buf, pos, stop, bstart, bend, current.symbols))
         table = _TABLE_CACHE.get(key)
         if table is None:
             if len(_TABLE_CACHE) >= _TABLE_CACHE_LIMIT:
                 _TABLE_CACHE.clear()
-            table = _TABLE_CACHE[key] = SymbolTable(_local_symbol_table(buf, bstart, bend, current.symbols))
+            table = _TABLE_CACHE[key] = SymbolTable(_new_table(buf, pos, stop, bstart, bend, current.symbols))
         return table
-    return SymbolTable(_local_symbol_table(buf, bstart, bend, current.symbols))
+    return SymbolTable(_new_table(buf, pos, stop, bstart, bend, current.symbols))
 
 
 def parse_record(buf: bytes) -> RecordView:

@@ -17,6 +17,8 @@ amazon-ion, to the value that was hashed. :func:`check_value` walks a whole valu
   exponent is outside -6176..6111 (amazon-ion's decQuad range: beyond it the value changes);
 * annotation wrappers that do not wrap exactly one value.
 
+Local symbol tables are checked too (``binary._new_table``): amazon-ion reads all of a table.
+
 The compiled scanner (``native/src/check.rs``) has the same checks, in the same order, with the
 same messages. ``bench/fuzz_ion.py`` is the differential fuzz that found them.
 """
@@ -84,7 +86,7 @@ def check_timestamp(buf: bytes, start: int, end: int) -> None:
         raise MalformedIonError("Ion timestamp offset is 24 hours or more")
     fields: list[int] = []
     while pos < end and len(fields) < 6:
-        if buf[pos] == 0 and fields:  # a padded month, day, hour, minute or second
+        if buf[pos] == 0:  # a padded year, month, day, hour, minute or second (the offset may be)
             raise MalformedIonError("Ion timestamp has a padded component")
         v, pos = _varuint(buf, pos, end, "timestamp component")
         fields.append(v)
