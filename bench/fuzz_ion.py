@@ -154,6 +154,10 @@ def main() -> int:
     print("outcomes:")
     for outcome, n in sorted(report.outcomes.items()):
         print(f"  {outcome:<40} {n:>10,}")
+    if report.notes:
+        print("noted (no disagreement):")
+        for note, n in sorted(report.notes.items()):
+            print(f"  {note:<70} {n:>10,}")
     total = sum(report.disagreements.values())
     print(f"disagreements: {total:,}")
     for what, n in sorted(report.disagreements.items()):

@@ -264,3 +264,21 @@ def test_a_record_that_hangs_amazon_ion_is_refused_by_both_scanners() -> None:
     python = python_scan(HANGS_AMAZON_ION)
     assert python[:2] == ("error", "ion"), python
     assert native_scan(HANGS_AMAZON_ION) == python
+
+
+def test_a_symbol_table_is_checked_like_a_value() -> None:
+    # $ion_symbol_table::{symbols:["a", <a symbol with a 9-byte ID>]} 1 - amazon-ion reads the
+    # whole table and overflows (found by the fuzz: a string length cut by one in a real table)
+    symbols = b"\x81a" + b"\x79" + bytes(range(1, 10))
+    table = b"\xde\x8e\x87" + bytes([0xB0 | len(symbols)]) + symbols
+    data = IVM + b"\xee\x92\x81\x83" + table + b"\x21\x01"
+    with pytest.raises(Exception):  # noqa: B017 - amazon-ion's untyped IonException
+        simpleion.loads(data)
+    python = python_scan(data)
+    assert python[:2] == ("error", "ion"), python
+    assert "is not in the symbol table" in python[2]
+    assert native_scan(data) == python
+    with pytest.raises(MalformedIonError):  # (the symbol table is read wherever a record is)
+        ion_hash_bytes(data)
+    with pytest.raises(native.NativeDecodeError):
+        native.ion_hash_bytes(data)

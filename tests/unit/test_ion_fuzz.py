@@ -43,7 +43,7 @@ def test_mutated_records_three_readers_agree() -> None:
     if COUNT >= 2000:
         assert report.outcomes["accepted, same value"] > COUNT // 20, report.outcomes
         assert report.outcomes["refused (ion)"] and report.outcomes["refused (record)"], report.outcomes
-        assert set(report.mutations) >= {"bytes", "length", "timestamp", "string", "decimal", "int"}
+        assert set(report.mutations) >= {"bytes", "length", "timestamp", "string", "decimal", "int", "inject"}
 
 
 @pytest.mark.parametrize(
