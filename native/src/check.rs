@@ -59,6 +59,10 @@ pub fn check_timestamp(buf: &[u8], start: usize, end: usize) -> Result<()> {
     let (negative, offset, mut pos) =
         varint(buf, start, end).ok_or_else(|| ion("Ion timestamp offset runs past the end of its value"))?;
     let unknown_offset = negative && offset == 0;
+    if pos - start > 2 {
+        // amazon-ion reads at most two bytes (a padded +23:59 is three)
+        return Err(ion("Ion timestamp offset is longer than 2 bytes"));
+    }
     if offset >= 24 * 60 {
         return Err(ion("Ion timestamp offset is 24 hours or more"));
     }
@@ -289,6 +293,10 @@ impl<'a, 't> Checker<'a, 't> {
             }
             T_TIMESTAMP => check_timestamp(buf, pos, stop)?,
             T_DECIMAL => check_decimal(buf, pos, stop)?,
+            T_SYMBOL if length > 4 => {
+                // amazon-ion overflows on more (leading zero bytes included)
+                return Err(ion("Ion symbol value is longer than 4 bytes"));
+            }
             T_SYMBOL => {
                 let out = match read_uint_u64(buf, pos, stop) {
                     Some(sid) => self.symbols.get_u64(sid) == Lookup::OutOfRange,
@@ -341,6 +349,8 @@ mod tests {
     #[test]
     fn timestamps() {
         assert!(ts(b"\x80\x00\x0f\xd0").is_err()); // a padded year
+        assert!(ts(b"\x00\x80\x0f\xd0\x81\x81\x80\x80").is_ok()); // a padded offset of two bytes
+        assert!(ts(b"\x00\x0b\x9f\x0f\xd0\x81\x81\x80\x80").is_err()); // three bytes
         // 2000-01-01T00:00Z, then minute 112, hour 25, February 29 of 2000 and of 1900
         assert!(ts(b"\x80\x0f\xd0\x81\x81\x80\x80").is_ok());
         assert_eq!(

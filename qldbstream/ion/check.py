@@ -82,6 +82,8 @@ def check_timestamp(buf: bytes, start: int, end: int) -> None:
         pos += 1
         offset = (offset << 7) | (b & 0x7F)
     unknown_offset = negative and offset == 0
+    if pos - start > 2:  # amazon-ion reads at most two bytes (a padded +23:59 is three)
+        raise MalformedIonError("Ion timestamp offset is longer than 2 bytes")
     if offset >= 24 * 60:
         raise MalformedIonError("Ion timestamp offset is 24 hours or more")
     fields: list[int] = []
@@ -239,6 +241,8 @@ def check_value(buf: bytes, pos: int, end: int, symbols: Symbols, depth: int = 0
     elif t == T_DECIMAL:
         _check_decimal(buf, pos, stop)
     elif t == T_SYMBOL:
+        if length > 4:  # amazon-ion overflows on more (leading zero bytes included)
+            raise MalformedIonError("Ion symbol value is longer than 4 bytes")
         _sid(symbols, int.from_bytes(buf[pos:stop], "big"))
     elif t == T_NEGINT:
         if not any(buf[pos:stop]):

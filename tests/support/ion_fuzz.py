@@ -301,7 +301,7 @@ def synthetic_value(rng: random.Random) -> bytes:
         body = bytes(rng.randrange(256) for _ in range(rng.randint(0, 12)))
         if rng.random() < 0.5:
             body = "".join(chr(rng.choice((0x41, 0xE9, 0x20AC, 0x1F600, 0xFFFD))) for _ in range(4)).encode()
-        return _tl(8, body) if rng.random() < 0.8 else _tl(7, body[:3])
+        return _tl(8, body) if rng.random() < 0.8 else _tl(7, bytes(rng.randint(0, 3)) + body[:2])
     if kind == 5:  # ints
         return rng.choice((b"\x30", b"\x31\x00", b"\x20", b"\x21\x00", b"\x3f", b"\x2f", b"\x32\x00\x01"))
     if kind == 6:  # floats
