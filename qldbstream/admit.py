@@ -87,7 +87,8 @@ class Entry:
         #: dead-lettered once the batch knows how far the checkpoint may go (never beyond)
         self.poison: tuple[str, BaseException, JournalRecord | None, list[Failure] | None] | None = None
         #: handler -> "done" | "skip" | "dlq" | "pending" | "held" (by the reorder policy: finished for
-        #: now, its shard's checkpoint waits); absent means the handler does not want it
+        #: now, its shard's checkpoint waits) | "busy" (another holder is delivering this very copy: a
+        #: parked one it released - finished here, it stays parked); absent: the handler does not want it
         self.hstate: dict[str, str] = {}
         #: the record is parked (waiting for its block): finished for this batch, not delivered
         self.parked: ParkedRecord | None = None
@@ -101,9 +102,21 @@ class Entry:
         #: before it (a restart must read it again, or its revisions could not be verified)
         self.holds: BlockKey | None = None
 
+    def copy(self) -> str:
+        """Which copy of a record this is: its stream position (a parked record keeps the position
+        it was read at)."""
+        user = self.user
+        if user is None:
+            return f"entry|{self.k}"
+        kr = user.parent
+        where = kr.source if not user.sequence_number else ""
+        position = f"{user.sequence_number}|{user.sub_sequence_number}"
+        return f"{kr.stream_arn or ''}|{kr.shard_id or ''}|{position}|{where}"
+
     def settled(self) -> bool:
-        """Finished, and no handler holds it back (the reorder policy): it may leave the gate's store."""
-        return self.finished() and "held" not in self.hstate.values()
+        """Finished, and no handler holds it back (the reorder policy) or is being delivered by another
+        holder ("busy"): it may leave the gate's store."""
+        return self.finished() and not {"held", "busy"} & set(self.hstate.values())
 
     def finished(self) -> bool:
         if self.dead or self.parked is not None:

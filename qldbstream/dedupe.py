@@ -16,6 +16,26 @@ For every handler, independently:
   window passes it is delivered anyway, and one that still comes late is delivered with
   ``ctx.late`` (never dropped).
 
+**Several processes** (Lambda containers, KCL record processors) share one store, and two of them
+can hold copies of one revision, or two versions of one document, at the same moment. Reading the
+marks first and writing them after delivery cannot tell them apart, so a *shared* store
+(``store.shared``) is asked to :meth:`~SharedDedupeStore.claim` every record just before it is
+delivered: an atomic, conditional claim of its key by its *owner* - the copy's stream position, so
+a redelivery of the same copy (after a crash or a retried batch) claims it again, while another
+copy finds it claimed and is a duplicate (the owner's shard does not move past it until it is
+delivered or dead-lettered). A revision's claim also raises its document's mark to its version
+when the mark is lower: a revision whose claim finds a mark at or above it is late. So across
+processes each record reaches a handler once per copy position at most, and an older version that
+reaches a handler after a newer one was *claimed* carries ``ctx.late`` - the order is the order of
+the claims in the store. A claim also names its *holder* - the shard being processed (or the
+worker's journal-order reader) - and holds for a lease (:data:`RELEASE_LEASE`): a parked record can
+be released by any shard that verifies its block, and another holder releasing the same copy
+meanwhile is told it is busy and leaves it parked. And while a claimed revision is being delivered
+its document is *locked* by its holder (until it
+is finished, or :data:`DOCUMENT_LOCK` passes): a newer version claimed meanwhile from another shard
+*waits* (its shard halts there and tries again), so a handler never receives a document's versions
+from two shards at once, and an older version that arrives after a newer one is flagged late.
+
 :class:`Planner` only decides (it is pure apart from reading the store); the pipeline delivers,
 and after a handler's work is flushed calls :meth:`Planner.commit` to write the marks - so a
 crash between delivery and commit means a redelivery, never a loss.
@@ -25,7 +45,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -33,11 +53,14 @@ from typing import Protocol
 from qldbstream.decode import BlockSummary, ControlRecord, JournalRecord, RevisionDetails
 
 __all__ = [
+    "Claim",
+    "ClaimResult",
     "DedupeStore",
     "InMemoryDedupeStore",
     "LatePolicy",
     "Plan",
     "Planner",
+    "SharedDedupeStore",
     "Watermark",
     "dedupe_key",
 ]
@@ -77,6 +100,67 @@ class DedupeStore(Protocol):
         ...
 
 
+class ClaimResult(StrEnum):
+    #: claimed, and no newer version of its document was claimed before it
+    ORDERED = "ordered"
+    #: claimed, but a newer version of its document was claimed first
+    LATE = "late"
+    #: another copy (another stream position) claimed it: that copy delivers it
+    DUPLICATE = "duplicate"
+    #: this very copy is being delivered by another holder (a parked copy that another shard released:
+    #: its lease is live): leave it parked - if that holder dies, the lease ends and it is released again
+    BUSY = "busy"
+
+    #: an earlier version of its document is being delivered by another copy (the document is
+    #: locked): not delivered now - the shard halts here and tries again
+    WAIT = "wait"
+
+
+#: how long a claim's holder holds the copy (seconds): long enough to deliver a batch; if it dies,
+#: another holder may take the copy after this (the same holder - its shard's next processor - at once)
+RELEASE_LEASE = 300.0
+#: how long a claimed revision locks its document, at most (seconds): until it is delivered, skipped
+#: or dead-lettered (:meth:`Planner.unlock`), or its holder died and this time passed
+DOCUMENT_LOCK = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A record about to be delivered to a handler: its key, the copy claiming it and, for a
+    revision, its document and version."""
+
+    key: str
+    owner: str
+    document_id: str | None = None
+    version: int = -1
+    deleted: bool = False
+    #: who delivers the copy (the shard being processed, or the journal-order reader): it holds the
+    #: claim for ``lease`` seconds, against other holders of the same copy (a parked copy released
+    #: by two shards' block summaries)
+    holder: str = ""
+    lease: float = 0.0
+    #: who locks the document while the revision is delivered (the holder)
+    locker: str = ""
+
+
+class SharedDedupeStore(DedupeStore, Protocol):
+    """A store several processes use at once (``shared = True``): it also takes claims."""
+
+    shared: bool
+
+    def claim(self, handler: str, claims: Sequence[Claim]) -> list[ClaimResult]:
+        """Claim each record for ``handler``, atomically per record (see the module docstring)."""
+        ...
+
+    def unlock(self, handler: str, locks: Mapping[str, str]) -> None:
+        """Let go of documents (documentId -> locker) whose claimed revisions are finished."""
+        ...
+
+    def unclaim(self, handler: str, claims: Sequence[tuple[str, str]]) -> None:
+        """Remove the claims (key, owner) that this owner still holds."""
+        ...
+
+
 def dedupe_key(record: JournalRecord) -> str:
     if isinstance(record, RevisionDetails):
         return f"rev#{record.document_id}#{record.version}"
@@ -99,6 +183,13 @@ class Plan:
     skipped: dict[int, str] = field(default_factory=dict)
     #: indexes held back (reorder policy, waiting for a missing version)
     held: list[int] = field(default_factory=list)
+    #: indexes another holder is delivering (parked copies it released and holds a lease on)
+    busy: list[int] = field(default_factory=list)
+    #: indexes not delivered now, in delivery order: the first waits for another copy delivering an
+    #: earlier version of its document, the rest come after it (the shard halts there)
+    waiting: list[int] = field(default_factory=list)
+    #: documentId -> the copy whose claim locked it (to unlock once finished)
+    locks: dict[str, str] = field(default_factory=dict)
 
 
 class Planner:
@@ -119,8 +210,21 @@ class Planner:
         self.clock = clock
         #: key -> monotonic time it was first held (reorder policy)
         self._held_since: dict[str, float] = {}
+        #: a store shared by several processes decides at claim time, just before delivery
+        self.claims = bool(getattr(store, "shared", False))
 
-    def plan(self, records: Sequence[JournalRecord], allow_hold: bool = True) -> Plan:
+    def plan(
+        self,
+        records: Sequence[JournalRecord],
+        allow_hold: bool = True,
+        owners: Sequence[tuple[str, str]] | None = None,
+        locker: str = "",
+    ) -> Plan:
+        """Plan one handler's share of a batch. ``owners``: each record's copy identity (its stream
+        position) and its holder; required to claim records in a shared store - without it no
+        claim is made.
+        ``locker``: who locks a document while its revision is delivered - the shard being
+        processed (one processor at a time; its next processor, after a crash, takes it again)."""
         plan = Plan()
         keys = [dedupe_key(r) for r in records]
         done = self.store.done(self.handler, keys)
@@ -164,7 +268,75 @@ class Planner:
             self._held_since.pop(keys[i], None)
             plan.deliver.append(i)
             marks[record.document_id] = Watermark(record.version, record.is_deleted)
+        if self.claims and owners is not None and plan.deliver:
+            self._claim(records, keys, owners, locker, plan)
         return plan
+
+    def _claim(
+        self,
+        records: Sequence[JournalRecord],
+        keys: list[str],
+        owners: Sequence[tuple[str, str]],
+        locker: str,
+        plan: Plan,
+    ) -> None:
+        """Let the shared store decide, atomically, what the marks read before could not."""
+        claims = []
+        for i in plan.deliver:
+            r = records[i]
+            owner, holder = owners[i]
+            lease = RELEASE_LEASE
+            if isinstance(r, RevisionDetails):
+                claims.append(
+                    Claim(keys[i], owner, r.document_id, r.version, r.is_deleted, holder, lease, locker)
+                )
+            else:
+                claims.append(Claim(keys[i], owner, holder=holder, lease=lease))
+        results = self.store.claim(self.handler, claims)  # type: ignore[attr-defined]
+        deliver = []
+        for i, result in zip(plan.deliver, results, strict=True):
+            r = records[i]
+            if result is ClaimResult.ORDERED and isinstance(r, RevisionDetails):
+                plan.locks[r.document_id] = locker
+            if plan.waiting or result is ClaimResult.WAIT:
+                plan.waiting.append(i)
+                plan.late.discard(i)
+            elif result is ClaimResult.BUSY:
+                plan.busy.append(i)
+                plan.late.discard(i)
+            elif result is ClaimResult.DUPLICATE:
+                plan.skipped[i] = "duplicate"
+                plan.late.discard(i)
+            elif result is ClaimResult.LATE and self.policy is LatePolicy.DROP:
+                plan.skipped[i] = "late"
+                plan.late.discard(i)
+            else:
+                if result is ClaimResult.LATE:
+                    plan.late.add(i)
+                else:
+                    plan.late.discard(i)
+                deliver.append(i)
+        plan.deliver = deliver
+        if plan.waiting:  # a document locked only for what is not delivered now is let go
+            kept = {r.document_id for i in deliver if isinstance(r := records[i], RevisionDetails)}
+            free = {doc: who for doc, who in plan.locks.items() if doc not in kept}
+            for doc in free:
+                del plan.locks[doc]
+            if free:
+                self.store.unlock(self.handler, free)  # type: ignore[attr-defined]
+
+    def unclaim(self, records: Sequence[JournalRecord], owners: Sequence[str]) -> None:
+        """Give up the claims of records that are dead-lettered for this handler (a replay of the
+        dead letter claims them again)."""
+        if self.claims and records:
+            keys = [(dedupe_key(r), owner) for r, owner in zip(records, owners, strict=True)]
+            self.store.unclaim(self.handler, keys)  # type: ignore[attr-defined]
+
+    def unlock(self, locks: dict[str, str]) -> None:
+        """Let go of documents a plan locked (its revisions are finished: delivered, skipped or
+        dead-lettered)."""
+        if locks and self.claims:
+            self.store.unlock(self.handler, locks)  # type: ignore[attr-defined]
 
     @staticmethod
     def _version_order(records: Sequence[JournalRecord], candidates: list[int]) -> list[int]:
@@ -219,6 +391,15 @@ class InMemoryDedupeStore:
         self.clock = clock
         self._done: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._marks: OrderedDict[tuple[str, str], tuple[Watermark, float]] = OrderedDict()
+        #: (handler, key) -> (owner, expires, holder, lease ends); (handler, documentId) -> owner of its mark
+        self._claims: OrderedDict[tuple[str, str], tuple[str, float, str, float]] = OrderedDict()
+        self._mark_owner: dict[tuple[str, str], str] = {}
+        #: (handler, documentId) -> (locker, until): a revision of it is being delivered
+        self._locks: dict[tuple[str, str], tuple[str, float]] = {}
+
+    #: one process: the planner's read-then-write is enough; :meth:`claim` exists so that the
+    #: store contract tests hold this store and the shared ones to the same rules
+    shared = False
 
     def done(self, handler: str, keys: Sequence[str]) -> set[str]:
         now = self.clock()
@@ -260,9 +441,67 @@ class InMemoryDedupeStore:
             current = self._marks.get((handler, doc))
             if current is None or current[1] <= self.clock() or mark.version > current[0].version:
                 self._marks[(handler, doc)] = (mark, expires)
+                self._mark_owner.pop((handler, doc), None)
             self._marks.move_to_end((handler, doc))
         while len(self._marks) > self.max_entries:
-            self._marks.popitem(last=False)
+            handler_doc, _ = self._marks.popitem(last=False)
+            self._mark_owner.pop(handler_doc, None)
+
+    def claim(self, handler: str, claims: Sequence[Claim]) -> list[ClaimResult]:
+        now = self.clock()
+        expires = now + self.ttl
+        out = []
+        for c in claims:
+            held = self._claims.get((handler, c.key))
+            if held is not None and held[1] > now:
+                if held[0] != c.owner:
+                    out.append(ClaimResult.DUPLICATE)
+                    continue
+                if held[2] and held[2] != c.holder and held[3] > now:
+                    out.append(ClaimResult.BUSY)
+                    continue
+            self._claims[(handler, c.key)] = (c.owner, expires, c.holder, now + c.lease if c.holder else 0.0)
+            self._claims.move_to_end((handler, c.key))
+            if c.document_id is None:
+                out.append(ClaimResult.ORDERED)
+                continue
+            doc = (handler, c.document_id)
+            current = self._marks.get(doc)
+            newer = (
+                current is None
+                or current[1] <= now
+                or current[0].version < c.version
+                or (current[0].version == c.version and self._mark_owner.get(doc) == c.owner)
+            )
+            lock = self._locks.get(doc)
+            if not newer:
+                out.append(ClaimResult.LATE)
+            elif lock is not None and lock[0] != c.locker and lock[1] > now:
+                out.append(ClaimResult.WAIT)
+            else:
+                self._marks[doc] = (Watermark(c.version, c.deleted), expires)
+                self._marks.move_to_end(doc)
+                self._mark_owner[doc] = c.owner
+                self._locks[doc] = (c.locker, now + DOCUMENT_LOCK)
+                out.append(ClaimResult.ORDERED)
+        while len(self._claims) > self.max_entries:
+            self._claims.popitem(last=False)
+        while len(self._marks) > self.max_entries:
+            handler_doc, _ = self._marks.popitem(last=False)
+            self._mark_owner.pop(handler_doc, None)
+        return out
+
+    def unclaim(self, handler: str, claims: Sequence[tuple[str, str]]) -> None:
+        for key, owner in claims:
+            held = self._claims.get((handler, key))
+            if held is not None and held[0] == owner:
+                del self._claims[(handler, key)]
+
+    def unlock(self, handler: str, locks: Mapping[str, str]) -> None:
+        for doc, locker in locks.items():
+            lock = self._locks.get((handler, doc))
+            if lock is not None and lock[0] == locker:
+                del self._locks[(handler, doc)]
 
     def __len__(self) -> int:
         return len(self._done) + len(self._marks)

@@ -154,6 +154,8 @@ class DeadLetter:
             None,
             self.stream_arn,
             f"dlq {self.id}",
+            # the user record alone keeps its position, so it is the same copy as the one that failed
+            self.sub_sequence_number if user_record_data else None,
         )
 
 

@@ -213,6 +213,10 @@ class Pipeline:
         )
         self._next_sweep = 0.0
         self._drain = False
+        #: who claims and locks in a shared de-duplication store: the shard being processed (one
+        #: processor per shard: Lambda, the KCL), or - when one reader merges every shard in journal
+        #: order (the worker) - that reader, whichever shard's call delivers a record
+        self._claimant = "journal-order reader" if journal_order else None
         self._guarantee = (
             "observe-only" if s.verification_action is VerificationAction.DELIVER else s.delivery.value
         )
@@ -548,9 +552,9 @@ class Pipeline:
             block_sequence_no=seq,
             verification_failures=[f.as_dict() for f in failures or []],
         )
-        if self.masker is not None and self.sealer is not None:
-            letter = self._seal(letter, record)
-        try:
+        try:  # sealing (KMS) inside: a key that cannot be reached holds the checkpoint too
+            if self.masker is not None and self.sealer is not None:
+                letter = self._seal(letter, record)
             self.dlq.put(letter)
         except Exception as dlq_error:  # any failure to store it: the checkpoint must hold
             log.error("DLQ write failed for %s: %r", letter.position.describe(), dlq_error)
@@ -597,7 +601,14 @@ class Pipeline:
             return None
         planner = self.planners[name]
         try:
-            plan = planner.plan([e.record for e in wanted], allow_hold=self.allow_hold)  # type: ignore[misc]
+            claimant = self._claimant or f"shard|{shard_id or ''}"
+            owners = [(e.copy(), claimant) for e in wanted] if planner.claims else None
+            plan = planner.plan(
+                [e.record for e in wanted],  # type: ignore[misc]
+                allow_hold=self.allow_hold,
+                owners=owners,
+                locker=claimant if planner.claims else "",
+            )
         except Exception as exc:  # the de-duplication store cannot be read: stop here, retry later
             log.error("de-duplication store failed for %s: %r", name, exc)
             for e in wanted:
@@ -615,6 +626,11 @@ class Pipeline:
             else:
                 result.late += 1
                 self.metrics.incr("late_revisions", handler=name, action="dropped")
+        for i in plan.busy:
+            wanted[i].hstate[name] = "busy"  # another process delivers it: it stays in the gate's store
+        waiting = [wanted[i] for i in plan.waiting]  # behind another shard's delivery of its document
+        for e in waiting:
+            e.hstate[name] = "pending"
         for i in plan.held:
             wanted[i].hstate[name] = "held"  # finished for now: its shard's checkpoint waits (a cap)
         if plan.held:
@@ -641,6 +657,9 @@ class Pipeline:
         if done:
             try:
                 self._flush(handler, ctx, deadline)
+                # documents let go before the done marks: a crash in between means a redelivery
+                # (claimed again by the same shard), never a document left locked behind done work
+                self._unlock(planner, plan.locks, order, name)
                 planner.commit([e.record for e in done])  # type: ignore[misc]
             except _Halt as exc:
                 for e in done:
@@ -653,14 +672,35 @@ class Pipeline:
                     e.hstate[name] = "pending"
                 halted_at = 0 if halted_at is None else halted_at
                 result.halted, result.halt_reason = True, f"de-duplication store failed: {exc!r}"
+        else:
+            self._unlock(planner, plan.locks, order, name)
         result.delivered[name] = result.delivered.get(name, 0) + sum(e.hstate[name] == "done" for e in order)
+        if halted_at is None and waiting:
+            halted_at = len(order)
+            result.halted = True
+            result.halt_reason = "another shard is delivering an earlier version of a document; trying again"
         if halted_at is None:
             return None
         # the entry index (within this batch) of the first record this handler did not finish
-        stuck = order[halted_at] if halted_at < len(order) else None
+        stuck = order[halted_at] if halted_at < len(order) else (waiting[0] if waiting else None)
         if stuck is not None and stuck in entries:
             return entries.index(stuck)
         return 0
+
+    @staticmethod
+    def _unlock(planner: Planner, locks: dict[str, str], order: list[Entry], name: str) -> None:
+        """Let go of the documents (locked by their claims) whose delivered revisions are finished."""
+        if not locks:
+            return
+        unfinished = {
+            r.document_id
+            for e in order
+            if e.hstate[name] == "pending" and isinstance(r := e.record, RevisionDetails)
+        }
+        try:
+            planner.unlock({doc: who for doc, who in locks.items() if doc not in unfinished})
+        except Exception as exc:  # they stay locked until their time passes: later, not lost
+            log.warning("could not unlock documents in the de-duplication store for %s: %r", name, exc)
 
     def _deliver(
         self, handler: Handler, order: list[Entry], ctx: HandlerContext, result: BatchResult
@@ -746,6 +786,12 @@ class Pipeline:
             # dead-letter this record for this handler, then go on
             assert entry.user is not None and entry.record is not None
             kr = entry.user.parent
+            try:  # first let go of its claim: a replay of the dead letter must be able to claim it
+                self.planners[name].unclaim([entry.record], [entry.copy()])
+            except Exception as exc:
+                log.error("de-duplication store failed for %s: %r", name, exc)
+                result.halted, result.halt_reason = True, f"de-duplication store failed: {exc!r}"
+                return pos
             if not self._dead_letter(
                 result,
                 "handler",

@@ -6,9 +6,24 @@
 item                                  attributes
 ====================================  ==================================================
 ``<handler>#<dedupe key>``            ``ttl`` (N, epoch seconds): a done mark
-``<handler>#doc#<documentId>``        ``version`` (N), ``deleted`` (BOOL), ``ttl``: a
-                                      document's high-water mark (a tombstone when deleted)
+``<handler>#doc#<documentId>``        ``version`` (N), ``deleted`` (BOOL), ``owner`` (S),
+                                      ``ttl``: a document's high-water mark (a tombstone
+                                      when deleted); ``owner``: the copy that claimed it
+                                      ``lockOwner`` (S), ``lockUntil`` (N): the copy
+                                      being delivered, which other versions wait for
+``<handler>#claim#<dedupe key>``      ``owner`` (S), ``ttl``: the copy (stream position)
+                                      that claimed the record for delivery; ``holder``
+                                      (S), ``lease`` (N): the process that released it
+                                      from the gate's store, and until when it holds it
 ====================================  ==================================================
+
+The store is *shared* (:meth:`DynamoDBDedupeStore.claim`, see :mod:`qldbstream.dedupe`): just
+before delivery each record is claimed with a conditional ``PutItem`` (``attribute_not_exists(pk)
+OR owner = :me`` and no other process's live lease: another copy's claim makes it a duplicate,
+a lease on this copy makes it busy), and a revision then raises its
+document's mark with a conditional ``UpdateItem`` (``version < :v OR (version = :v AND owner =
+:me)``: otherwise it is late). A document's claims run in order; different documents' claims run
+on a few threads at once, as one batch's worth of round trips would otherwise add up.
 
 Done marks are read with ``BatchGetItem`` (100 keys a call) and written with ``BatchWriteItem``
 (25 a call); unprocessed keys and items are sent again after a backoff. A watermark only ever
@@ -34,15 +49,17 @@ delivered again later (nothing is lost). A missing table raises
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from qldbstream.checkpoint import Checkpoint
-from qldbstream.dedupe import Watermark
+from qldbstream.dedupe import DOCUMENT_LOCK, Claim, ClaimResult, Watermark
 from qldbstream.errors import ConfigurationError, RetryableError
 from qldbstream.reliability import Disposition, RetryPolicy, classify
 
@@ -269,6 +286,13 @@ class DynamoDBDedupeStore:
         self.table = _Table(client, table, retry or RetryPolicy(max_attempts=8, max_delay=5.0), sleep)
         self.ttl = ttl
         self.clock = clock
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    #: several processes use the table at once: records are claimed before delivery
+    shared = True
+    #: threads claiming different documents at once (one document's claims run in order)
+    CLAIM_THREADS = 8
 
     @staticmethod
     def create_table(
@@ -336,9 +360,15 @@ class DynamoDBDedupeStore:
             mark = marks[doc]
             self.table.update(
                 Key={"pk": {"S": f"{handler}#doc#{doc}"}},
-                UpdateExpression="SET #v = :v, #d = :d, #t = :t",
+                UpdateExpression="SET #v = :v, #d = :d, #t = :t REMOVE #o",
                 ConditionExpression="attribute_not_exists(#pk) OR #v < :v OR #t <= :now",
-                ExpressionAttributeNames={"#pk": "pk", "#v": "version", "#d": "deleted", "#t": "ttl"},
+                ExpressionAttributeNames={
+                    "#pk": "pk",
+                    "#v": "version",
+                    "#d": "deleted",
+                    "#t": "ttl",
+                    "#o": "owner",
+                },
                 ExpressionAttributeValues={
                     ":v": {"N": str(mark.version)},
                     ":d": {"BOOL": mark.deleted},
@@ -346,6 +376,130 @@ class DynamoDBDedupeStore:
                     ":now": {"N": repr(now)},
                 },
             )
+
+    def claim(self, handler: str, claims: Sequence[Claim]) -> list[ClaimResult]:
+        """Claim each record for ``handler`` (see the module docstring); results in ``claims`` order."""
+        now, expires = self.clock(), self._expires()
+        results: list[ClaimResult] = [ClaimResult.DUPLICATE] * len(claims)
+        groups: dict[str, list[int]] = {}
+        for i, c in enumerate(claims):
+            groups.setdefault(c.document_id if c.document_id is not None else f"\0{i}", []).append(i)
+
+        def run(indexes: list[int]) -> None:
+            for i in indexes:
+                results[i] = self._claim_one(handler, claims[i], now, expires)
+
+        if len(groups) <= 1:
+            for indexes in groups.values():
+                run(indexes)
+        else:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.CLAIM_THREADS, thread_name_prefix="qldbstream-claim")
+            for _ in self._pool.map(run, groups.values()):
+                pass
+        return results
+
+    def _claim_one(self, handler: str, c: Claim, now: float, expires: int) -> ClaimResult:
+        pk = {"S": f"{handler}#claim#{c.key}"}
+        item = {"pk": pk, "owner": {"S": c.owner}, "ttl": {"N": str(expires)}}
+        if c.holder:
+            item |= {"holder": {"S": c.holder}, "lease": {"N": repr(now + c.lease)}}
+        mine = self.table.put(
+            Item=item,
+            ConditionExpression=(
+                "attribute_not_exists(#pk) OR #t <= :now OR "
+                "(#o = :o AND (attribute_not_exists(#h) OR #h = :h OR #l <= :now))"
+            ),
+            ExpressionAttributeNames={"#pk": "pk", "#o": "owner", "#t": "ttl", "#h": "holder", "#l": "lease"},
+            ExpressionAttributeValues={":o": {"S": c.owner}, ":h": {"S": c.holder}, ":now": {"N": repr(now)}},
+        )
+        if not mine:  # another copy's claim, or this copy's, held by another process's live lease
+            current = self.table.call(
+                "GetItem",
+                partial(
+                    self.table.client.get_item, TableName=self.table.name, Key={"pk": pk}, ConsistentRead=True
+                ),
+            ).get("Item", {})
+            same = current.get("owner", {}).get("S") == c.owner
+            return ClaimResult.BUSY if same else ClaimResult.DUPLICATE
+        if c.document_id is None:
+            return ClaimResult.ORDERED
+        doc = {"pk": {"S": f"{handler}#doc#{c.document_id}"}}
+        ordered = self.table.update(
+            Key=doc,
+            UpdateExpression="SET #v = :v, #d = :d, #o = :o, #t = :t, #lo = :lo, #lu = :until",
+            ConditionExpression=(
+                "(attribute_not_exists(#pk) OR #v < :v OR #t <= :now OR (#v = :v AND #o = :o)) "
+                "AND (attribute_not_exists(#lo) OR #lo = :lo OR #lu <= :now)"
+            ),
+            ExpressionAttributeNames=_DOC_NAMES,
+            ExpressionAttributeValues={
+                ":v": {"N": str(c.version)},
+                ":d": {"BOOL": c.deleted},
+                ":o": {"S": c.owner},
+                ":lo": {"S": c.locker},
+                ":t": {"N": str(expires)},
+                ":now": {"N": repr(now)},
+                ":until": {"N": repr(now + DOCUMENT_LOCK)},
+            },
+        )
+        if ordered:
+            return ClaimResult.ORDERED
+        current = self.table.call(
+            "GetItem",
+            partial(self.table.client.get_item, TableName=self.table.name, Key=doc, ConsistentRead=True),
+        ).get("Item", {})
+        live = "ttl" in current and float(current["ttl"]["N"]) > now
+        mark = int(current["version"]["N"]) if live and "version" in current else -1
+        if mark > c.version or (mark == c.version and current.get("owner", {}).get("S") != c.owner):
+            return ClaimResult.LATE
+        return ClaimResult.WAIT  # an earlier version is being delivered elsewhere: come back later
+
+    def unclaim(self, handler: str, claims: Sequence[tuple[str, str]]) -> None:
+        """Delete the claims (key, owner) this owner still holds (a dead-lettered record's)."""
+        for key, owner in claims:
+            self.table.call(
+                "DeleteItem",
+                partial(
+                    self._delete_claim,
+                    Key={"pk": {"S": f"{handler}#claim#{key}"}},
+                    ConditionExpression="#o = :o",
+                    ExpressionAttributeNames={"#o": "owner"},
+                    ExpressionAttributeValues={":o": {"S": owner}},
+                ),
+            )
+
+    def _delete_claim(self, **request: Any) -> None:
+        try:
+            self.table.client.delete_item(TableName=self.table.name, **request)
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":  # another owner's claim: not ours
+                raise
+
+    def unlock(self, handler: str, locks: Mapping[str, str]) -> None:
+        """Let go of the documents ``locks`` names (documentId -> who locked it), once their
+        revisions are delivered, skipped or dead-lettered. A lock taken over since (after its
+        time) is left alone."""
+        for document_id, owner in sorted(locks.items()):
+            self.table.update(
+                Key={"pk": {"S": f"{handler}#doc#{document_id}"}},
+                UpdateExpression="REMOVE #lo, #lu",
+                ConditionExpression="#lo = :o",
+                ExpressionAttributeNames={"#lo": "lockOwner", "#lu": "lockUntil"},
+                ExpressionAttributeValues={":o": {"S": owner}},
+            )
+
+
+_DOC_NAMES = {
+    "#pk": "pk",
+    "#v": "version",
+    "#d": "deleted",
+    "#o": "owner",
+    "#t": "ttl",
+    "#lo": "lockOwner",
+    "#lu": "lockUntil",
+}
 
 
 def position_key(sequence_number: str | None, sub_sequence_number: int = 0) -> str:

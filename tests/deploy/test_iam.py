@@ -351,6 +351,7 @@ def test_the_runtimes_call_what_we_expect(reaches: dict[str, Reach]) -> None:
         "dynamodb:GetItem",
         "dynamodb:PutItem",
         "dynamodb:Query",
+        "dynamodb:DeleteItem",  # the shared de-duplication store gives up a dead-lettered record's claim
         "kms:GenerateDataKey",
     }
     assert iam_actions(reaches["kcl"].ops()) == lam  # the record processor runs the same pipeline

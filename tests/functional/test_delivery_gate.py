@@ -418,3 +418,133 @@ def test_lambda_warns_at_start_up_when_the_gate_store_is_in_memory(caplog: pytes
     with caplog.at_level("WARNING", logger="qldbstream.app"):
         lambda_app(Recorder(), MemoryDLQ(), InMemoryDedupeStore(), DurableMemoryStore())
     assert not any("gate_store" in r.getMessage() for r in caplog.records)
+
+
+# --- claims in a shared de-duplication store: several processes, one document ---------------------
+
+
+class SharedMemoryDedupeStore(InMemoryDedupeStore):
+    """The in-memory store as a shared one (``shared``): the pipeline claims every record in it,
+    as it does in DynamoDB (the same rules: tests/integration/test_store_contracts.py)."""
+
+    shared = True
+
+
+class Died(BaseException):
+    """A container that dies inside the handler (not an error the pipeline could catch)."""
+
+
+def _two_blocks_of_one_document(seed: int) -> tuple[str, list[KinesisRecord], list[KinesisRecord]]:
+    """A document's versions 0 and 1 in two different blocks, each block as its own shard's batch
+    (block summary first): what two Lambda containers read at the same moment."""
+    from collections import defaultdict
+
+    stream = forge_stream(seed, transactions=20, rungs=(), shards=1, aggregated=False)
+    records = stream.journal.records
+    versions: dict[str, dict[int, Any]] = defaultdict(dict)
+    for r in records:
+        if r.kind == "REVISION_DETAILS":
+            versions[r.document_id][r.version] = r
+    doc = next(
+        d for d, vs in versions.items() if {0, 1} <= set(vs) and vs[0].sequence_no != vs[1].sequence_no
+    )
+
+    def batch(seq: int, shard: str) -> list[KinesisRecord]:
+        block = [r for r in records if r.kind == "BLOCK_SUMMARY" and r.sequence_no == seq]
+        block += [r for r in records if r.kind == "REVISION_DETAILS" and r.sequence_no == seq]
+        return [
+            KinesisRecord(r.data, str(1000 + i), r.partition_key, shard, None, None, stream.stream_arn)
+            for i, r in enumerate(block)
+        ]
+
+    return (
+        doc,
+        batch(versions[doc][0].sequence_no, "shardId-a"),
+        batch(versions[doc][1].sequence_no, "shardId-b"),
+    )
+
+
+def test_a_document_being_delivered_by_one_shard_makes_another_shard_wait() -> None:
+    doc, batch_a, batch_b = _two_blocks_of_one_document(5)
+    store = SharedMemoryDedupeStore()
+    seen: list[tuple[str, str, int, bool]] = []
+    during: list[BatchResult] = []
+
+    class Sink(Recorder):
+        def __init__(self, shard: str, inside: Any = None) -> None:
+            super().__init__()
+            self.shard, self.inside = shard, inside
+
+        def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
+            for i, r in enumerate(records):
+                assert isinstance(r, RevisionDetails)
+                seen.append((self.shard, r.document_id, r.version, ctx.for_record(r, i).late))
+                if self.inside is not None and r.document_id == doc:
+                    # shard b's container runs while shard a is inside the delivery of doc v0
+                    during.append(self.inside())
+
+    def make(shard: str, inside: Any = None) -> Pipeline:
+        t = FakeTime()
+        return Pipeline(
+            [Sink(shard, inside)],
+            dlq=MemoryDLQ(),
+            store=store,
+            settings=PipelineSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.01)),
+            clock=t.clock,
+            sleep=t.sleep,
+            wall_clock=t.clock,
+        )
+
+    b = make("b")
+    a = make("a", inside=lambda: b.process("shardId-b", batch_b))
+    assert a.process("shardId-a", batch_a).first_unfinished is None
+    (result,) = during
+    assert result.halted and "another shard is delivering an earlier version" in (result.halt_reason or "")
+    assert result.first_unfinished is not None  # Lambda reports it; the event source mapping retries
+    assert (doc, 1) not in {(d, v) for _, d, v, _ in seen}
+    again = b.process("shardId-b", batch_b)  # the retry, after shard a let the document go
+    assert again.first_unfinished is None and not again.halted
+    mine = [(s, v, late) for s, d, v, late in seen if d == doc]
+    assert mine == [("a", 0, False), ("b", 1, False)]
+
+
+def test_a_container_that_dies_inside_a_delivery_is_replaced_by_its_shard_s_next_one() -> None:
+    doc, batch_a, batch_b = _two_blocks_of_one_document(6)
+    store = SharedMemoryDedupeStore()
+    seen: list[tuple[str, str, int, bool]] = []
+
+    class Sink(Recorder):
+        def __init__(self, shard: str, die: bool = False) -> None:
+            super().__init__()
+            self.shard, self.die = shard, die
+
+        def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
+            for i, r in enumerate(records):
+                assert isinstance(r, RevisionDetails)
+                seen.append((self.shard, r.document_id, r.version, ctx.for_record(r, i).late))
+                if self.die and r.document_id == doc:
+                    raise Died
+
+    def make(sink: Sink) -> Pipeline:
+        t = FakeTime()
+        return Pipeline(
+            [sink],
+            dlq=MemoryDLQ(),
+            store=store,
+            settings=PipelineSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.01)),
+            clock=t.clock,
+            sleep=t.sleep,
+            wall_clock=t.clock,
+        )
+
+    with pytest.raises(Died):
+        make(Sink("a", die=True)).process("shardId-a", batch_a)
+    b = make(Sink("b"))
+    first = b.process("shardId-b", batch_b)  # doc is still locked by shard a's claim
+    assert first.halted and first.first_unfinished is not None
+    # the event source mapping gives shard a's batch to a new container: it is the same holder, so it
+    # claims doc v0 again at once (no waiting for the lock's time), delivers it and lets go
+    assert make(Sink("a2")).process("shardId-a", batch_a).first_unfinished is None
+    assert b.process("shardId-b", batch_b).first_unfinished is None
+    mine = [(s, v, late) for s, d, v, late in seen if d == doc]
+    assert mine == [("a", 0, False), ("a2", 0, False), ("b", 1, False)]

@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from qldbstream.checkpoint import Checkpoint, CheckpointStore, InMemoryCheckpointStore
 from qldbstream.decode import RevisionDetails
-from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore, LatePolicy, Watermark
+from qldbstream.dedupe import Claim, ClaimResult, DedupeStore, InMemoryDedupeStore, LatePolicy, Watermark
 from qldbstream.errors import RetryableError
 from qldbstream.handler import HandlerContext
 from qldbstream.pipeline import Pipeline, PipelineSettings
@@ -191,6 +191,152 @@ def test_expired_marks_are_absent(dedupe_stores: DedupeFactory, clock: Clock) ->
     store.mark_done(H, ["rev#a#0"])
     assert store.watermarks(H, ["a"]) == {"a": Watermark(2)}
     assert store.done(H, ["rev#a#0"]) == {"rev#a#0"}
+
+
+# --- claims (what several processes sharing a store decide just before delivery) ---------------
+
+OK, L, D, B, W = (
+    ClaimResult.ORDERED,
+    ClaimResult.LATE,
+    ClaimResult.DUPLICATE,
+    ClaimResult.BUSY,
+    ClaimResult.WAIT,
+)
+
+
+def rev(
+    doc: str, version: int, owner: str, deleted: bool = False, *, shard: str = "", holder: str = ""
+) -> Claim:
+    return Claim(f"rev#{doc}#{version}", owner, doc, version, deleted, holder, 60.0 if holder else 0.0, shard)
+
+
+def claim(store: DedupeStore, *claims: Claim, handler: str = H) -> list[ClaimResult]:
+    return store.claim(handler, list(claims))  # type: ignore[attr-defined]
+
+
+def test_a_record_is_claimed_by_one_copy_and_again_by_the_same_copy(dedupe_stores: DedupeFactory) -> None:
+    first, second = dedupe_stores(), dedupe_stores()
+    assert claim(first, rev("a", 0, "shard-1|100"), Claim("block#s#7", "shard-1|101")) == [OK, OK]
+    # another copy of each (another shard's position) is a duplicate ...
+    assert claim(second, rev("a", 0, "shard-2|5"), Claim("block#s#7", "shard-3|9")) == [D, D]
+    # ... the same copy, redelivered after a crash or a retried batch, claims them again, in order
+    assert claim(second, rev("a", 0, "shard-1|100"), Claim("block#s#7", "shard-1|101")) == [OK, OK]
+    # claims are per handler
+    assert claim(second, rev("a", 0, "shard-2|5"), handler="other") == [OK]
+
+
+def test_an_older_version_claimed_after_a_newer_one_is_late(dedupe_stores: DedupeFactory) -> None:
+    first, second = dedupe_stores(), dedupe_stores()
+    assert claim(first, rev("a", 2, "p2")) == [OK]
+    assert claim(second, rev("a", 1, "p1"), rev("a", 3, "p3")) == [L, OK]
+    assert claim(first, rev("a", 3, "p3")) == [OK]  # the owner's redelivery is still in order
+    assert claim(first, rev("a", 2, "p2")) == [L]  # a newer version was claimed since
+    assert claim(second, rev("a", 3, "other-copy")) == [D]
+    assert first.watermarks(H, ["a"]) == {"a": Watermark(3)}
+
+
+def test_a_document_s_claims_in_one_call_keep_their_order(dedupe_stores: DedupeFactory) -> None:
+    store = dedupe_stores()
+    claims = [rev(doc, v, f"{doc}|{v}") for v in range(6) for doc in ("a", "b", "c")]
+    assert claim(store, *claims) == [OK] * len(claims)
+    assert claim(store, rev("a", 4, "x"), rev("d", 1, "d|1"), rev("d", 0, "d|0")) == [D, OK, L]
+    assert store.watermarks(H, ["a", "b", "c", "d"]) == {d: Watermark(5) for d in "abc"} | {"d": Watermark(1)}
+
+
+def test_a_delete_claims_a_tombstone(dedupe_stores: DedupeFactory) -> None:
+    store = dedupe_stores()
+    assert claim(store, rev("a", 0, "p0"), rev("a", 1, "p1", deleted=True), rev("a", 0, "q0")) == [OK, OK, D]
+    assert store.watermarks(H, ["a"]) == {"a": Watermark(1, deleted=True)}
+
+
+def test_expired_claims_are_free(dedupe_stores: DedupeFactory, clock: Clock) -> None:
+    store = dedupe_stores()
+    assert claim(store, rev("a", 5, "p")) == [OK]
+    clock.now += TTL + 1
+    assert claim(store, rev("a", 5, "q"), rev("a", 1, "r")) == [OK, L]
+
+
+def test_a_document_being_delivered_makes_other_shards_wait(
+    dedupe_stores: DedupeFactory, clock: Clock
+) -> None:
+    first, second = dedupe_stores(), dedupe_stores()
+    assert claim(first, rev("a", 1, "s1|10", shard="s1"), rev("a", 2, "s1|11", shard="s1")) == [OK, OK]
+    # another shard's newer version waits while shard s1 delivers; an older one is late, not waiting
+    assert claim(second, rev("a", 3, "s2|5", shard="s2"), rev("a", 0, "s2|6", shard="s2")) == [W, L]
+    assert claim(second, rev("b", 0, "s2|7", shard="s2")) == [OK]  # other documents are free
+    first.unlock(H, {"a": "s2"})  # type: ignore[attr-defined]  # not the locker: nothing happens
+    assert claim(second, rev("a", 3, "s2|5", shard="s2")) == [W]
+    first.unlock(H, {"a": "s1"})  # type: ignore[attr-defined]
+    assert claim(second, rev("a", 3, "s2|5", shard="s2")) == [OK]
+    # a locker that died (s2 never unlocks): the same shard's next processor takes the lock at
+    # once, another shard when its time has passed
+    assert claim(first, rev("a", 4, "s1|12", shard="s1")) == [W]
+    assert claim(first, rev("a", 5, "s2|9", shard="s2")) == [OK]
+    assert claim(first, rev("a", 6, "s1|13", shard="s1")) == [W]
+    clock.now += 901
+    assert claim(first, rev("a", 6, "s1|13", shard="s1")) == [OK]
+    assert claim(first, rev("a", 4, "s1|12", shard="s1")) == [L]  # overtaken while it waited
+
+
+def test_a_released_record_is_leased_to_the_process_that_released_it(
+    dedupe_stores: DedupeFactory, clock: Clock
+) -> None:
+    store = dedupe_stores()
+    parked = "s3|40"  # the copy's position; any process that verifies its block may release it
+    assert claim(
+        store, rev("a", 0, parked, holder="p1"), Claim("block#s#1", parked, holder="p1", lease=60.0)
+    ) == [OK, OK]
+    assert claim(
+        store, rev("a", 0, parked, holder="p2"), Claim("block#s#1", parked, holder="p2", lease=60.0)
+    ) == [B, B]
+    assert claim(store, rev("a", 0, parked, holder="p1")) == [OK]  # the holder itself, again
+    assert claim(store, rev("a", 0, "s9|1", holder="p2")) == [D]  # another copy: a duplicate
+    clock.now += 61  # p1 died: its lease ends and p2 releases the copy
+    assert claim(store, rev("a", 0, parked, holder="p2")) == [OK]
+
+
+def test_concurrent_copies_are_claimed_exactly_once_and_inversions_are_flagged(
+    dedupe_stores: DedupeFactory,
+) -> None:
+    """Four "processes" claim overlapping copies of three documents' versions, each in its own
+    shuffled order, at the same time. Exactly one copy of each version wins; among the winners, a
+    version claimed after a higher one of its document is always late, and one claimed after only
+    lower ones never is (the order is the order of the claims, as the store saw them)."""
+    docs = [f"doc{i}" for i in range(3)]
+    lock = threading.Lock()
+    log: list[tuple[str, int, ClaimResult]] = []
+
+    def worker(seed: int) -> None:
+        store = dedupe_stores()
+        rng = random.Random(seed)
+        work = [(doc, v) for doc in docs for v in range(12) if rng.random() < 0.7]
+        rng.shuffle(work)
+        for doc, v in work:
+            if isinstance(store, InMemoryDedupeStore):
+                with lock:
+                    (result,) = claim(store, rev(doc, v, f"w{seed}|{doc}|{v}"))
+                    log.append((doc, v, result))
+            else:
+                (result,) = claim(store, rev(doc, v, f"w{seed}|{doc}|{v}"))
+                with lock:
+                    log.append((doc, v, result))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(worker, [1, 2, 3, 4]))
+    winners = Counter((doc, v) for doc, v, r in log if r is not D)
+    claimed = {(doc, v) for doc, v, _ in log}
+    assert winners == Counter(dict.fromkeys(claimed, 1))  # every version once, no version twice
+    if isinstance(dedupe_stores(), InMemoryDedupeStore):
+        # one lock orders the log exactly as the store saw the claims: check the late flags
+        highest: dict[str, int] = {}
+        for doc, v, r in log:
+            if r is D:
+                continue
+            assert (r is L) == (v < highest.get(doc, -1)), (doc, v, r)
+            highest[doc] = max(highest.get(doc, -1), v)
+    assert dedupe_stores().watermarks(H, docs) == {
+        doc: Watermark(max(v for d, v in claimed if d == doc)) for doc in docs
+    }
 
 
 # --- checkpoint store ----------------------------------------------------------------------------

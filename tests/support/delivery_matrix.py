@@ -467,18 +467,10 @@ def evaluate(
     return result
 
 
-def assert_cell(
-    result: CellResult, *, unconfirmed_allowed: bool = False, concurrent_processes: bool = False
-) -> None:
-    """The matrix's assertions, with every detail in the message.
-
-    ``concurrent_processes``: shards processed at the same time by separate processes (Lambda
-    containers, KCL record processors). What qldbstream guarantees there (docs/delivery.md) is
-    asserted - nothing forged, every authentic revision delivered, no checkpoint past unfinished
-    work - but not the cross-process ordering it does not provide yet: a document's versions from
-    two shards processed at the same moment may reach the handler out of order without
-    ``ctx.late``, or twice (at least once), until per-document version gating through the shared
-    store exists. Those counts are printed, not asserted."""
+def assert_cell(result: CellResult, *, unconfirmed_allowed: bool = False) -> None:
+    """The matrix's assertions, with every detail in the message - the same in every runtime,
+    concurrent processes included (Lambda containers, KCL record processors: the shared
+    de-duplication store's claims make them hold, docs/delivery.md)."""
     problems = []
     if result.forged_delivered:
         problems.append("forged revisions were delivered")
@@ -486,9 +478,9 @@ def assert_cell(
         problems.append("revisions no successor confirmed were delivered")
     if result.missing:
         problems.append("authentic revisions were not delivered")
-    if result.duplicates_within_run and not concurrent_processes:
+    if result.duplicates_within_run:
         problems.append("the handler saw duplicates within one run")
-    if result.order_violations and not concurrent_processes:
+    if result.order_violations:
         problems.append("older versions were delivered after newer ones without ctx.late")
     if result.checkpoint_violations:
         problems.append("a checkpoint passed a record that was neither delivered nor dead-lettered")
@@ -906,7 +898,8 @@ def _run_lambda(
             cursors[sid] += index
             stalls[sid] = stalls[sid] + 1 if index == 0 else 0
             if stalls[sid] > 50:
-                raise AssertionError(f"cell {cell}: shard {sid} reports {seq} again and again")
+                reason = next((r.halt_reason for r in reversed(results) if r.halted), None)
+                raise AssertionError(f"cell {cell}: shard {sid} reports {seq} again and again: {reason}")
             if index == 0:
                 time.sleep(0.05)  # Lambda backs off before retrying the same records
         else:
