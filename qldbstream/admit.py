@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails, block_documents, decode
@@ -229,8 +229,11 @@ class Admission:
         wall_clock: Callable[[], float],
         masker: object = None,
         order: JournalOrder | None = None,
+        anchors: Mapping[BlockKey, bytes] | None = None,
     ) -> None:
         self.store = store
+        #: chain-confirmed: blocks a ledger digest confirms (:mod:`qldbstream.anchors`)
+        self.anchors = dict(anchors or {})
         #: journal order across shards (one process only): see :mod:`qldbstream.order`
         self.order = order
         #: arrival time of each block waiting for its predecessor (journal order)
@@ -460,6 +463,13 @@ class Admission:
     def _links(self, verdict: BlockVerdict, known: dict[BlockKey, BlockVerdict]) -> list[BlockKey]:
         """chain-confirmed: judge the links to the previous and the next block; return what changed."""
         strand, seq = verdict.key
+        anchored = self.anchors.get(verdict.key)
+        if anchored is not None and verdict.link is not Link.BROKEN:
+            # a digest's proof speaks for the block itself: its successor's link cannot overrule it
+            link = Link.CONFIRMED if anchored == verdict.block_hash else Link.BROKEN
+            if verdict.link is not link:
+                self.store.set_link(verdict.key, link)
+                verdict.link = link
         neighbours = self.store.blocks([(strand, seq - 1), (strand, seq + 1)])
         changed = []
         previous = neighbours.get((strand, seq - 1))
@@ -471,7 +481,7 @@ class Admission:
             known[previous.key] = previous
             changed.append(previous.key)
         following = neighbours.get((strand, seq + 1))
-        if following is not None:
+        if following is not None and anchored is None:
             link = Link.CONFIRMED if following.previous_hash == verdict.block_hash else Link.BROKEN
             if verdict.link is not Link.BROKEN and verdict.link is not link:
                 self.store.set_link(verdict.key, link)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from qldbstream.anchors import load_anchors
 from qldbstream.clients import aws_client
 from qldbstream.config import Settings, load_settings
 from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore
@@ -84,6 +85,9 @@ class App:
         self.dlq = dlq if dlq is not None else self._build_dlq()
         self.store = store if store is not None else self._build_store()
         self.gate_store = gate_store if gate_store is not None else self._build_gate_store()
+        #: chain-confirmed: blocks a saved digest's proof confirms (checked here, at start-up)
+        anchors = self.settings.chain_anchors
+        self.anchors = load_anchors(anchors) if anchors else {}
         self.masker, self.sealer = self._build_masking()
         if self.masker is not None:  # no metric dimension carries a masked field's value
             self.metrics = MaskingMetrics(self.metrics, self.masker)
@@ -211,6 +215,7 @@ class App:
             sealer=self.sealer,
             gate_store=self.gate_store,
             journal_order=journal_order and self.settings.order == "journal",
+            anchors=self.anchors,
         )
 
     def close(self) -> None:

@@ -88,6 +88,9 @@ class Settings:
     order: str = "journal"
     #: journal order: seconds a block waits for its predecessor before the gap is given up
     order_gap_seconds: float = 30.0
+    #: chain-confirmed: saved GetBlock outputs with proofs (and a GetDigest output), comma-separated
+    #: paths; the blocks they prove are confirmed without a successor (qldbstream.anchors)
+    chain_anchors: tuple[str, ...] = ()
     verification_action: VerificationAction = VerificationAction.DEAD_LETTER
     stop_on_first_failure: bool = True
     retry_max_attempts: int = 5
@@ -177,7 +180,7 @@ def _convert(name: str, raw: Any, source: str) -> Any:
     annotation = str(Settings.__dataclass_fields__[name].type)
     where = f"{source}: {name}"
     try:
-        if name == "handlers":
+        if name in ("handlers", "chain_anchors"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(i.strip() for i in items if str(i).strip())
         if name == "late_policy":

@@ -188,8 +188,8 @@ def _chain(verdict: BlockVerdict, delivery: Delivery) -> Judgement:
             return Judgement(
                 Verdict.REJECT,
                 "V9",
-                f"block {verdict.sequence_no}'s successor does not link to its blockHash: "
-                "the block is not confirmed by the chain",
+                f"block {verdict.sequence_no}'s blockHash is not the one its successor's link (or a "
+                "supplied digest's proof) confirms: the block is not confirmed by the chain",
             )
         if verdict.link is not Link.CONFIRMED:
             return WAIT

@@ -28,7 +28,7 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -159,6 +159,7 @@ class Pipeline:
         gate_store: GateStore | None = None,
         wall_clock: Callable[[], float] = time.time,
         journal_order: bool = False,
+        anchors: Mapping[tuple[str, int], bytes] | None = None,
     ) -> None:
         if masker is not None and sealer is None:
             raise ValueError("a masking pipeline needs a sealer: dead letters must not carry unmasked bytes")
@@ -207,6 +208,7 @@ class Pipeline:
             max_wait=s.max_wait,
             wall_clock=wall_clock,
             masker=masker,
+            anchors=anchors,
             order=JournalOrder(clock, s.gap_timeout)
             if journal_order and not self.gate_store.durable
             else None,

@@ -420,6 +420,128 @@ def test_lambda_warns_at_start_up_when_the_gate_store_is_in_memory(caplog: pytes
     assert not any("gate_store" in r.getMessage() for r in caplog.records)
 
 
+# --- chain-confirmed: a digest's proof confirms the last block -------------------------------------
+
+
+def _last_block(stream: Stream) -> tuple[str, int, bytes, bytes]:
+    """The last block summary as the forge wrote it: strand, sequence number, blockHash and the Ion
+    text of the block (what a saved GetBlock output holds)."""
+    from amazon.ion import simpleion
+
+    summaries = [r for r in stream.journal.records if r.kind == "BLOCK_SUMMARY"]
+    payload = simpleion.loads(summaries[-1].data)["payload"]
+    address = payload["blockAddress"]
+    return str(address["strandId"]), int(address["sequenceNo"]), bytes(payload["blockHash"]), payload
+
+
+def _anchor_files(
+    tmp_path: Any, block: Any, block_hash: bytes, *, digest_bytes: bytes | None = None
+) -> list[str]:
+    """A GetBlock output (block, proof) and a GetDigest output whose digest the proof folds to. The
+    proof is one made-up sibling hash: what is checked here is the fold and the gate, not QLDB's
+    tree shape (the fold itself is checked on QLDB's own proofs in the proof tests)."""
+    import base64
+    import json
+
+    from amazon.ion import simpleion
+
+    from qldbstream.qldb_hash import fold_proof
+
+    sibling = bytes(range(32))
+    digest = digest_bytes or fold_proof(block_hash, [sibling])
+    strand, seq = str(block["blockAddress"]["strandId"]), int(block["blockAddress"]["sequenceNo"])
+    get_block = {
+        "Block": {"IonText": simpleion.dumps(dict(block), binary=False)},
+        "Proof": {"IonText": simpleion.dumps([sibling], binary=False)},
+    }
+    get_digest = {
+        "Digest": base64.b64encode(digest).decode(),
+        "DigestTipAddress": {"IonText": f'{{strandId: "{strand}", sequenceNo: {seq}}}'},
+    }
+    paths = []
+    for name, doc in (("get-block.json", get_block), ("get-digest.json", get_digest)):
+        path = tmp_path / name
+        path.write_text(json.dumps(doc))
+        paths.append(str(path))
+    return paths
+
+
+def test_a_digest_proof_confirms_the_last_block_under_chain_confirmed(tmp_path: Any) -> None:
+    from qldbstream.anchors import load_anchors
+
+    stream = forge_stream(11, transactions=20, rungs=(), shards=4, aggregated=False)
+    truth = stream.journal.truth
+    strand, seq, block_hash, block = _last_block(stream)
+    tail = {f.key for f in truth.awaiting("chain-confirmed")}
+    assert tail
+
+    def run(anchors: dict[tuple[str, int], bytes]) -> tuple[Recorder, MemoryDLQ]:
+        t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
+        p = Pipeline(
+            [rec],
+            dlq=dlq,
+            store=InMemoryDedupeStore(clock=t.clock),
+            settings=PipelineSettings(
+                retry=RetryPolicy(max_attempts=2, base_delay=0.01), delivery=Delivery.CHAIN_CONFIRMED
+            ),
+            clock=t.clock,
+            sleep=t.sleep,
+            wall_clock=t.clock,
+            anchors=anchors,
+        )
+        run_shards(p, stream, "reverse")
+        p.drain()
+        return rec, dlq
+
+    anchors = load_anchors(_anchor_files(tmp_path, block, block_hash))
+    assert anchors == {(strand, seq): block_hash}
+    rec, dlq = run(anchors)
+    delivered = set(rec.keys())
+    assert tail <= delivered  # no successor, but the digest confirms the block
+    assert {f.key for f in truth.deliverable("chain-confirmed")} | tail <= delivered
+    assert not {(letter.document_id, letter.version) for letter in dlq.letters} & tail
+
+    # without the anchor the same tail is dead-lettered as unconfirmed (the documented rule)
+    rec, dlq = run({})
+    assert not set(rec.keys()) & tail
+    assert tail <= {(letter.document_id, letter.version) for letter in dlq.letters}
+
+    # an anchor for another block hash at that place: the stream's block is not the one the digest
+    # covers, so its revisions are withheld (V9)
+    rec, dlq = run({(strand, seq): bytes(32)})
+    assert not set(rec.keys()) & tail
+    assert {"V9"} == {
+        f["check"]
+        for letter in dlq.letters
+        if (letter.document_id, letter.version) in tail
+        for f in letter.verification_failures
+    }
+
+
+def test_anchors_that_do_not_verify_stop_the_app_at_start_up(tmp_path: Any) -> None:
+    from qldbstream.anchors import load_anchors
+    from qldbstream.app import App
+    from qldbstream.config import load_settings
+    from qldbstream.errors import ConfigurationError
+
+    stream = forge_stream(11, transactions=5, rungs=(), shards=1, aggregated=False)
+    _, _, block_hash, block = _last_block(stream)
+    paths = _anchor_files(tmp_path, block, block_hash, digest_bytes=bytes(32))  # the fold gives another
+    with pytest.raises(ConfigurationError, match="V10 failed"):
+        load_anchors(paths)
+    settings = load_settings(
+        {"QLDBSTREAM_DLQ": f"dir:{tmp_path / 'dlq'}", "QLDBSTREAM_CHAIN_ANCHORS": ",".join(paths)}
+    )
+    assert settings.chain_anchors == tuple(paths)
+    with pytest.raises(ConfigurationError, match="V10 failed"):
+        App(settings, handlers=[])
+    with pytest.raises(ConfigurationError, match="no digest"):
+        load_anchors(paths[:1])
+    (tmp_path / "x.json").write_text('{"Revision": 1}')
+    with pytest.raises(ConfigurationError, match="neither a GetBlock"):
+        load_anchors([str(tmp_path / "x.json")])
+
+
 # --- claims in a shared de-duplication store: several processes, one document ---------------------
 
 
