@@ -13,6 +13,7 @@ environment does not change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "RETRY_MODE", "aws_client", "client_config"]
@@ -38,15 +39,17 @@ def aws_client(
     region_name: str | None = None,
     endpoint_url: str | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    config_options: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """``boto3.client(service, ...)`` with :func:`client_config`; ``kwargs`` (credentials) pass on."""
+    """``boto3.client(service, ...)`` with :func:`client_config` (plus ``config_options``, e.g.
+    timeouts); ``kwargs`` (credentials) pass on."""
     import boto3
 
     return boto3.client(
         service,  # type: ignore[call-overload]
         region_name=region_name,
         endpoint_url=endpoint_url,
-        config=client_config(max_attempts),
+        config=client_config(max_attempts, **(config_options or {})),
         **kwargs,
     )

@@ -16,7 +16,7 @@ from qldbstream.errors import ConfigurationError
 __all__ = ["LocalAws"]
 
 REGION = "us-east-1"
-_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+_CREDENTIALS: dict[str, Any] = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 class LocalAws:

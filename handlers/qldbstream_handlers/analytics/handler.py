@@ -119,13 +119,11 @@ class AnalyticsHandler(Handler):
     def _client(self, service: str) -> Any:
         if self._clients is not None:
             return self._clients(service)
-        import boto3
+        from qldbstream.clients import aws_client
 
         cfg = self.config
-        return boto3.client(
-            service,  # type: ignore[call-overload]
-            region_name=cfg.region if cfg else None,
-            endpoint_url=cfg.endpoint_url if cfg else None,
+        return aws_client(
+            service, region_name=cfg.region if cfg else None, endpoint_url=cfg.endpoint_url if cfg else None
         )
 
     def _build(self) -> None:

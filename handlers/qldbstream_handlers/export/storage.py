@@ -135,9 +135,9 @@ def open_storage(
         if not bucket:
             raise ConfigurationError(f"{target!r}: an S3 destination is s3://BUCKET[/PREFIX]")
         if client is None:
-            import boto3
+            from qldbstream.clients import aws_client
 
-            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+            client = aws_client("s3", endpoint_url=endpoint_url, region_name=region)
         return S3Storage(client, bucket, prefix)
     if "://" in target:
         raise ConfigurationError(f"{target!r}: give s3://BUCKET/PREFIX or a local directory")

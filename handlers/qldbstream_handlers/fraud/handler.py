@@ -202,13 +202,9 @@ class FraudHandler(Handler):
     def _client(self, service: str) -> Any:
         if self._clients is not None:
             return self._clients(service)
-        import boto3
+        from qldbstream.clients import aws_client
 
-        return boto3.client(
-            service,  # type: ignore[call-overload]
-            region_name=self.settings.region,
-            endpoint_url=self.settings.endpoint_url,
-        )
+        return aws_client(service, region_name=self.settings.region, endpoint_url=self.settings.endpoint_url)
 
     @property
     def store(self) -> StateStore:

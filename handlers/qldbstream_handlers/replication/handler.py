@@ -74,30 +74,26 @@ ClientFactory = Callable[[TargetConfig], "KinesisClient"]
 KmsClientFactory = Callable[[TargetConfig], Any]
 
 
+#: a target region that does not answer must not hold the shard for botocore's default minute
+_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 30}
+
+
 def default_client(config: TargetConfig) -> KinesisClient:
     """A boto3 Kinesis client for the target's region and endpoint, with bounded retries."""
-    import boto3
-    from botocore.config import Config
+    from qldbstream.clients import aws_client
 
-    client: KinesisClient = boto3.client(
-        "kinesis",
-        region_name=config.region,
-        endpoint_url=config.endpoint,
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+    client: KinesisClient = aws_client(
+        "kinesis", region_name=config.region, endpoint_url=config.endpoint, config_options=_TIMEOUTS
     )
     return client
 
 
 def default_kms_client(config: TargetConfig) -> Any:
     """A boto3 KMS client for the target's region and endpoint, with bounded retries."""
-    import boto3
-    from botocore.config import Config
+    from qldbstream.clients import aws_client
 
-    return boto3.client(
-        "kms",
-        region_name=config.region,
-        endpoint_url=config.endpoint,
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+    return aws_client(
+        "kms", region_name=config.region, endpoint_url=config.endpoint, config_options=_TIMEOUTS
     )
 
 

@@ -154,11 +154,9 @@ class WorkflowHandler(Handler):
         return target
 
     def _boto3_client(self, service: str) -> Any:
-        import boto3
+        from qldbstream.clients import aws_client
 
-        return boto3.client(  # type: ignore[call-overload]
-            service, region_name=self.settings.region, endpoint_url=self.settings.endpoint_url
-        )
+        return aws_client(service, region_name=self.settings.region, endpoint_url=self.settings.endpoint_url)
 
     def client(self, service: str) -> Any:
         """The boto3 client for ``service`` (built on first use)."""
