@@ -43,6 +43,7 @@ from qldbstream.dlq import envelope_for
 from qldbstream.errors import ConfigurationError, HaltShardError, MalformedKinesisRecordError
 from qldbstream.handler import HandlerContext
 from qldbstream.records import KinesisRecord
+from qldbstream.shard_policy import stuck_record
 from qldbstream.sources.lambda_event import records_from_event
 
 __all__ = [
@@ -302,23 +303,14 @@ class LambdaHandler:
         state: dict[str, Any] | None,
     ) -> KinesisRecord | None:
         result = self.pipeline.process(shard, records, deadline=deadline, window_state=state)
-        stuck = result.first_unfinished
-        if (stuck is None) != (result.finished == len(records)):
+        if (result.first_unfinished is None) != (result.finished == len(records)):
             raise RuntimeError(
                 f"pipeline result is inconsistent for shard {shard}: {result.finished} of {len(records)} "
-                f"records finished, first unfinished {stuck!r}"
+                f"records finished, first unfinished {result.first_unfinished!r}"
             )
-        parked = result.first_parked
-        if parked is not None and not self.pipeline.gate_store.durable:
-            # A record waits for its block summary in this container's memory only: Lambda must
-            # deliver it again (gate_store = dynamodb:<table> parks it durably instead).
-            index = {id(r): i for i, r in enumerate(records)}
-            if stuck is None or index[id(parked)] < index[id(stuck)]:
-                stuck = parked
-                result.halt_reason = result.halt_reason or (
-                    "a record waits for its block summary, in memory (set gate_store to dynamodb:<table>)"
-                )
-                result.finished = index[id(parked)]
+        # the first unfinished record, or one parked in this container's memory only: Lambda must
+        # deliver it again (gate_store = dynamodb:<table> parks it durably instead)
+        stuck = stuck_record(result, records, durable_gate=self.pipeline.gate_store.durable)
         fields = {"shardId": shard, "records": len(records), "finished": result.finished}
         if stuck is None:
             log.info("shard %s: all %d records finished", shard, len(records), extra=fields)

@@ -47,6 +47,7 @@ from qldbstream.handler import Handler
 from qldbstream.pipeline import BatchResult, Pipeline
 from qldbstream.records import KinesisRecord
 from qldbstream.reliability import RetryPolicy
+from qldbstream.shard_policy import ShardPolicy
 
 if TYPE_CHECKING:
     from qldbstream.app import App
@@ -191,7 +192,8 @@ class KclRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]  
     checkpointed: tuple[str, int] | None = field(default=None, init=False)
     unsaved: tuple[str, int] | None = field(default=None, init=False)
     lease_gone: bool = field(default=False, init=False)
-    halts: int = field(default=0, init=False)
+    #: the shard's halts and what follows a batch (qldbstream.shard_policy, shared by the runtimes)
+    policy: ShardPolicy = field(default_factory=lambda: ShardPolicy(None), init=False)
     next_try_at: float = field(default=0.0, init=False)
     last_result: BatchResult | None = field(default=None, init=False)
 
@@ -202,7 +204,14 @@ class KclRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]  
     def initialize(self, initialize_input: Any) -> None:
         """Remember the shard; the daemon resumes after ``initialize_input.sequence_number``."""
         self.shard_id = str(initialize_input.shard_id)
-        self.pending, self.holding, self.lease_gone, self.halts = [], False, False, 0
+        self.pending, self.holding, self.lease_gone = [], False, False
+        self.policy = ShardPolicy(
+            self.shard_id,
+            self.options.halt_backoff,
+            self.options.halt_backoff_cap,
+            self.clock,
+            self._breaker_wait,
+        )
         self.checkpointed = self.unsaved = None
         self.next_try_at = 0.0
         log.info(
@@ -327,18 +336,15 @@ class KclRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]  
                 raise _ParentGone
             self.sleep(min(left, _BLOCKING_SLICE))
 
+    @property
+    def halts(self) -> int:
+        """Halts in a row (0 once a batch made progress)."""
+        return self.policy.halts
+
     def _attempt(self, checkpointer: Checkpointer) -> None:
         """One run of the unfinished records through the pipeline; checkpoint; keep what is unfinished."""
         records = self.pending
-        try:
-            result = self.pipeline.process(self.shard_id, records)
-        except Exception as exc:  # e.g. the de-duplication store is down: a halt, the records stay
-            log.exception(
-                "shard %s: the pipeline failed; %d records will be tried again", self.shard_id, len(records)
-            )
-            result = BatchResult(self.shard_id, records=len(records), halted=True, halt_reason=repr(exc))
-            result.first_unfinished = records[0] if records else None
-            result.held = int(self.holding)  # unknown: what was held back still is
+        result = self.policy.run(self.pipeline, records)  # an exception is a halt: the records stay
         self.last_result = result
         log.debug(
             "shard %s: %d records, %d user records, %d finished, checkpoint %s, halted %s, delivered %s",
@@ -350,32 +356,22 @@ class KclRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]  
             result.halted,
             result.delivered,
         )
-        if result.checkpoint is not None:
-            self._checkpoint(checkpointer, result.checkpoint)
-        refeed = result.halted or (result.first_unfinished is not None and result.held == 0)
-        if result.first_unfinished is None or not refeed:
-            # Everything finished, or what is unfinished is held inside the pipeline (reorder policy).
-            self.pending = []
-        else:
-            index = next(i for i, r in enumerate(records) if r is result.first_unfinished)
-            self.pending = records[index:]
-        self.holding = result.held > 0
-        if result.halted or (self.pending and result.finished == 0):
-            self.halts += 1
-            backoff = RetryPolicy(
-                base_delay=self.options.halt_backoff, max_delay=self.options.halt_backoff_cap
-            )
-            delay = max(backoff.delay(self.halts), self._breaker_wait())
-            self.next_try_at = self.clock() + delay
+        step = self.policy.after(records, result)
+        if step.checkpoint is not None:
+            self._checkpoint(checkpointer, step.checkpoint)
+        # what is unfinished is fed again; what waits inside the pipeline is its own to release
+        self.pending = list(records[step.again_from :]) if step.again_from is not None else []
+        self.holding = step.waiting_inside
+        if step.halted:
+            self.next_try_at = self.clock() + step.delay
             log.warning(
                 "shard %s halted (%s): %d records unfinished, trying again in %.1f s",
                 self.shard_id,
-                result.halt_reason or "a record is not finished",
+                step.reason,
                 len(self.pending),
-                delay,
+                step.delay,
             )
         else:
-            self.halts = 0
             self.next_try_at = self.clock() + (_HOLD_POLL if self.holding and not self.pending else 0.0)
 
     def _breaker_wait(self) -> float:

@@ -35,7 +35,7 @@ from typing import Any
 
 from qldbstream.admit import Admission, Entry, UnverifiableRecordError
 from qldbstream.deaggregate import KPL_MAGIC, deaggregate
-from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails, decode
+from qldbstream.decode import BlockSummary, ControlRecord, JournalRecord, RevisionDetails, decode
 from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore, LatePolicy, Planner
 from qldbstream.dlq import DeadLetter, DeadLetterQueue, envelope_for
 from qldbstream.errors import DeaggregationError, PoisonRecordError
@@ -116,6 +116,9 @@ class BatchResult:
     first_parked: KinesisRecord | None = None
     #: other shards whose checkpoint could move because a record they had parked in memory is done
     other_checkpoints: dict[str | None, tuple[str, int]] = field(default_factory=dict)
+    #: ``process(..., stop_at_completed=True)``: the Kinesis record holding CONTROL ``COMPLETED``
+    #: (the end of a bounded QLDB stream); the batch stopped there (``records`` counts up to it)
+    completed: KinesisRecord | None = None
 
 
 def _late_policy(handler: Handler, default: LatePolicy) -> LatePolicy:
@@ -269,8 +272,12 @@ class Pipeline:
         deadline: float | None = None,
         window_state: dict[str, Any] | None = None,
         admitted: bool = False,
+        stop_at_completed: bool = False,
     ) -> BatchResult:
         """Run one shard's batch (records in sequence order) through every stage.
+
+        ``stop_at_completed``: the batch ends at a CONTROL ``COMPLETED`` record (``result.completed``;
+        what follows it on the shard is not part of this QLDB stream, and is not processed).
 
         ``admitted``: the records passed the delivery gate before and their blocks are not in the
         input (a replay of a handler's dead letters): every check of the record itself runs again,
@@ -285,7 +292,10 @@ class Pipeline:
             )
         # 1. deaggregate, decode, verify; poison to the DLQ
         with span("verify", shard=shard_id or "", records=len(records)):
-            entries, halt_at = self._decode_batch(records, result)
+            entries, halt_at = self._decode_batch(records, result, stop_at_completed)
+        if result.completed is not None:  # the rest of the batch is past the stream's end
+            records = records[: next(k for k, r in enumerate(records) if r is result.completed) + 1]
+            result.records = len(records)
         self.metrics.incr("records_in", len(records), stage="kinesis")
         self.metrics.incr("records_in", result.user_records, stage="user")
         limit = halt_at if halt_at is not None else len(entries)
@@ -446,14 +456,14 @@ class Pipeline:
         return True
 
     def _decode_batch(
-        self, records: Sequence[KinesisRecord], result: BatchResult
+        self, records: Sequence[KinesisRecord], result: BatchResult, stop_at_completed: bool = False
     ) -> tuple[list[Entry], int | None]:
         """Stage 1: one entry per user record (or per undeaggregatable Kinesis record), and the
         entry index where verification says to halt (``verification_action = halt``)."""
         entries: list[Entry] = []
         halt_at: int | None = None
         for k, kr in enumerate(records):
-            if halt_at is not None:
+            if halt_at is not None or result.completed is not None:
                 break
             try:
                 users = deaggregate(kr)
@@ -476,6 +486,13 @@ class Pipeline:
                 entries.append(entry)
                 if not self._decode_and_verify(entry, result) and halt_at is None:
                     halt_at = len(entries) - 1
+                record = entry.record
+                if (
+                    stop_at_completed
+                    and isinstance(record, ControlRecord)
+                    and record.control_record_type == "COMPLETED"
+                ):
+                    result.completed = kr
                 elif entry.poison is not None and not self._set_aside(records, entry, result):
                     result.halt_reason = "the DLQ write failed"
                     if self.settings.stop_on_first_failure and halt_at is None:

@@ -36,14 +36,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from qldbstream.checkpoint import Checkpoint, CheckpointStore
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import ControlRecord, decode
-from qldbstream.errors import ConfigurationError, InputError, PoisonRecordError
+from qldbstream.errors import ConfigurationError, InputError
 from qldbstream.handler import Handler
 from qldbstream.metrics import Metrics, NullMetrics
 from qldbstream.pipeline import BatchResult, Pipeline
 from qldbstream.records import KinesisRecord
 from qldbstream.reliability import AdaptiveBatchSize, Disposition, classify
+from qldbstream.shard_policy import ShardPolicy
 from qldbstream.shards import Shard, StreamShards
 from qldbstream.sources.kinesis import LATEST, MIN_POLL_SPACING, TRIM_HORIZON, Backoff, StartPosition
 
@@ -53,7 +52,7 @@ if TYPE_CHECKING:
     from qldbstream.app import App
     from qldbstream.config import Settings
 
-__all__ = ["ShardStatus", "Worker", "WorkerOptions", "WorkerReport", "completed_index"]
+__all__ = ["ShardStatus", "Worker", "WorkerOptions", "WorkerReport"]
 
 log = logging.getLogger("qldbstream.worker")
 
@@ -145,30 +144,6 @@ class ShardStatus:
     halt_reason: str
 
 
-_COMPLETED = b"COMPLETED"
-
-
-def completed_index(records: Sequence[KinesisRecord]) -> int | None:
-    """The index of the first Kinesis record carrying a CONTROL ``COMPLETED`` user record, if any.
-
-    Only records whose bytes contain ``COMPLETED`` are deaggregated and decoded (Ion keeps symbol
-    text and strings as UTF-8); a record that cannot be decoded is left to the pipeline.
-    """
-    for index, record in enumerate(records):
-        if _COMPLETED not in record.data:
-            continue
-        try:
-            users = deaggregate(record)
-            for user in users:
-                if _COMPLETED in user.data:
-                    journal = decode(user)
-                    if isinstance(journal, ControlRecord) and journal.control_record_type == "COMPLETED":
-                        return index
-        except PoisonRecordError:
-            continue
-    return None
-
-
 @dataclass(frozen=True)
 class WorkerReport:
     """Why :meth:`Worker.run` returned, and where every shard stands."""
@@ -186,14 +161,12 @@ class _Work:
     """The worker's side of one shard: checkpoint, unfinished work, halts, batch size."""
 
     batch: AdaptiveBatchSize
+    #: its halts and what follows a batch (qldbstream.shard_policy, shared by the runtimes)
+    policy: ShardPolicy
     checkpoint: tuple[str, int] | None = None
     unsaved: Checkpoint | None = None
     #: Records read but not finished and not to be re-read (held back by the reorder policy).
     pending: bool = False
-    halts: int = 0
-    #: when the current run of halts began (epoch seconds)
-    halted_since: float = 0.0
-    halt_reason: str = ""
     user_records: int = 0
     iterator_age_ms: float | None = None
     started: bool = False
@@ -390,7 +363,10 @@ class Worker:
             o = self.options
             size = min(max(o.batch_min, 100), o.batch_max)
             batch = AdaptiveBatchSize(o.batch_min, o.batch_max, o.batch_target_ms / 1000, size)
-            work = self._work[shard_id] = _Work(batch)
+            policy = ShardPolicy(
+                shard_id, o.halt_backoff, o.halt_backoff_cap, self.clock, self._breaker_wait, self.rng
+            )
+            work = self._work[shard_id] = _Work(batch, policy)
         return work
 
     def _caught_up(self) -> bool:
@@ -401,12 +377,11 @@ class Worker:
 
     def _stuck(self) -> bool:
         """Every shard is caught up or finished, except shards halted again and again."""
-        o, now = self.options, self.clock()
+        o = self.options
         halted = [
             s
             for s in self.shards.shards.values()
-            if (w := self._work_for(s.shard_id)).halts >= o.halt_limit
-            and now - w.halted_since >= o.halt_limit_seconds
+            if self._work_for(s.shard_id).policy.stuck_for_good(o.halt_limit, o.halt_limit_seconds)
         ]
         others = [s for s in self.shards.shards.values() if s not in halted]
         return bool(halted) and all(
@@ -449,9 +424,6 @@ class Worker:
         fetch = self.shards.fetch(shard, work.batch.size)
         now = self.clock()
         records = fetch.records
-        completed = completed_index(records) if self.options.stops_at_completed else None
-        if completed is not None:
-            records = records[: completed + 1]
         sid = shard.shard_id
         if fetch.millis_behind_latest is not None:
             self.metrics.gauge("stream_lag_ms", fetch.millis_behind_latest, shard=sid)
@@ -465,15 +437,17 @@ class Worker:
         if records:
             self._last_records = now
             started = self.clock()
-            result = self._process(sid, records)
+            # the pipeline stops the batch at CONTROL COMPLETED (the end of this QLDB stream)
+            result = self._process(sid, records, stop_at_completed=self.options.stops_at_completed)
             work.batch.observe(len(records), self.clock() - started)
             self.metrics.gauge("batch_limit", work.batch.size, shard=sid)
             work.user_records += result.user_records
+            completed = result.completed
             if completed is not None:
                 shard.exhaust("completed")  # undone by a rewind
-            rewound = self._settle(shard, work, result)
+            rewound = self._settle(shard, work, records, result)
             if completed is not None and not rewound:
-                log.info("shard %s: CONTROL COMPLETED at %s", sid, records[-1].sequence_number)
+                log.info("shard %s: CONTROL COMPLETED at %s", sid, completed.sequence_number)
                 self.shards.stop_at_tip = True  # the QLDB stream is complete: others stop at their tip
             if result.checkpoint is not None:
                 seq, sub = result.checkpoint
@@ -504,13 +478,14 @@ class Worker:
             marks.append(float("-inf") if s.last_arrival is None else s.last_arrival)
         return min(marks, default=float("inf"))
 
-    def _process(self, shard_id: str, records: Sequence[KinesisRecord]) -> BatchResult:
-        try:
-            self.pipeline.watermark = self._watermark()
-            return self.pipeline.process(shard_id, records)
-        except Exception as exc:  # e.g. the de-duplication store is down: the same as a halt
-            log.exception("shard %s: the pipeline failed; the batch will be read again", shard_id)
-            return BatchResult(shard_id, records=len(records), halted=True, halt_reason=repr(exc))
+    def _process(self, shard_id: str, records: Sequence[KinesisRecord], **process: Any) -> BatchResult:
+        self.pipeline.watermark = self._watermark()
+        # an exception (e.g. the de-duplication store is down) is a halt: the batch is read again
+        return self._work_for(shard_id).policy.run(self.pipeline, records, **process)
+
+    def _breaker_wait(self) -> float:
+        """Seconds until every open circuit breaker lets a trial through."""
+        return max((b.retry_after() for b in self.pipeline.breakers.values()), default=0.0)
 
     def _save_others(self, result: BatchResult) -> None:
         """Shards whose parked records this batch delivered may checkpoint further now."""
@@ -525,18 +500,15 @@ class Worker:
                     raise
                 log.warning("shard %s: saving its checkpoint failed (%r); trying again later", other, exc)
 
-    def _settle(self, shard: Shard, work: _Work, result: BatchResult) -> bool:
-        """After a batch: True when it halted and the shard is to be read again from its checkpoint."""
-        rewind = result.halted or (result.first_unfinished is not None and result.held == 0)
-        if not rewind:
-            work.pending = result.first_unfinished is not None or result.held > 0
-            work.halts, work.halt_reason = 0, ""
+    def _settle(
+        self, shard: Shard, work: _Work, records: Sequence[KinesisRecord], result: BatchResult
+    ) -> bool:
+        """After a batch: True when the shard is to be read again from its checkpoint."""
+        step = work.policy.after(records, result)
+        if not step.rewind:
+            work.pending = result.first_unfinished is not None or step.waiting_inside
             return False
-        delay = self._halt_backoff.delay(work.halts)
-        if work.halts == 0:
-            work.halted_since = self.clock()
-        work.halts += 1
-        work.halt_reason = result.halt_reason or "a record is not finished"
+        delay = step.delay  # 0 when the batch made progress: read the rest again at once
         work.pending = False
         if result.checkpoint is not None:
             resume: tuple[str, int] | None = result.checkpoint
@@ -547,11 +519,13 @@ class Worker:
             resume = None if first is None else (first, -1)
         self.shards.rewind(shard, resume)
         shard.next_poll_at = self.clock() + delay
-        self.metrics.incr("shard_halts", shard=shard.shard_id)
+        if step.halted:
+            self.metrics.incr("shard_halts", shard=shard.shard_id)
         log.warning(
-            "shard %s halted (%s); reading it again from %s in %.1f s",
+            "shard %s %s (%s); reading it again from %s in %.1f s",
             shard.shard_id,
-            work.halt_reason,
+            "halted" if step.halted else "stopped at an unfinished record",
+            step.reason or "a record is not finished",
             "its checkpoint" if resume and resume[1] >= 0 else "the first record read",
             delay,
         )
@@ -618,7 +592,7 @@ class Worker:
             work.batch.size,
             shard.finished,
             shard.end_reason if shard.exhausted else None,
-            work.halt_reason,
+            work.policy.halt_reason,
         )
 
 

@@ -33,7 +33,7 @@ from qldbstream.router import Router
 from qldbstream.shards import covered
 from qldbstream.simulate import Simulation
 from qldbstream.sources.kinesis import LATEST, StartPosition
-from qldbstream.worker import Worker, WorkerOptions, completed_index
+from qldbstream.worker import Worker, WorkerOptions
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import simulation
 
@@ -468,7 +468,7 @@ def test_bounded_export_stops_at_control_completed_and_others_at_their_tip() -> 
     )
     kinesis = FakeKinesis(t, 2)
     put_simulation(kinesis, sim)
-    (done,) = [d for d in sim.deliveries if completed_index([KinesisRecord(d.data, "1")]) == 0]
+    (done,) = [d for d in sim.deliveries if holds_completed(d.data)]
     put_simulation(kinesis, later, lambda _: done.shard_id)  # a new QLDB stream after COMPLETED
     sink = Sink()
     end = datetime.fromtimestamp(t.now + 3600, UTC)
@@ -550,11 +550,30 @@ def test_stop_before_run_returns_at_once_and_releases_nothing() -> None:
 # -- pieces ---------------------------------------------------------------------------------------------
 
 
-def test_completed_index_and_covered() -> None:
+def holds_completed(data: bytes) -> bool:
+    """Whether a Kinesis record holds CONTROL COMPLETED, read with amazon-ion (not qldbstream's decoder)."""
+    from amazon.ion import simpleion
+
+    for user in deaggregate(KinesisRecord(data, "1")):
+        value = simpleion.loads(user.data)
+        if value.get("recordType") == "CONTROL" and value["payload"].get("controlRecordType") == "COMPLETED":
+            return True
+    return False
+
+
+def test_the_pipeline_stops_a_batch_at_control_completed_and_covered() -> None:
     sim = simulation(5)
     records = [KinesisRecord(d.data, str(i + 1)) for i, d in enumerate(sim.deliveries)]
-    assert completed_index(records) == len(records) - 1
-    assert completed_index(records[:-1]) is None
+    assert holds_completed(records[-1].data) and not any(holds_completed(r.data) for r in records[:-1])
+    after = KinesisRecord(simulation(2, seed=9).deliveries[0].data, str(len(records) + 1))
+    sink = Sink()
+    app = App(Settings(), handlers=[sink])
+    pipeline = app.pipeline()
+    result = pipeline.process("s", [*records, after], stop_at_completed=True)
+    assert result.completed is records[-1] and result.records == len(records)
+    assert result.finished == len(records) and result.first_unfinished is None
+    assert pipeline.process("s", records[:-1], stop_at_completed=True).completed is None
+    assert app.pipeline().process("s", records).completed is None  # only when asked
     aggregate = next(r for r in records if deaggregate(r)[0].aggregated and len(deaggregate(r)) > 1)
     last = len(deaggregate(aggregate)) - 1
     assert covered(aggregate.data, last) and not covered(aggregate.data, last - 1)
