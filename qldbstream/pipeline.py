@@ -583,6 +583,12 @@ class Pipeline:
         self.metrics.incr("dlq_writes", stage=stage, handler=handler or "")
         return True
 
+    def dead_letter(self, stage: str, error: BaseException, record: KinesisRecord) -> bool:
+        """Dead-letter a record that never reached the pipeline's stages (a runtime's malformed input,
+        e.g. a Lambda event item without base64 data), as every dead letter is: sealed when masking
+        is on. False when the DLQ write failed: the record stays unfinished."""
+        return self._dead_letter(BatchResult(record.shard_id), stage, error, record, None)
+
     def _seal(self, letter: DeadLetter, record: JournalRecord | None) -> DeadLetter:
         """The envelope with its raw bytes encrypted, a masked copy of the document, scrubbed messages."""
         assert self.masker is not None and self.sealer is not None

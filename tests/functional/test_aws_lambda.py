@@ -626,3 +626,24 @@ def test_metrics_are_recorded_and_flushed_after_every_invocation() -> None:
     assert metrics.flushes == 2  # also when the invocation fails
     assert metrics.total("batch_item_failures") == 1 and metrics.total("malformed_records") == 2
     assert metrics.total("dlq_write_failures") == 2
+
+
+def test_a_malformed_record_is_sealed_like_every_dead_letter_when_masking_is_on() -> None:
+    """The adapter dead-letters through the pipeline: the raw text (which may carry personal data)
+    is sealed under masking, and the sealer gives it back byte for byte."""
+    sim = simulation(30)
+    (event,) = events(sim, 100)
+    raw = "not*base64! ssn=123-45-6789"
+    broken = corrupt(event, 5, data=raw)
+    dlq = MemoryDLQ()
+    t = FakeTime()
+    key = base64.b64encode(bytes(range(32))).decode()
+    handler = lambda_handler(
+        [Recorder()], t, dlq, masking=True, masking_hash_key="k" * 32, masking_dlq_key=key
+    )
+    assert handler(broken, FakeContext(t)) == {"batchItemFailures": []}
+    (letter,) = dlq.letters
+    assert letter.stage == "event" and letter.sealed and letter.kinesis_data is None
+    assert "123-45-6789" not in letter.to_json()
+    assert handler.app.sealer is not None
+    assert letter.kinesis_record(handler.app.sealer).data == raw.encode()
