@@ -359,8 +359,6 @@ class LambdaHandler:
     # --- tumbling windows ----------------------------------------------------------------
     def _close_window(self, window: TumblingWindow, deadline: float | None) -> None:
         metrics = self.pipeline.metrics
-        retry = self.pipeline.settings.retry
-        margin = self.pipeline.settings.deadline_margin
         for h in self.pipeline.handlers:
             hook = getattr(h, "window_closed", None)
             if not callable(hook):
@@ -373,31 +371,20 @@ class LambdaHandler:
                 metrics=metrics,
                 window_state=window.state,
             )
-            attempt = 1
-            while True:
-                try:
-                    hook(window, ctx)
-                    break
-                except Exception as exc:
-                    usable = None if deadline is None else deadline - margin
-                    delay = retry.next_delay(attempt, self._clock(), usable)
-                    log.warning(
-                        "window_closed of %s failed (attempt %d) for shard %s window %s: %r",
-                        h.name,
-                        attempt,
-                        window.shard_id,
-                        window.start,
-                        exc,
-                        extra={"shardId": window.shard_id, "handler": h.name, "windowStart": window.start},
-                    )
-                    if delay is None:
-                        metrics.incr("window_hook_failures", handler=h.name)
-                        raise BatchFailedError(
-                            f"window_closed of {h.name} failed for shard {window.shard_id} window "
-                            f"{window.start}..{window.end}: {exc!r}; Lambda retries the final invocation"
-                        ) from exc
-                    self._sleep(delay)
-                    attempt += 1
+            try:  # retried as the pipeline retries every handler call (within the deadline)
+                self.pipeline.run_hook(
+                    h,
+                    functools.partial(hook, window, ctx),
+                    deadline=deadline,
+                    what="window_closed",
+                    shard=window.shard_id,
+                )
+            except Exception as exc:
+                metrics.incr("window_hook_failures", handler=h.name)
+                raise BatchFailedError(
+                    f"window_closed of {h.name} failed for shard {window.shard_id} window "
+                    f"{window.start}..{window.end}: {exc!r}; Lambda retries the final invocation"
+                ) from exc
             metrics.incr("windows_closed", handler=h.name)
 
     def _flush_metrics(self) -> None:

@@ -583,6 +583,42 @@ class Pipeline:
         self.metrics.incr("dlq_writes", stage=stage, handler=handler or "")
         return True
 
+    def run_hook(
+        self,
+        handler: Handler,
+        call: Callable[[], None],
+        *,
+        deadline: float | None,
+        what: str,
+        shard: str | None,
+    ) -> None:
+        """A handler hook outside record delivery (a tumbling window closing), retried with the
+        pipeline's retry policy while the deadline allows; raises the last error when no retry is
+        left (the runtime then fails the invocation, and Lambda retries it)."""
+        retry, margin = self.settings.retry, self.settings.deadline_margin
+        attempt = 1
+        while True:
+            try:
+                call()
+                return
+            except Exception as exc:
+                usable = None if deadline is None else deadline - margin
+                delay = retry.next_delay(attempt, self.clock(), usable)
+                log.warning(
+                    "%s of %s failed (attempt %d) for shard %s: %r",
+                    what,
+                    handler.name,
+                    attempt,
+                    shard,
+                    exc,
+                    extra={"shardId": shard, "handler": handler.name},
+                )
+                if delay is None:
+                    self.metrics.incr("hook_failures", handler=handler.name, hook=what)
+                    raise
+                self.sleep(delay)
+                attempt += 1
+
     def dead_letter(self, stage: str, error: BaseException, record: KinesisRecord) -> bool:
         """Dead-letter a record that never reached the pipeline's stages (a runtime's malformed input,
         e.g. a Lambda event item without base64 data), as every dead letter is: sealed when masking
