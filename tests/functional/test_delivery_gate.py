@@ -586,39 +586,56 @@ def _two_blocks_of_one_document(seed: int) -> tuple[str, list[KinesisRecord], li
     )
 
 
+class ShardSink(Recorder):
+    """One container's handler: records what it sees in ``seen``; ``inside`` runs (once per revision
+    of ``doc``) while it is inside that delivery; ``die`` kills the container there."""
+
+    def __init__(
+        self,
+        shard: str,
+        doc: str,
+        seen: list[tuple[str, str, int, bool]],
+        *,
+        inside: Any = None,
+        die: bool = False,
+    ) -> None:
+        super().__init__()
+        self.shard, self.doc, self.seen, self.inside, self.die = shard, doc, seen, inside, die
+
+    def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
+        for i, r in enumerate(records):
+            assert isinstance(r, RevisionDetails)
+            self.seen.append((self.shard, r.document_id, r.version, ctx.for_record(r, i).late))
+            if r.document_id == self.doc:
+                if self.die:
+                    raise Died
+                if self.inside is not None:
+                    self.inside()
+
+
+def container(sink: ShardSink, store: SharedMemoryDedupeStore) -> Pipeline:
+    """One Lambda container's pipeline over the shared store."""
+    t = FakeTime()
+    return Pipeline(
+        [sink],
+        dlq=MemoryDLQ(),
+        store=store,
+        settings=PipelineSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.01)),
+        clock=t.clock,
+        sleep=t.sleep,
+        wall_clock=t.clock,
+    )
+
+
 def test_a_document_being_delivered_by_one_shard_makes_another_shard_wait() -> None:
     doc, batch_a, batch_b = _two_blocks_of_one_document(5)
     store = SharedMemoryDedupeStore()
     seen: list[tuple[str, str, int, bool]] = []
     during: list[BatchResult] = []
-
-    class Sink(Recorder):
-        def __init__(self, shard: str, inside: Any = None) -> None:
-            super().__init__()
-            self.shard, self.inside = shard, inside
-
-        def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
-            for i, r in enumerate(records):
-                assert isinstance(r, RevisionDetails)
-                seen.append((self.shard, r.document_id, r.version, ctx.for_record(r, i).late))
-                if self.inside is not None and r.document_id == doc:
-                    # shard b's container runs while shard a is inside the delivery of doc v0
-                    during.append(self.inside())
-
-    def make(shard: str, inside: Any = None) -> Pipeline:
-        t = FakeTime()
-        return Pipeline(
-            [Sink(shard, inside)],
-            dlq=MemoryDLQ(),
-            store=store,
-            settings=PipelineSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.01)),
-            clock=t.clock,
-            sleep=t.sleep,
-            wall_clock=t.clock,
-        )
-
-    b = make("b")
-    a = make("a", inside=lambda: b.process("shardId-b", batch_b))
+    b = container(ShardSink("b", doc, seen), store)
+    # shard b's container runs while shard a is inside the delivery of doc v0
+    inside = lambda: during.append(b.process("shardId-b", batch_b))  # noqa: E731
+    a = container(ShardSink("a", doc, seen, inside=inside), store)
     assert a.process("shardId-a", batch_a).first_unfinished is None
     (result,) = during
     assert result.halted and "another shard is delivering an earlier version" in (result.halt_reason or "")
@@ -634,39 +651,14 @@ def test_a_container_that_dies_inside_a_delivery_is_replaced_by_its_shard_s_next
     doc, batch_a, batch_b = _two_blocks_of_one_document(6)
     store = SharedMemoryDedupeStore()
     seen: list[tuple[str, str, int, bool]] = []
-
-    class Sink(Recorder):
-        def __init__(self, shard: str, die: bool = False) -> None:
-            super().__init__()
-            self.shard, self.die = shard, die
-
-        def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
-            for i, r in enumerate(records):
-                assert isinstance(r, RevisionDetails)
-                seen.append((self.shard, r.document_id, r.version, ctx.for_record(r, i).late))
-                if self.die and r.document_id == doc:
-                    raise Died
-
-    def make(sink: Sink) -> Pipeline:
-        t = FakeTime()
-        return Pipeline(
-            [sink],
-            dlq=MemoryDLQ(),
-            store=store,
-            settings=PipelineSettings(retry=RetryPolicy(max_attempts=2, base_delay=0.01)),
-            clock=t.clock,
-            sleep=t.sleep,
-            wall_clock=t.clock,
-        )
-
     with pytest.raises(Died):
-        make(Sink("a", die=True)).process("shardId-a", batch_a)
-    b = make(Sink("b"))
+        container(ShardSink("a", doc, seen, die=True), store).process("shardId-a", batch_a)
+    b = container(ShardSink("b", doc, seen), store)
     first = b.process("shardId-b", batch_b)  # doc is still locked by shard a's claim
     assert first.halted and first.first_unfinished is not None
     # the event source mapping gives shard a's batch to a new container: it is the same holder, so it
     # claims doc v0 again at once (no waiting for the lock's time), delivers it and lets go
-    assert make(Sink("a2")).process("shardId-a", batch_a).first_unfinished is None
+    assert container(ShardSink("a2", doc, seen), store).process("shardId-a", batch_a).first_unfinished is None
     assert b.process("shardId-b", batch_b).first_unfinished is None
     mine = [(s, v, late) for s, d, v, late in seen if d == doc]
     assert mine == [("a", 0, False), ("a2", 0, False), ("b", 1, False)]
