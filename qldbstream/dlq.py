@@ -281,7 +281,7 @@ class SqsDeadLetterQueue:
         self._s3: Any = None
 
     @property
-    def s3(self) -> Any:
+    def payload_client(self) -> Any:
         """The S3 client (built on first use: only pointer messages need it)."""
         if self._s3 is None:
             if self._s3_factory is None:
@@ -326,7 +326,7 @@ class SqsDeadLetterQueue:
         bucket, key = self.payload_bucket, f"{self.payload_prefix}{letter.id}.json"
         payload = body.encode()
         try:
-            self.s3.put_object(Bucket=bucket, Key=key, Body=payload, ContentType="application/json")
+            self._store_payload(bucket, key, payload)
         except DeadLetterWriteError:
             raise
         except Exception as exc:  # no bucket, no access, S3 down: nowhere to put the bytes
@@ -345,7 +345,7 @@ class SqsDeadLetterQueue:
             # the message is what makes the object an entry: do not leave it behind (should this
             # fail too, the bucket's lifecycle rule removes it - docs/operations.md)
             with contextlib.suppress(Exception):
-                self.s3.delete_object(Bucket=bucket, Key=key)
+                self._drop_payload(bucket, key)
             raise
 
     def _send(self, letter: DeadLetter, body: str, attributes: dict[str, dict[str, str]]) -> None:
@@ -388,7 +388,7 @@ class SqsDeadLetterQueue:
                 continue
             bucket, key = pointer
             try:
-                payload = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                payload = self._read_payload(bucket, key)
             except Exception as exc:
                 raise DeadLetterPayloadError(
                     f"SQS message {message.get('MessageId')} points to s3://{bucket}/{key}, which cannot "
@@ -408,7 +408,19 @@ class SqsDeadLetterQueue:
             obj = bucket, key
         self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=handle)
         if obj is not None:
-            self.s3.delete_object(Bucket=obj[0], Key=obj[1])
+            self._drop_payload(*obj)
+
+    # the payload bucket's three calls, each in its own method: the deployment's IAM statement for
+    # the bucket (DlqPayloadBucket) is checked against exactly these (tests/deploy)
+    def _store_payload(self, bucket: str, key: str, payload: bytes) -> None:
+        self.payload_client.put_object(Bucket=bucket, Key=key, Body=payload, ContentType="application/json")
+
+    def _read_payload(self, bucket: str, key: str) -> bytes:
+        body: bytes = self.payload_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
+
+    def _drop_payload(self, bucket: str, key: str) -> None:
+        self.payload_client.delete_object(Bucket=bucket, Key=key)
 
 
 def _message_size(body: str, attributes: dict[str, dict[str, str]]) -> int:

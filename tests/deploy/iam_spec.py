@@ -88,6 +88,12 @@ RUNTIMES: dict[str, Runtime] = {
 COMPONENTS: dict[str, tuple[str, ...]] = {
     "dlq-write": ("qldbstream.dlq:SqsDeadLetterQueue.put",),
     "dlq-read": ("qldbstream.dlq:SqsDeadLetterQueue.receive", "qldbstream.dlq:SqsDeadLetterQueue.delete"),
+    # the payload bucket of dead letters over 256 KiB (dlq_payload_bucket)
+    "dlq-payload": (
+        "qldbstream.dlq:SqsDeadLetterQueue._store_payload",
+        "qldbstream.dlq:SqsDeadLetterQueue._read_payload",
+        "qldbstream.dlq:SqsDeadLetterQueue._drop_payload",
+    ),
     "dedupe-table": ("qldbstream.stores.dynamodb:DynamoDBDedupeStore.*",),
     "checkpoint-table": ("qldbstream.stores.dynamodb:DynamoDBCheckpointStore.*",),
     "gate-table": ("qldbstream.stores.gate_dynamodb:DynamoDBGateStore.*",),
@@ -104,6 +110,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
 #: component -> whether the runtime's settings switch it on (components not listed are always on)
 SWITCHES: dict[str, Callable[[Settings], bool]] = {
     "dlq-write": lambda s: bool(s.dlq) and not s.dlq.startswith("dir:"),
+    "dlq-payload": lambda s: bool(s.dlq) and not s.dlq.startswith("dir:") and bool(s.dlq_payload_bucket),
     "dedupe-table": lambda s: s.dedupe_store.startswith("dynamodb:"),
     "gate-table": lambda s: s.gate_store.startswith("dynamodb:"),
     "gate-index": lambda s: s.gate_store.startswith("dynamodb:"),
@@ -130,8 +137,19 @@ def component_roots(index: CodeIndex, component: str) -> list[str]:
     return out
 
 
+#: component -> the only services its calls go to: the DLQ's queue calls reach its payload bucket's
+#: (another component, another resource) through the same methods
+SERVICES_OF: dict[str, frozenset[str]] = {
+    "dlq-write": frozenset({"sqs"}),
+    "dlq-read": frozenset({"sqs"}),
+    "dlq-payload": frozenset({"s3"}),
+}
+
+
 def component_ops(reach: Reach, component: str) -> set[Op]:
-    return reach.ops(within=component_roots(reach.index, component))
+    ops = reach.ops(within=component_roots(reach.index, component))
+    only = SERVICES_OF.get(component)
+    return ops if only is None else {op for op in ops if op.service in only}
 
 
 def unattributed(reach: Reach) -> dict[Op, list[str]]:

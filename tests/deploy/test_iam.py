@@ -43,6 +43,8 @@ DLQ_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/22222222-2222-2222-2222-222222222
 FAILURE_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/33333333-3333-3333-3333-333333333333"
 MASKING_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/44444444-4444-4444-4444-444444444444"
 DEDUPE = "qldbstream-dedupe"
+PAYLOAD_BUCKET = "qldbstream-dlq-payloads"
+PAYLOAD_OBJECTS = f"arn:aws:s3:::{PAYLOAD_BUCKET}/*"
 DEDUPE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{DEDUPE}"
 CHECKPOINTS = "qldbstream-checkpoints"
 CHECKPOINTS_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{CHECKPOINTS}"
@@ -202,10 +204,17 @@ SCENARIOS = [
             "Tracing": "Active",
             "Masking": "true",
             "MaskingDlqKmsKeyArn": MASKING_KEY,
+            "DlqPayloadBucket": PAYLOAD_BUCKET,
             "ConfigFile": "/var/task/qldbstream.toml",
             "HandlerPolicyArns": HANDLER_POLICY,
         },
-        {"dlq-write": [DLQ_ARN], "dedupe-table": [DEDUPE_ARN], "dlq-seal": [MASKING_KEY], **NAMED_GATE},
+        {
+            "dlq-write": [DLQ_ARN],
+            "dlq-payload": [PAYLOAD_OBJECTS],
+            "dedupe-table": [DEDUPE_ARN],
+            "dlq-seal": [MASKING_KEY],
+            **NAMED_GATE,
+        },
         _lambda_allowed(consumer=True, stream_key=True, dlq_key=True, failure_key=True, xray=True),
         config_file={"masking_hash_key": "a-secret-of-at-least-16-bytes"},
     ),
@@ -234,8 +243,15 @@ SCENARIOS = [
             "Masking": "true",
             "MaskingDlqKmsKeyArn": MASKING_KEY,
             "MaskingHashKeySecretArn": HASH_KEY_SECRET,
+            "DlqPayloadBucket": PAYLOAD_BUCKET,
         },
-        {"dlq-write": [DLQ_ARN], "dedupe-table": [DEDUPE_ARN], "dlq-seal": [MASKING_KEY], **NAMED_GATE},
+        {
+            "dlq-write": [DLQ_ARN],
+            "dlq-payload": [PAYLOAD_OBJECTS],
+            "dedupe-table": [DEDUPE_ARN],
+            "dlq-seal": [MASKING_KEY],
+            **NAMED_GATE,
+        },
         [
             *_kcl_allowed(metrics=True),
             Allowed("kms:Decrypt", STREAM_KEY, "the daemon reads a stream encrypted with a customer key"),
@@ -353,6 +369,8 @@ def test_the_runtimes_call_what_we_expect(reaches: dict[str, Reach]) -> None:
         "dynamodb:Query",
         "dynamodb:DeleteItem",  # the shared de-duplication store gives up a dead-lettered record's claim
         "kms:GenerateDataKey",
+        "s3:PutObject",  # a dead letter over 256 KiB to the payload bucket (and its removal when
+        "s3:DeleteObject",  # the SQS send fails after it)
     }
     assert iam_actions(reaches["kcl"].ops()) == lam  # the record processor runs the same pipeline
     standalone = iam_actions(reaches["standalone"].ops())

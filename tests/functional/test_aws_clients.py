@@ -115,8 +115,8 @@ def test_the_dlq_and_its_payload_bucket_get_the_apps_clients(monkeypatch: pytest
     assert isinstance(dlq, SqsDeadLetterQueue)
     assert (dlq.payload_bucket, dlq.payload_prefix) == ("ledger-dlq-payloads", "stream-a/")
     assert dlq.client.meta.config.retries == {"mode": "standard", "total_max_attempts": 4}
-    assert dlq.s3.meta.config.retries == {"mode": "standard", "total_max_attempts": 4}
-    assert dlq.s3.meta.endpoint_url == "http://127.0.0.1:9"
+    assert dlq.payload_client.meta.config.retries == {"mode": "standard", "total_max_attempts": 4}
+    assert dlq.payload_client.meta.endpoint_url == "http://127.0.0.1:9"
 
 
 @pytest.mark.parametrize(
