@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from qldbstream.decode import ControlRecord, JournalRecord, RevisionDetails
@@ -44,7 +43,7 @@ from qldbstream.errors import ConfigurationError, PoisonRecordError
 from qldbstream.handler import BatchItemError, Handler, HandlerContext, SetupContext
 from qldbstream.metrics import Metrics, NullMetrics
 from qldbstream_handlers.analytics.engine import Bounds, WindowEngine, merge_parts
-from qldbstream_handlers.analytics.query import Query, epoch_ms
+from qldbstream_handlers.analytics.query import Query
 from qldbstream_handlers.analytics.results import Emission, Pane, Retraction
 from qldbstream_handlers.analytics.settings import AnalyticsConfig, AnalyticsOptions, parse_settings
 from qldbstream_handlers.analytics.sinks import ResultSink
@@ -55,6 +54,7 @@ from qldbstream_handlers.analytics.state import (
     encode_state,
 )
 from qldbstream_handlers.analytics.windows import Session
+from qldbstream_handlers.times import window_time_ms
 
 __all__ = ["AnalyticsHandler"]
 
@@ -434,7 +434,7 @@ class AnalyticsHandler(Handler):
         if not getattr(window, "final", False):
             return  # terminated early (state over 1 MB): the window goes on
         shard = getattr(window, "shard_id", None) or ctx.shard_id or "-"
-        end = _parse_time(getattr(window, "end", None))
+        end = window_time_ms(getattr(window, "end", None))
         key: _StateKey = None if self.scope == "stream" else shard
         engines = self._engines_for(key)
         if end is not None:
@@ -459,14 +459,3 @@ class AnalyticsHandler(Handler):
                 sink.close()
             except Exception:
                 log.exception("analytics: closing sink %s failed", sink.name)
-
-
-def _parse_time(text: Any) -> int | None:
-    """An ISO-8601 time (``2020-12-09T07:06:00Z``, as Lambda gives window bounds) in epoch ms."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return epoch_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
-        log.warning("analytics: cannot read the Lambda window end %r", text)
-        return None

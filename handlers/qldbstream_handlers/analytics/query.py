@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +30,7 @@ from qldbstream.errors import ConfigurationError, PoisonRecordError
 from qldbstream.router import operation_of
 from qldbstream_handlers.analytics.aggregates import Aggregate, Kind, count, count_distinct, sum_of
 from qldbstream_handlers.analytics.windows import Duration, Tumbling, Window, duration_ms
+from qldbstream_handlers.times import epoch_ms
 
 __all__ = [
     "OPERATIONS",
@@ -46,7 +47,6 @@ __all__ = [
 #: Document data -> keep it?
 Predicate = Callable[[Mapping[str, Any]], bool]
 OPERATIONS = frozenset({"insert", "update"})
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
@@ -58,13 +58,6 @@ class Event:
     key: str
     group: str | None
     values: tuple[Any, ...]
-
-
-def epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch (a timestamp with an unknown offset is taken as UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 def field_value(data: Mapping[str, Any] | None, path: str) -> Any:

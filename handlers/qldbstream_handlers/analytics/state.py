@@ -24,6 +24,7 @@ import contextlib
 import gzip
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from qldbstream.errors import HaltShardError
@@ -134,20 +135,23 @@ class DynamoDBStateStore:
             )
         client.get_waiter("table_exists").wait(TableName=table)
 
-    def _items(self, key: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
+    def _query(self, pk: str) -> Iterator[dict[str, Any]]:
+        """Every item of one partition, page by page (strongly consistent)."""
         request: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": f"state#{key}"}},
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
             "ConsistentRead": True,
         }
         while True:
             page = self.client.query(**request)
-            items.extend(page.get("Items", []))
+            yield from page.get("Items", [])
             if "LastEvaluatedKey" not in page:
-                return items
+                return
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _items(self, key: str) -> list[dict[str, Any]]:
+        return list(self._query(f"state#{key}"))
 
     def read(self, key: str) -> bytes | None:
         """Another writer's current state: the head's chunks, read again if a switch raced us."""
@@ -182,20 +186,7 @@ class DynamoDBStateStore:
             )
 
     def members(self, group: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        request: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": f"members#{group}"}},
-            "ConsistentRead": True,
-        }
-        while True:
-            page = self.client.query(**request)
-            for item in page.get("Items", []):
-                out[item["sk"]["S"]] = int(item["revision"]["N"])
-            if "LastEvaluatedKey" not in page:
-                return out
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return {item["sk"]["S"]: int(item["revision"]["N"]) for item in self._query(f"members#{group}")}
 
     def load(self, key: str) -> bytes | None:
         items = self._items(key)

@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -32,6 +32,7 @@ from amazon.ion.core import IonType
 
 from qldbstream.decode import RevisionDetails
 from qldbstream.errors import ConfigurationError
+from qldbstream_handlers.times import epoch_ms
 
 __all__ = [
     "Condition",
@@ -50,8 +51,6 @@ __all__ = [
 Scalar = str | int | float | bool | Decimal | None
 #: ``(documentId, version)``: a revision's identity, as in the alert's evidence.
 EventKey = tuple[str, int]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +121,6 @@ def _decode(value: Any) -> Scalar:
     if isinstance(value, dict):
         return Decimal(value["$decimal"])
     return value  # type: ignore[no-any-return]
-
-
-def epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch (an Ion timestamp of unknown offset is taken as UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 def scalar_of(value: Any) -> tuple[bool, Scalar]:

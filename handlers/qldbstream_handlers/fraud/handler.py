@@ -47,7 +47,7 @@ import bisect
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -66,7 +66,6 @@ from qldbstream_handlers.fraud.alerts import (
 )
 from qldbstream_handlers.fraud.events import (
     TransactionEvent,
-    epoch_ms,
     event_from_revision,
     parse_duration_ms,
 )
@@ -80,6 +79,7 @@ from qldbstream_handlers.fraud.state import (
     InMemoryStateStore,
     StateStore,
 )
+from qldbstream_handlers.times import window_time_ms
 
 __all__ = ["FraudHandler"]
 
@@ -364,7 +364,7 @@ class FraudHandler(Handler):
             return
         self._metrics = ctx.metrics
         shard = getattr(window, "shard_id", None) or ctx.shard_id or "-"
-        end = _parse_time(getattr(window, "end", None))
+        end = window_time_ms(getattr(window, "end", None))
         meta = self._refresh_meta()
         if end is not None and shard in meta.progress and end > meta.progress[shard]:
             meta.progress[shard] = end
@@ -624,13 +624,3 @@ def _arrival_ms(record: JournalRecord) -> int | None:
     user = record.user_record
     arrival = user.parent.approximate_arrival_timestamp if user is not None else None
     return None if arrival is None else int(arrival * 1000)
-
-
-def _parse_time(text: Any) -> int | None:
-    """An ISO-8601 time (as Lambda gives window bounds) in epoch ms."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return epoch_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
-        return None
