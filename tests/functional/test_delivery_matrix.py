@@ -37,6 +37,7 @@ from qldbstream.gate import Delivery as DeliveryMode
 from qldbstream.gate import InMemoryGateStore
 from qldbstream.pipeline import Pipeline
 from tests.support.delivery_matrix import (
+    CellResult,
     LockedDLQ,
     RecordingHandler,
     assert_cell,
@@ -162,12 +163,10 @@ def test_journal_order(shards: int, aggregated: bool, mode: str) -> None:
     assert result.duplicates == 0
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(("shards", "aggregated"), WORKER_GRID)
-def test_journal_order_restarts(shards: int, aggregated: bool, mode: str) -> None:
-    seed = 600 + shards * 10 + aggregated
+def journal_restart_cell(seed: int, shards: int, aggregated: bool, mode: str) -> CellResult:
+    """The worker's pipeline in journal order, crashed at 30 % and 60 % and restarted."""
     d = stream(seed, shards, aggregated=aggregated, duplicates=0.5, reorder=3)
-    result = run_pipeline(
+    return run_pipeline(
         d,
         cell=f"worker-pipeline {cell_id(shards, aggregated, 0.5, 3)} ladder journal order crash@30%,60% "
         f"seed={seed}",
@@ -176,6 +175,12 @@ def test_journal_order_restarts(shards: int, aggregated: bool, mode: str) -> Non
         crashes=(0.3, 0.6),
         journal_order=True,
     )
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("shards", "aggregated"), WORKER_GRID)
+def test_journal_order_restarts(shards: int, aggregated: bool, mode: str) -> None:
+    result = journal_restart_cell(600 + shards * 10 + aggregated, shards, aggregated, mode)
     assert result.restarts == 2
     assert_cell(result)
 
@@ -193,17 +198,7 @@ JOURNAL_FOUND = [
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("seed", "shards", "aggregated"), JOURNAL_FOUND)
 def test_journal_order_restarts_found(seed: int, shards: int, aggregated: bool, mode: str) -> None:
-    d = stream(seed, shards, aggregated=aggregated, duplicates=0.5, reorder=3)
-    result = run_pipeline(
-        d,
-        cell=f"worker-pipeline {cell_id(shards, aggregated, 0.5, 3)} ladder journal order crash@30%,60% "
-        f"seed={seed}",
-        mode=mode,
-        seed=seed,
-        crashes=(0.3, 0.6),
-        journal_order=True,
-    )
-    assert_cell(result)
+    assert_cell(journal_restart_cell(seed, shards, aggregated, mode))
 
 
 @pytest.mark.parametrize("mode", MODES)
