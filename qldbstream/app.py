@@ -142,14 +142,22 @@ class App:
         store.check()  # a missing table or a wrong key schema fails here, at start-up
         return store
 
-    def warn_if_gate_in_memory(self, runtime: str) -> None:
+    def warn_if_stores_in_memory(self, runtime: str) -> None:
         """Lambda and the KCL run one shard per process: in memory, a revision whose block summary
-        another process reads waits until the maximum wait and is dead-lettered - say so at start."""
+        another process reads waits until the maximum wait and is dead-lettered, and de-duplication
+        and late flags hold within one process only - say so at start."""
         if not self.gate_store.durable:
             log.warning(
                 "%s with gate_store = memory: a revision whose block summary is read by another "
                 "process (no KPL aggregation) waits in this process only and is dead-lettered after "
                 "gate_max_wait_seconds; set gate_store = dynamodb:<table> (docs/delivery.md)",
+                runtime,
+            )
+        if not getattr(self.store, "shared", False):
+            log.warning(
+                "%s with dedupe_store = memory: de-duplication and late-version flags hold within this "
+                "process only - another process may deliver a copy again, or a document's older version "
+                "after a newer one without ctx.late; set dedupe_store = dynamodb:<table> (docs/delivery.md)",
                 runtime,
             )
 

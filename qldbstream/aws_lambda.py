@@ -183,7 +183,7 @@ class LambdaHandler:
     ) -> None:
         self.app = app
         self.pipeline = app.pipeline(allow_hold=False, clock=clock, sleep=sleep)
-        app.warn_if_gate_in_memory("Lambda")
+        app.warn_if_stores_in_memory("Lambda")
         self.report_batch_item_failures = report_batch_item_failures
         self._clock = clock
         self._sleep = sleep

@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         app = App.from_env(config_file=config_file)  # configures logging as the settings say
         processor_ = build_processor(app, options)
-        app.warn_if_gate_in_memory("the KCL record processor")
+        app.warn_if_stores_in_memory("the KCL record processor")
     except ConfigurationError as exc:
         log.error("configuration: %s", exc)
         return 2

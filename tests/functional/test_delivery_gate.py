@@ -410,14 +410,15 @@ def test_lambda_shards_in_separate_containers_share_a_durable_gate_store() -> No
     assert gate.parked_count() == 0
 
 
-def test_lambda_warns_at_start_up_when_the_gate_store_is_in_memory(caplog: pytest.LogCaptureFixture) -> None:
+def test_lambda_warns_at_start_up_when_its_stores_are_in_memory(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="qldbstream.app"):
         lambda_app(Recorder(), MemoryDLQ(), InMemoryDedupeStore(), InMemoryGateStore())
     assert any("gate_store = memory" in r.getMessage() for r in caplog.records)
+    assert any("dedupe_store = memory" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level("WARNING", logger="qldbstream.app"):
-        lambda_app(Recorder(), MemoryDLQ(), InMemoryDedupeStore(), DurableMemoryStore())
-    assert not any("gate_store" in r.getMessage() for r in caplog.records)
+        lambda_app(Recorder(), MemoryDLQ(), SharedMemoryDedupeStore(), DurableMemoryStore())
+    assert not any("_store" in r.getMessage() for r in caplog.records)
 
 
 # --- chain-confirmed: a digest's proof confirms the last block -------------------------------------
