@@ -57,6 +57,8 @@ CREATED_GATE = {
     "gate-index": [f"GetAtt:GateTable.Arn/index/{EXPIRY_INDEX}"],
 }
 NAMED_GATE = {"gate-table": [GATE_ARN], "gate-index": [GATE_INDEX_ARN]}
+#: the de-duplication table the Lambda and ECS templates create by default (DedupeTableName empty)
+CREATED_DEDUPE = {"dedupe-table": ["GetAtt:DedupeTable.Arn"]}
 HANDLER_POLICY = f"arn:aws:iam::{ACCOUNT}:policy/qldbstream-handlers"
 HASH_KEY_SECRET = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:qldbstream/hash-AbCdEf"
 
@@ -184,7 +186,7 @@ SCENARIOS = [
         "ExecutionRole",
         "lambda",
         LAMBDA_BASE,
-        {"dlq-write": [DLQ_ARN], **CREATED_GATE},
+        {"dlq-write": [DLQ_ARN], **CREATED_DEDUPE, **CREATED_GATE},
         _lambda_allowed(consumer=False, stream_key=False, dlq_key=False, failure_key=False, xray=False),
     ),
     Scenario(
@@ -224,7 +226,7 @@ SCENARIOS = [
         "TaskRole",
         "kcl",
         ECS_BASE,
-        {"dlq-write": [DLQ_ARN], **CREATED_GATE},
+        {"dlq-write": [DLQ_ARN], **CREATED_DEDUPE, **CREATED_GATE},
         _kcl_allowed(metrics=False),
     ),
     Scenario(
@@ -275,14 +277,15 @@ SCENARIOS = [
         },
     ),
     # The gate store switched the other way: no gate table, no gate grants (Lambda, KCL); the standalone
-    # worker with a DynamoDB gate store gets the created table like the others.
+    # worker with a DynamoDB gate store gets the created table like the others. The de-duplication table
+    # is created in every one of them that names none (DedupeTableName empty).
     Scenario(
         "lambda-gate-in-memory",
         "lambda-consumer.yaml",
         "ExecutionRole",
         "lambda",
         {**LAMBDA_BASE, "GateStore": "memory"},
-        {"dlq-write": [DLQ_ARN]},
+        {"dlq-write": [DLQ_ARN], **CREATED_DEDUPE},
         _lambda_allowed(consumer=False, stream_key=False, dlq_key=False, failure_key=False, xray=False),
     ),
     Scenario(
@@ -291,7 +294,7 @@ SCENARIOS = [
         "TaskRole",
         "kcl",
         {**ECS_BASE, "GateStore": "memory"},
-        {"dlq-write": [DLQ_ARN]},
+        {"dlq-write": [DLQ_ARN], **CREATED_DEDUPE},
         _kcl_allowed(metrics=False),
     ),
     Scenario(
@@ -304,6 +307,7 @@ SCENARIOS = [
             "dlq-write": [DLQ_ARN],
             "checkpoint-table": [CHECKPOINTS_ARN],
             "stream-read": [STREAM_ARN],
+            **CREATED_DEDUPE,
             **CREATED_GATE,
         },
     ),
@@ -629,19 +633,17 @@ def _statement(items: list[dict[str, Any]], sid: str) -> dict[str, Any]:
 def test_audit_notices_a_missing_permission(
     templates: dict[str, dict[str, Any]], reaches: dict[str, Reach]
 ) -> None:
-    scenario = SCENARIOS[1]  # lambda-everything
-
     def drop_update_item(items: list[dict[str, Any]]) -> None:
-        dedupe = next(i for i in items if "Fn::If" in i and i["Fn::If"][1].get("Sid") == "DedupeTable")[
-            "Fn::If"
-        ][1]
+        dedupe = _statement(items, "DedupeTable")
         dedupe["Action"] = [a for a in dedupe["Action"] if a != "dynamodb:UpdateItem"]
 
-    findings = _audit(
-        scenario, _mutate(templates[scenario.template], scenario.role, drop_update_item), reaches
-    )
-    assert findings.missing == {("dynamodb:UpdateItem", DEDUPE_ARN)}
-    assert not findings.extra
+    # lambda-everything (a named de-duplication table), lambda-minimal (the one the stack creates)
+    for scenario, table in ((SCENARIOS[1], DEDUPE_ARN), (SCENARIOS[0], "GetAtt:DedupeTable.Arn")):
+        findings = _audit(
+            scenario, _mutate(templates[scenario.template], scenario.role, drop_update_item), reaches
+        )
+        assert findings.missing == {("dynamodb:UpdateItem", table)}, scenario.name
+        assert not findings.extra, scenario.name
 
 
 def test_audit_notices_an_extra_permission(

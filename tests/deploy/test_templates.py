@@ -63,14 +63,9 @@ def test_rules_refuse_settings_the_runtime_cannot_honour(templates: Templates) -
     template = templates["lambda-consumer.yaml"]
     assert failed_rules(template, LAMBDA_BASE) == []
     parallel = {**LAMBDA_BASE, "ParallelizationFactor": 4, "LatePolicy": "drop"}
-    assert [f.split(":")[0] for f in failed_rules(template, parallel)] == [
-        "OutOfOrderNeedsDeliverLateAndSharedDedupe"
-    ] * 2
-    # deliver-late is the default now: only the shared de-duplication table is missing
-    default_late = {**LAMBDA_BASE, "ParallelizationFactor": 4}
-    assert [f.split(":")[0] for f in failed_rules(template, default_late)] == [
-        "OutOfOrderNeedsDeliverLateAndSharedDedupe"
-    ]
+    assert [f.split(":")[0] for f in failed_rules(template, parallel)] == ["OutOfOrderNeedsDeliverLate"]
+    # deliver-late is the default, and so is a shared de-duplication table (created when none is named)
+    assert failed_rules(template, {**LAMBDA_BASE, "ParallelizationFactor": 4}) == []
     ok = {**parallel, "LatePolicy": "deliver-late", "DedupeTableName": "dedupe"}
     assert failed_rules(template, ok) == []
     assert failed_rules(template, {**LAMBDA_BASE, "StartingPosition": "AT_TIMESTAMP"})
@@ -85,13 +80,8 @@ def test_rules_refuse_settings_the_runtime_cannot_honour(templates: Templates) -
 
 def test_rules_refuse_gate_settings_the_runtime_cannot_honour(templates: Templates) -> None:
     template = templates["lambda-consumer.yaml"]
-    parallel = {
-        **LAMBDA_BASE,
-        "ParallelizationFactor": 4,
-        "LatePolicy": "deliver-late",
-        "DedupeTableName": "d",
-    }
-    assert failed_rules(template, parallel) == []  # the gate table is on by default
+    parallel = {**LAMBDA_BASE, "ParallelizationFactor": 4, "LatePolicy": "deliver-late"}
+    assert failed_rules(template, parallel) == []  # the gate and de-duplication tables are on by default
     assert [f.split(":")[0] for f in failed_rules(template, {**parallel, "GateStore": "memory"})] == [
         "ConcurrentBatchesNeedDynamoDBGate"
     ]
@@ -159,9 +149,8 @@ def test_the_environment_is_valid_qldbstream_configuration(
     env = runtime_environment(evaluate(templates[template], parameters))
     settings = load_settings(env)
     assert settings.dlq == f"sqs:{parameters['DlqQueueUrl']}"
-    assert settings.dedupe_store == (
-        f"dynamodb:{parameters['DedupeTableName']}" if "DedupeTableName" in parameters else "memory"
-    )
+    # never memory: a de-duplication table shared by every container / task (created, or the one named)
+    assert settings.dedupe_store == f"dynamodb:{parameters.get('DedupeTableName', 'Ref:DedupeTable')}"
     if template == "ecs-worker.yaml":
         assert settings.stream_name == ECS_BASE["StreamName"] and settings.region == "eu-west-1"
     assert settings.delivery == Delivery(parameters.get("Delivery", "verified"))
@@ -196,6 +185,69 @@ def test_the_gate_table_is_created_when_nothing_names_one(
     assert ("GateTable" in evaluated.resources) == created
     expected = "Ref:GateTable" if created else parameters.get("GateTableName", "")
     assert evaluated.outputs["GateTableName"] == expected
+
+
+DEDUPE_CASES = [
+    ("lambda-consumer.yaml", LAMBDA_BASE),
+    ("lambda-consumer.yaml", {**LAMBDA_BASE, "GateStore": "memory"}),
+    ("ecs-worker.yaml", ECS_BASE),
+    ("ecs-worker.yaml", {**ECS_BASE, "Runtime": "standalone", "CheckpointTableName": "cp"}),
+]
+
+
+@pytest.mark.parametrize(("template", "parameters"), DEDUPE_CASES)
+@pytest.mark.parametrize("named", [False, True], ids=["default", "named"])
+def test_the_dedupe_table_is_created_when_nothing_names_one(
+    template: str, parameters: dict[str, Any], named: bool, templates: Templates
+) -> None:
+    """By default the Lambda and ECS templates create the de-duplication table and point
+    QLDBSTREAM_DEDUPE_STORE at it (so de-duplication and late flags hold across containers, tasks and
+    restarts, never memory); a DedupeTableName is used as it is and no table is created."""
+    if named:
+        parameters = {**parameters, "DedupeTableName": "shared-dedupe"}
+    evaluated = evaluate(templates[template], parameters)
+    table = "shared-dedupe" if named else "Ref:DedupeTable"
+    arn = "arn:aws:dynamodb:eu-west-1:123456789012:table/shared-dedupe" if named else "GetAtt:DedupeTable.Arn"
+    assert ("DedupeTable" in evaluated.resources) == (not named)
+    assert [k for k, r in evaluated.of_type("AWS::DynamoDB::Table").items() if "Dedupe" in k] == (
+        [] if named else ["DedupeTable"]
+    )
+    assert runtime_environment(evaluated)["QLDBSTREAM_DEDUPE_STORE"] == f"dynamodb:{table}"
+    assert evaluated.outputs["DedupeTableName"] == table
+    role = "ExecutionRole" if template == "lambda-consumer.yaml" else "TaskRole"
+    statements = evaluated.resources[role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    (dedupe,) = [st for st in statements if st.get("Sid") == "DedupeTable"]
+    assert dedupe["Resource"] == arn
+
+
+@pytest.mark.parametrize(("template", "parameters"), DEDUPE_CASES)
+def test_dedupe_table_has_the_stores_schema(
+    template: str, parameters: dict[str, Any], templates: Templates
+) -> None:
+    """The de-duplication table the runtime templates create is what DynamoDBDedupeStore.create_table
+    creates (key pk, TTL on ttl, on demand) and what dynamodb-tables.yaml creates, kept like the gate
+    table (backups, encryption, retained)."""
+    client = RecordingDynamoDB()
+    DynamoDBDedupeStore.create_table(client, "t", sleep=lambda _: None)  # type: ignore[arg-type]
+    resource = evaluate(templates[template], parameters).resources["DedupeTable"]
+    table = resource["Properties"]
+    assert "TableName" not in table  # generated: a replacement never collides with the retained table
+    assert table["KeySchema"] == client.created["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == client.created["AttributeDefinitions"]
+    assert "GlobalSecondaryIndexes" not in table and "GlobalSecondaryIndexes" not in client.created
+    assert table["BillingMode"] == client.created["BillingMode"] == "PAY_PER_REQUEST"
+    assert client.ttl == {"Enabled": True, "AttributeName": "ttl"} == table["TimeToLiveSpecification"]
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["SSESpecification"] == {"SSEEnabled": False}
+    assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Retain"
+    shared = evaluate(templates["dynamodb-tables.yaml"]).resources["DedupeTable"]["Properties"]
+    assert {k: v for k, v in shared.items() if k != "TableName"} == table
+    managed = evaluate(
+        templates[template],
+        {**parameters, "DedupeTablePointInTimeRecovery": "false", "DedupeTableEncryption": "AWS_MANAGED"},
+    ).resources["DedupeTable"]["Properties"]
+    assert managed["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": False}
+    assert managed["SSESpecification"] == {"SSEEnabled": True}
 
 
 @pytest.mark.parametrize(
@@ -640,3 +692,12 @@ def test_main_passes_values_the_children_accept(gate: str, runtime: str, templat
     assert worker["GateStore"] == gate
     assert lam["Delivery"] == worker["Delivery"] == "chain-confirmed"
     assert "GateTableName" not in lam and "GateTableName" not in worker  # one table per consumer
+    # One de-duplication table, the Tables stack's, shared by both: the consumers create none
+    shared = "GetAtt:Tables.Outputs.DedupeTableName"
+    assert lam["DedupeTableName"] == worker["DedupeTableName"] == shared
+    for logical, params in (("Lambda", lam), ("Worker", worker)):
+        child = templates[Path(main["Resources"][logical]["Properties"]["TemplateURL"]).name]
+        given = {k: v for k, v in params.items() if k in child["Parameters"]}
+        assert "DedupeTable" not in evaluate(child, given).resources, logical
+    tables = evaluate(templates["dynamodb-tables.yaml"]).resources
+    assert "DedupeTable" in tables
