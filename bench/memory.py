@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qldbstream.dedupe import InMemoryDedupeStore
-from qldbstream.dlq import DirectoryDeadLetterQueue
-from qldbstream.pipeline import Pipeline
-from qldbstream.records import KinesisRecord
-from qldbstream.router import Router
+from qldbstream.api.router import Router
+from qldbstream.core.dedupe import InMemoryDedupeStore
+from qldbstream.core.records import KinesisRecord
+from qldbstream.pipeline.batch import Pipeline
+from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
 from qldbstream.simulate import DeliveryOptions, SimulationConfig, Workload, simulate
 
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import qldbstream.decode as qldbstream_decode
-from qldbstream.deaggregate import KPL_MAGIC, deaggregate
-from qldbstream.decode import RevisionDetails, decode
-from qldbstream.errors import PoisonRecordError
-from qldbstream.sources.lambda_event import records_from_event
-from qldbstream.verify import Verifier
+import qldbstream.core.decode as qldbstream_decode
+from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate
+from qldbstream.core.decode import RevisionDetails, decode
+from qldbstream.core.errors import PoisonRecordError
+from qldbstream.core.verify import Verifier
+from qldbstream.io.lambda_event import records_from_event
 
 
 def run_once(events: list[dict], parse_data: bool) -> tuple[int, int, int]:
@@ -61,9 +61,9 @@ def main() -> None:
     ap.add_argument("--python-only", action="store_true", help="use the pure-Python scanner")
     args = ap.parse_args()
     if args.python_only:
-        import qldbstream.native
+        import qldbstream.core.native
 
-        qldbstream.native.use(False)
+        qldbstream.core.native.use(False)
     events = [json.loads(line) for line in Path(args.events).read_text().splitlines() if line.strip()]
     times = []
     for rep in range(args.reps):

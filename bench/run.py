@@ -66,7 +66,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}")
-    from qldbstream.decode import native_available
+    from qldbstream.core.decode import native_available
 
     native = native_available() and not args.python_only
     print(f"qldbstream scanner: {'compiled (qldbstream-native)' if native else 'pure Python'}")

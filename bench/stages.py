@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import _scan, decode
-from qldbstream.errors import PoisonRecordError
-from qldbstream.sources.lambda_event import records_from_event
-from qldbstream.verify import Verifier
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import _scan, decode
+from qldbstream.core.errors import PoisonRecordError
+from qldbstream.core.verify import Verifier
+from qldbstream.io.lambda_event import records_from_event
 
 STAGES = (
     "Lambda event -> Kinesis records",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The V3 / V9 state alone over a long stream: does it stay bounded?
 
-Feeds a :class:`~qldbstream.verify.Verifier`'s ``CrossReferencer`` and ``ChainTracker`` (the
+Feeds a :class:`~qldbstream.core.verify.Verifier`'s ``CrossReferencer`` and ``ChainTracker`` (the
 compiled ones when qldbstream-native is installed, else the Python ones) ``--blocks`` synthetic
 block summaries of two documented revisions each; a third of the blocks never get their second
 revision, so they wait until ``max_pending`` (200,000) evicts them as unmatched. Prints peak RSS
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qldbstream.verify import Verifier
+from qldbstream.core.verify import Verifier
 
 
 def main() -> None:

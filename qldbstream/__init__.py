@@ -1,48 +1,37 @@
 """qldbstream: consume, verify and replay Amazon QLDB journal streams from Amazon Kinesis.
 
-The public API for handler authors::
+The public API for handler authors is :mod:`qldbstream.api`, re-exported here::
 
     from qldbstream import Router, Handler, HandlerContext
+
+The package's rooms, from the inside out (``docs/architecture.md``): ``core`` (pure stages: no
+I/O, no clock, no boto3), ``pipeline`` (the policy that drives them over one shard's batch, and
+the ports it needs), ``io`` (Kinesis, DynamoDB, SQS, S3, files, metrics backends, logs), ``app``
+(settings and plugins, assembled once), ``runtimes`` (Lambda, the worker, the KCL) and ``cli``.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # for type checkers; at run time these are imported lazily (see __getattr__)
-    from qldbstream.decode import BlockSummary, ControlRecord, RevisionDetails
-    from qldbstream.handler import BatchItemError, Handler, HandlerContext, SetupContext
-    from qldbstream.router import Router
+if TYPE_CHECKING:  # for type checkers; at run time the API is imported lazily (see __getattr__)
+    from qldbstream.api import *  # noqa: F403
 
 try:
     __version__ = version("qldbstream")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
-__all__ = [
-    "BatchItemError",
-    "BlockSummary",
-    "ControlRecord",
-    "Handler",
-    "HandlerContext",
-    "RevisionDetails",
-    "Router",
-    "SetupContext",
-    "__version__",
-]
-
 
 def __getattr__(name: str) -> object:
-    # Lazy: `import qldbstream` (and the Lambda handler's cold start) does not pay for the API.
-    if name in ("Router",):
-        from qldbstream.router import Router
+    # Lazy: `import qldbstream` (and so the Lambda handler's cold start) does not pay for the API.
+    from qldbstream import api
 
-        return Router
-    if name in ("Handler", "HandlerContext", "SetupContext", "BatchItemError"):
-        from qldbstream import handler
-
-        return getattr(handler, name)
-    if name in ("BlockSummary", "ControlRecord", "RevisionDetails"):
-        from qldbstream import decode
-
-        return getattr(decode, name)
+    if name in api.__all__:
+        return getattr(api, name)
     raise AttributeError(f"module 'qldbstream' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    from qldbstream import api
+
+    return [*api.__all__, "__version__"]

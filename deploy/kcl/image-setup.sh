@@ -71,8 +71,8 @@ jars=$(find "$prefix/jars" -maxdepth 1 -name '*.jar' | wc -l)
 expected=$("$py" "$here/kclpy_pom.py" jars "$here/pom.xml" | wc -l)
 [[ "$jars" -eq "$expected" ]] || { log "$prefix/jars holds $jars jars, pom.xml lists $expected"; exit 1; }
 "$py" -m qldbstream.kcl --help >/dev/null
-KCL_JAR_DIR="$prefix/jars" "$py" -m qldbstream.commands.kcl --print-properties \
+KCL_JAR_DIR="$prefix/jars" "$py" -m qldbstream.cli.kcl --print-properties \
   --stream check --region us-east-1 --worker-id check >/dev/null
-native_state=$("$py" -c 'from qldbstream.deaggregate import native_available as n; print("with" if n() else "without")')
+native_state=$("$py" -c 'from qldbstream.core.deaggregate import native_available as n; print("with" if n() else "without")')
 log "OK in $((SECONDS - start)) s: $prefix/venv ($native_state qldbstream-native), $jars jars in $prefix/jars"
 echo "$prefix"

@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qldbstream.decode import JournalRecord, RevisionDetails
-from qldbstream.errors import ConfigurationError
-from qldbstream.handler import Handler, HandlerContext
-from qldbstream.router import operation_of
+from qldbstream.api.handler import Handler, HandlerContext
+from qldbstream.api.router import operation_of
+from qldbstream.core.decode import JournalRecord, RevisionDetails
+from qldbstream.core.errors import ConfigurationError
 
 __all__ = ["AuditLogHandler"]
 

@@ -10,7 +10,7 @@ wrap them::
 
     audit = MaskingHandler.from_settings(AuditLogHandler({"data": "true"}), {"hash_key": secret})
 
-The wrapped handler receives masked copies (:func:`qldbstream.masking.masked_copy`): ``.data``
+The wrapped handler receives masked copies (:func:`qldbstream.core.masking.masked_copy`): ``.data``
 and ``.ion`` are masked, ``.raw`` is the original, verified bytes (a handler must not decode it
 itself). Its name, its retry/poison error classes and its de-duplication keys are unchanged.
 
@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qldbstream.decode import JournalRecord
-from qldbstream.errors import ConfigurationError
-from qldbstream.handler import Handler, HandlerContext, SetupContext
-from qldbstream.masking import Masker, masked_copy, masking_from_settings
+from qldbstream.api.handler import Handler, HandlerContext, SetupContext
+from qldbstream.core.decode import JournalRecord
+from qldbstream.core.errors import ConfigurationError
+from qldbstream.core.masking import Masker, masked_copy, masking_from_settings
 
 __all__ = ["MaskingHandler", "parse_masking_settings"]
 

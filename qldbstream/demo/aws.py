@@ -61,9 +61,9 @@ class DemoResources:
 
 def create_resources(aws: Any, names: DemoNames, shards: int) -> DemoResources:
     """Streams (source, and the replica in the second region), tables, the alert queue, the topic."""
-    from qldbstream.clients import aws_client
-    from qldbstream.sources.kinesis_put import create_stream
-    from qldbstream.stores.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore
+    from qldbstream.io.clients import aws_client
+    from qldbstream.io.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore
+    from qldbstream.io.kinesis_writer import create_stream
 
     create_stream(aws.client("kinesis"), names.stream, shards)
     west = aws_client(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from qldbstream.demo.collect import VelocityWindow
 from qldbstream.demo.scrape import USER_RECORDS, Scrape
 from qldbstream.demo.truth import BURST_MIN_PAYMENTS, HIGH_VALUE_MIN, FailureKey, GroundTruth
-from qldbstream.dlq import DeadLetter
+from qldbstream.pipeline.dlq import DeadLetter
 
 if TYPE_CHECKING:
     from qldbstream_handlers.fraud import Alert

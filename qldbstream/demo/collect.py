@@ -14,13 +14,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qldbstream.dlq import DeadLetter
+from qldbstream.pipeline.dlq import DeadLetter
 
 if TYPE_CHECKING:
     from qldbstream_handlers.workflow.interpreter import Execution, Interpreter
 
-    from qldbstream.pipeline import BatchResult, Pipeline
-    from qldbstream.records import KinesisRecord
+    from qldbstream.core.records import KinesisRecord
+    from qldbstream.pipeline.batch import BatchResult, Pipeline
 
 __all__ = [
     "BatchRecorder",
@@ -192,7 +192,7 @@ class RouteRecorder:
 
 
 class BatchRecorder:
-    """Wraps a pipeline's ``process`` to add up its :class:`~qldbstream.pipeline.BatchResult`:
+    """Wraps a pipeline's ``process`` to add up its :class:`~qldbstream.pipeline.batch.BatchResult`:
     records delivered per handler, duplicates skipped, late revisions, dead letters, halts."""
 
     def __init__(self, pipeline: Pipeline) -> None:

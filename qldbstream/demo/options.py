@@ -1,7 +1,7 @@
 """What the demo runs with: its options, the names of what it creates, and the worker's settings.
 
 The worker is configured the way an operator configures it - a ``QLDBSTREAM_*`` environment
-(:func:`worker_environ`) read by :meth:`qldbstream.app.App.from_env` - so the demo goes through the
+(:func:`worker_environ`) read by :meth:`qldbstream.app.assembly.App.from_env` - so the demo goes through the
 real configuration path: plugin loading, per-handler settings, the DynamoDB de-duplication store,
 the directory DLQ.
 """

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qldbstream.core.errors import ConfigurationError, InputError
 from qldbstream.demo.aws import DemoResources, create_resources, drain_queue, local_credentials, scan_table
 from qldbstream.demo.checks import Check, Observed, evaluate
 from qldbstream.demo.collect import (
@@ -29,14 +30,13 @@ from qldbstream.demo.options import DemoNames, DemoOptions, worker_environ
 from qldbstream.demo.report import build_report
 from qldbstream.demo.scrape import MetricsEndpoint, Scrape, TeeMetrics
 from qldbstream.demo.truth import GroundTruth
-from qldbstream.errors import ConfigurationError, InputError
 
 if TYPE_CHECKING:
     from qldbstream_handlers.fraud import Alert
 
-    from qldbstream.app import App
+    from qldbstream.app.assembly import App
+    from qldbstream.runtimes.worker import ShardStatus, WorkerReport
     from qldbstream.simulate import Simulation
-    from qldbstream.worker import ShardStatus, WorkerReport
 
 __all__ = [
     "DEMO_BURST_WINDOW_MS",
@@ -150,7 +150,7 @@ def simulation(options: DemoOptions) -> Simulation:
 
 def _route_logs(path: Path) -> logging.Handler:
     """Replace the stderr handler ``App.from_env`` installed with a JSON file handler."""
-    from qldbstream.logs import JsonFormatter
+    from qldbstream.io.logs import JsonFormatter
 
     logger = logging.getLogger("qldbstream")
     for existing in list(logger.handlers):
@@ -239,7 +239,7 @@ class _Observer:
 
 def run_demo(options: DemoOptions | None = None, progress: Progress | None = None) -> DemoResult:
     """Run the whole demo (see the package docstring) and return its report and checks."""
-    from qldbstream.localaws import LocalAws
+    from qldbstream.demo.localaws import LocalAws
 
     options = options or DemoOptions()
     _requirements()
@@ -276,7 +276,7 @@ def _put(
     aws: Any, names: DemoNames, sim: Simulation, step: Callable[[str, int, int | None], None]
 ) -> dict[str, int]:
     """Put the simulated stream into Kinesis; return how many records went to each shard."""
-    from qldbstream.sources.kinesis_put import PutEntry, put_records
+    from qldbstream.io.kinesis_writer import PutEntry, put_records
 
     kinesis = aws.client("kinesis")
     entries = [PutEntry(d.data, d.partition_key, d.explicit_hash_key) for d in sim.deliveries]
@@ -333,10 +333,10 @@ def _run_worker(
 ) -> _Run:
     from qldbstream_handlers.fraud import default_bus
 
-    from qldbstream.app import App
-    from qldbstream.handler import HandlerContext
-    from qldbstream.stores.dynamodb import DynamoDBCheckpointStore
-    from qldbstream.worker import Worker, WorkerOptions
+    from qldbstream.api.handler import HandlerContext
+    from qldbstream.app.assembly import App
+    from qldbstream.io.dynamodb import DynamoDBCheckpointStore
+    from qldbstream.runtimes.worker import Worker, WorkerOptions
 
     environ = worker_environ(
         names,
@@ -396,10 +396,10 @@ def _run_worker(
 def _collect(aws: Any, names: DemoNames, resources: DemoResources, run: _Run) -> tuple[Observed, ReadBack]:
     from qldbstream_handlers.fraud import Alert
 
-    from qldbstream.clients import aws_client
-    from qldbstream.commands.dr_check import Copy, compare, scan
-    from qldbstream.decode import RecordType
-    from qldbstream.sources.kinesis import read_stream
+    from qldbstream.cli.dr_check import Copy, compare, scan
+    from qldbstream.core.decode import RecordType
+    from qldbstream.io.clients import aws_client
+    from qldbstream.io.kinesis_reader import read_stream
 
     letters = read_dead_letters(names.dlq_dir)
     audit, audit_lines = read_audit(names.audit_file)

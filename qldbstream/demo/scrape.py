@@ -1,8 +1,8 @@
 """Metrics for the demo: recorded twice, served on 127.0.0.1 and scraped over HTTP while it runs.
 
 :class:`TeeMetrics` is the app's metrics facade: every value goes to an
-:class:`~qldbstream.metrics.InMemoryMetrics` (exact numbers for the report and the live display)
-and to a :class:`~qldbstream.metrics.PrometheusMetrics` on a private registry, which
+:class:`~qldbstream.api.metrics.InMemoryMetrics` (exact numbers for the report and the live display)
+and to a :class:`~qldbstream.io.metrics.PrometheusMetrics` on a private registry, which
 :class:`MetricsEndpoint` serves at ``http://127.0.0.1:<free port>/metrics`` - what a Prometheus
 server would scrape from ``qldbstream run``. :meth:`MetricsEndpoint.scrape` reads it back with a
 plain HTTP GET and keeps a few series (:data:`SHOWN`).
@@ -15,7 +15,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from qldbstream.metrics import InMemoryMetrics, PrometheusMetrics
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.io.metrics import PrometheusMetrics
 
 __all__ = ["SHOWN", "USER_RECORDS", "MetricsEndpoint", "Scrape", "TeeMetrics"]
 

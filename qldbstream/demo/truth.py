@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from qldbstream.gate import VOUCHING_CHECKS
+from qldbstream.core.gate import VOUCHING_CHECKS
 from qldbstream.simulate import Burst, Simulation
 
 __all__ = [
@@ -80,7 +80,7 @@ class GroundTruth:
         blocks = set(expected.unreadable)
         revisions = sim.ledger.revisions
         # a block whose own hashes do not hold together vouches for none of its revisions: the
-        # delivery gate withholds them all (qldbstream.gate)
+        # delivery gate withholds them all (qldbstream.core.gate)
         withheld: dict[int, set[str]] = defaultdict(set)
         for f in expected.failures:
             if f.check in VOUCHING_CHECKS and f.sequence_no is not None:

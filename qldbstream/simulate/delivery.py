@@ -4,7 +4,7 @@
   REVISION_DETAILS in ``revisionSummaries`` order - with each user record's partition key the
   hex of its hash (:mod:`qldbstream.simulate.stream`), no explicit hash keys, and an arbitrary
   outer partition key (a seeded random 64-hex value, as in the 2021 real sample). A block too
-  big for one Kinesis record is split by :func:`qldbstream.aggregate.pack`. CONTROL records go
+  big for one Kinesis record is split by :func:`qldbstream.core.aggregate.pack`. CONTROL records go
   as plain records [INF: no real one has been published].
 * **Not aggregated**: one Kinesis record per journal record, partition key = the hex hash [INF].
 * **Duplicates** (at-least-once): each delivery unit is, with probability ``duplicate_rate``,
@@ -26,8 +26,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qldbstream.aggregate import pack
-from qldbstream.errors import ConfigurationError
+from qldbstream.core.aggregate import pack
+from qldbstream.core.errors import ConfigurationError
 from qldbstream.simulate.stream import StreamRecord
 
 __all__ = ["Delivery", "DeliveryOptions", "deliver", "shard_for", "shard_id"]

@@ -10,7 +10,7 @@ from typing import Final
 from amazon.ion.core import TimestampPrecision
 from amazon.ion.simple_types import IonPyNull
 
-from qldbstream.errors import ConfigurationError
+from qldbstream.core.errors import ConfigurationError
 from qldbstream.simulate.values import (
     BASE62,
     IonType,

@@ -15,8 +15,8 @@ For each committed transaction (qldb-stream-format.md §3.3-§3.4, §4, §5):
 * ``entriesHash = merkle_root(entriesHashList)``, ``blockHash = dot(entriesHash,
   previousBlockHash)``, one continuous chain on one strand.
 
-``H`` is :func:`qldbstream.ion.hash.ion_hash`; ``dot`` and ``merkle_root`` come from
-:mod:`qldbstream.qldb_hash`.
+``H`` is :func:`qldbstream.core.ion.hash.ion_hash`; ``dot`` and ``merkle_root`` come from
+:mod:`qldbstream.core.qldb_hash`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from qldbstream.ion.hash import ion_hash
-from qldbstream.qldb_hash import dot, merkle_root
+from qldbstream.core.ion.hash import ion_hash
+from qldbstream.core.qldb_hash import dot, merkle_root
 from qldbstream.simulate.model import Op, Statement, Transaction
 from qldbstream.simulate.values import IonValue, base62_id, timestamp_ms
 

@@ -14,13 +14,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from qldbstream.errors import ConfigurationError
+from qldbstream.core.errors import ConfigurationError
 from qldbstream.simulate.delivery import Delivery
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
 
-    from qldbstream.sources.kinesis_put import PutResult
+    from qldbstream.io.kinesis_writer import PutResult
 
 __all__ = ["EventSource", "lambda_events", "put_to_stream", "write_jsonl"]
 
@@ -91,7 +91,7 @@ def write_jsonl(
 
 def put_to_stream(client: KinesisClient, stream_name: str, deliveries: Sequence[Delivery]) -> list[PutResult]:
     """PutRecords every delivery in order (Kinesis assigns shards and sequence numbers)."""
-    from qldbstream.sources.kinesis_put import PutEntry, put_records
+    from qldbstream.io.kinesis_writer import PutEntry, put_records
 
     entries = [PutEntry(d.data, d.partition_key, d.explicit_hash_key) for d in deliveries]
     return put_records(client, stream_name, entries)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from qldbstream.errors import ConfigurationError
+from qldbstream.core.errors import ConfigurationError
 from qldbstream.simulate.model import RedactionRequest
 
 __all__ = ["RedactionPool"]

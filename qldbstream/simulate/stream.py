@@ -24,8 +24,8 @@ from typing import Literal
 
 from amazon.ion import simpleion
 
-from qldbstream.ion.hash import ion_hash
-from qldbstream.qldb_hash import dot, merkle_root
+from qldbstream.core.ion.hash import ion_hash
+from qldbstream.core.qldb_hash import dot, merkle_root
 from qldbstream.simulate.fields import set_path
 from qldbstream.simulate.journal import (
     REDACTION_INFO,

@@ -46,7 +46,7 @@ from typing import Final, Literal
 
 from amazon.ion import simpleion
 
-from qldbstream.errors import ConfigurationError
+from qldbstream.core.errors import ConfigurationError
 from qldbstream.simulate.fields import MISSING, format_path, get_path, mutate, parse_path, set_path
 from qldbstream.simulate.journal import Journal
 from qldbstream.simulate.stream import StreamRecord, rehash_block, rehash_revision

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from qldbstream.errors import ConfigurationError
+from qldbstream.core.errors import ConfigurationError
 
 __all__ = ["DEFAULT_START", "TABLES", "Workload", "WorkloadMix"]
 

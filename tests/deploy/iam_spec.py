@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from qldbstream.config import Settings
+from qldbstream.app.config import Settings
 from tests.deploy.callgraph import CodeIndex, Op, Reach, iam_actions
 from tests.deploy.cfn import Evaluated, Grant, grants
 
@@ -67,43 +67,46 @@ class Runtime:
 
 RUNTIMES: dict[str, Runtime] = {
     # qldbstream.aws_lambda.handler and everything the module offers (make_handler, configured_handler).
-    "lambda": Runtime(("qldbstream.aws_lambda:*",)),
+    "lambda": Runtime(("qldbstream.runtimes.aws_lambda:*",)),
     # `qldbstream run` (the ECS standalone task's command).
     "standalone": Runtime(
-        ("qldbstream.commands.run:run",),
+        ("qldbstream.cli.run:run",),
         excluded={
-            "qldbstream.stores.dynamodb:DynamoDBCheckpointStore.create_table": (
+            "qldbstream.io.dynamodb:DynamoDBCheckpointStore.create_table": (
                 "only with --create-table; the template creates the checkpoint table and its task command "
                 "does not pass the flag"
             ),
         },
     ),
     # `qldbstream kcl` (the launcher) and `python -m qldbstream.kcl` (one record processor per shard).
-    "kcl": Runtime(("qldbstream.commands.kcl:run", "qldbstream.kcl:main")),
+    "kcl": Runtime(("qldbstream.cli.kcl:run", "qldbstream.runtimes.kcl:main")),
     # `qldbstream replay-dlq` (an operator's command; no template role runs it).
-    "replay": Runtime(("qldbstream.commands.replay_dlq:run",)),
+    "replay": Runtime(("qldbstream.cli.replay_dlq:run",)),
 }
 
 #: component -> the functions (or "Class.*" for every method) whose calls belong to it
 COMPONENTS: dict[str, tuple[str, ...]] = {
-    "dlq-write": ("qldbstream.dlq:SqsDeadLetterQueue.put",),
-    "dlq-read": ("qldbstream.dlq:SqsDeadLetterQueue.receive", "qldbstream.dlq:SqsDeadLetterQueue.delete"),
+    "dlq-write": ("qldbstream.pipeline.dlq:SqsDeadLetterQueue.put",),
+    "dlq-read": (
+        "qldbstream.pipeline.dlq:SqsDeadLetterQueue.receive",
+        "qldbstream.pipeline.dlq:SqsDeadLetterQueue.delete",
+    ),
     # the payload bucket of dead letters over 256 KiB (dlq_payload_bucket)
     "dlq-payload": (
-        "qldbstream.dlq:SqsDeadLetterQueue._store_payload",
-        "qldbstream.dlq:SqsDeadLetterQueue._read_payload",
-        "qldbstream.dlq:SqsDeadLetterQueue._drop_payload",
+        "qldbstream.pipeline.dlq:SqsDeadLetterQueue._store_payload",
+        "qldbstream.pipeline.dlq:SqsDeadLetterQueue._read_payload",
+        "qldbstream.pipeline.dlq:SqsDeadLetterQueue._drop_payload",
     ),
-    "dedupe-table": ("qldbstream.stores.dynamodb:DynamoDBDedupeStore.*",),
-    "checkpoint-table": ("qldbstream.stores.dynamodb:DynamoDBCheckpointStore.*",),
-    "gate-table": ("qldbstream.stores.gate_dynamodb:DynamoDBGateStore.*",),
+    "dedupe-table": ("qldbstream.io.dynamodb:DynamoDBDedupeStore.*",),
+    "checkpoint-table": ("qldbstream.io.dynamodb:DynamoDBCheckpointStore.*",),
+    "gate-table": ("qldbstream.io.gate_dynamodb:DynamoDBGateStore.*",),
     # the one method that queries the gate table's index (parked-by-time): its resource is the index ARN,
     # so the other gate operations are not granted on the index
-    "gate-index": ("qldbstream.stores.gate_dynamodb:DynamoDBGateStore._oldest",),
-    "stream-read": ("qldbstream.shards:StreamShards.*", "qldbstream.replay:read_range"),
-    "lambda-failures": ("qldbstream.replay:SqsLambdaFailures.*",),
-    "dlq-seal": ("qldbstream.masking:KmsSealer.seal",),
-    "dlq-unseal": ("qldbstream.masking:KmsSealer.open",),
+    "gate-index": ("qldbstream.io.gate_dynamodb:DynamoDBGateStore._oldest",),
+    "stream-read": ("qldbstream.io.shards:StreamShards.*", "qldbstream.runtimes.replay:read_range"),
+    "lambda-failures": ("qldbstream.runtimes.replay:SqsLambdaFailures.*",),
+    "dlq-seal": ("qldbstream.core.masking:KmsSealer.seal",),
+    "dlq-unseal": ("qldbstream.core.masking:KmsSealer.open",),
 }
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from qldbstream.config import Settings, load_settings
-from qldbstream.stores.gate_dynamodb import EXPIRY_INDEX
+from qldbstream.app.config import Settings, load_settings
+from qldbstream.io.gate_dynamodb import EXPIRY_INDEX
 from tests.deploy.callgraph import CodeIndex, Reach, iam_actions
 from tests.deploy.cfn import Evaluated, evaluate, grants, statements
 from tests.deploy.iam_spec import (

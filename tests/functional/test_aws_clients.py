@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 import pytest
 from botocore.exceptions import ClientError
 
-from qldbstream.app import App
-from qldbstream.clients import DEFAULT_MAX_ATTEMPTS, aws_client, client_config
-from qldbstream.config import Settings, load_settings
-from qldbstream.dlq import SqsDeadLetterQueue
-from qldbstream.errors import ConfigurationError
+from qldbstream.app.assembly import App
+from qldbstream.app.config import Settings, load_settings
+from qldbstream.core.errors import ConfigurationError
+from qldbstream.io.clients import DEFAULT_MAX_ATTEMPTS, aws_client, client_config
+from qldbstream.pipeline.dlq import SqsDeadLetterQueue
 
 PACKAGE = Path(__file__).resolve().parents[2] / "qldbstream"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -133,7 +133,7 @@ def test_bad_values_fail_at_start_up(env: dict[str, str], message: str) -> None:
 
 
 def test_no_module_builds_a_boto3_client_around_the_helper() -> None:
-    """Every client goes through qldbstream.clients: the core's and the built-in handlers'."""
+    """Every client goes through qldbstream.io.clients: the core's and the built-in handlers'."""
     pattern = re.compile(r"boto3\.(client|resource)\(|boto3\.session\.Session\(|Session\(\)\.client\(")
     handlers = PACKAGE.parent / "handlers" / "qldbstream_handlers"
     assert handlers.is_dir()

@@ -16,21 +16,21 @@ from typing import Any
 
 import pytest
 
-from qldbstream import aws_lambda
-from qldbstream.app import App
-from qldbstream.aws_lambda import BatchFailedError, LambdaHandler, TumblingWindow, make_handler
-from qldbstream.config import Settings
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import BlockSummary, RevisionDetails, decode
-from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
-from qldbstream.dlq import DirectoryDeadLetterQueue
-from qldbstream.errors import ConfigurationError, HaltShardError, RetryableError
-from qldbstream.gate import InMemoryGateStore
-from qldbstream.handler import HandlerContext
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.router import Router
+from qldbstream.api.handler import HandlerContext
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.api.router import Router
+from qldbstream.app.assembly import App
+from qldbstream.app.config import Settings
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import BlockSummary, RevisionDetails, decode
+from qldbstream.core.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.core.errors import ConfigurationError, HaltShardError, RetryableError
+from qldbstream.core.gate import InMemoryGateStore
+from qldbstream.io.lambda_event import kinesis_record
+from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
+from qldbstream.runtimes import aws_lambda
+from qldbstream.runtimes.aws_lambda import BatchFailedError, LambdaHandler, TumblingWindow, make_handler
 from qldbstream.simulate import Simulation
-from qldbstream.sources.lambda_event import kinesis_record
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import simulation
 

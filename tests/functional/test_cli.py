@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qldbstream.cli import COMMANDS, build_parser, main
+from qldbstream.cli.command import COMMANDS, build_parser, main
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "qldb-real"
 

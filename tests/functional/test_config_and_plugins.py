@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from qldbstream import Router
-from qldbstream.app import App
-from qldbstream.config import load_settings
-from qldbstream.decode import RevisionDetails
-from qldbstream.dedupe import LatePolicy
-from qldbstream.errors import ConfigurationError
-from qldbstream.handler import BatchItemError, HandlerContext
-from qldbstream.plugins import installed_plugins, load_handler, load_handlers
+from qldbstream.api.handler import BatchItemError, HandlerContext
+from qldbstream.app.assembly import App
+from qldbstream.app.config import load_settings
+from qldbstream.app.plugins import installed_plugins, load_handler, load_handlers
+from qldbstream.core.decode import RevisionDetails
+from qldbstream.core.dedupe import LatePolicy
+from qldbstream.core.errors import ConfigurationError
 from tests.support.streams import kinesis_records, simulation
 
 router = Router("test_router")
@@ -139,8 +139,8 @@ def test_router_decorators_filters_and_explicit_registration() -> None:
     r.control(control_type="CREATED")(lambda c, ctx: controls.append(c.control_record_type))
 
     sim = simulation(30)
-    from qldbstream.deaggregate import deaggregate
-    from qldbstream.decode import decode_bytes
+    from qldbstream.core.deaggregate import deaggregate
+    from qldbstream.core.decode import decode_bytes
 
     records = [
         decode_bytes(u.data, u.position)
@@ -159,8 +159,8 @@ def test_router_names_the_failing_record() -> None:
     r = Router("failing")
     r.add_control_handler(lambda c, ctx: (_ for _ in ()).throw(KeyError("boom")))
     sim = simulation(5)
-    from qldbstream.deaggregate import deaggregate
-    from qldbstream.decode import decode_bytes
+    from qldbstream.core.deaggregate import deaggregate
+    from qldbstream.core.decode import decode_bytes
 
     records = [
         decode_bytes(u.data, u.position)

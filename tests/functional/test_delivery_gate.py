@@ -1,6 +1,6 @@
 """The delivery gate in the pipeline, on streams made independently of qldbstream (tests/support/forge.py).
 
-Each test names one rule of qldbstream.gate and checks it against the forge's ground truth.
+Each test names one rule of qldbstream.core.gate and checks it against the forge's ground truth.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from qldbstream.decode import JournalRecord, RevisionDetails
-from qldbstream.dedupe import InMemoryDedupeStore
-from qldbstream.gate import Delivery, InMemoryGateStore
-from qldbstream.handler import Handler, HandlerContext
-from qldbstream.pipeline import BatchResult, Pipeline, PipelineSettings
-from qldbstream.records import KinesisRecord
-from qldbstream.reliability import RetryPolicy
+from qldbstream.api.handler import Handler, HandlerContext
+from qldbstream.core.decode import JournalRecord, RevisionDetails
+from qldbstream.core.dedupe import InMemoryDedupeStore
+from qldbstream.core.gate import Delivery, InMemoryGateStore
+from qldbstream.core.records import KinesisRecord
+from qldbstream.pipeline.batch import BatchResult, Pipeline, PipelineSettings
+from qldbstream.pipeline.reliability import RetryPolicy
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.forge import Delivery as Stream
 from tests.support.forge import forge_stream
@@ -191,8 +191,8 @@ def test_a_revision_whose_block_summary_never_comes_is_dead_lettered_after_the_m
     stream = forge_stream(3, transactions=30, shards=1, aggregated=False)
     records = stream.kinesis_records(stream.shards[0].shard_id)
     # drop one block summary from the stream
-    from qldbstream.deaggregate import deaggregate
-    from qldbstream.decode import BlockSummary, decode
+    from qldbstream.core.deaggregate import deaggregate
+    from qldbstream.core.decode import BlockSummary, decode
 
     def is_block(kr: KinesisRecord) -> bool:
         return isinstance(decode(deaggregate(kr)[0]), BlockSummary)
@@ -252,7 +252,7 @@ def test_verified_mode_delivers_the_v9_rung_and_reports_the_link() -> None:
 
 
 def test_observe_only_mode_skips_the_gate() -> None:
-    from qldbstream.pipeline import VerificationAction
+    from qldbstream.pipeline.batch import VerificationAction
 
     stream = forge_stream(7, transactions=24, rungs=("V8",), shards=1)
     t, dlq, rec = FakeTime(), MemoryDLQ(), Recorder()
@@ -321,8 +321,8 @@ def test_journal_order_merges_the_shards_block_after_block(seed: int, aggregated
 def test_journal_order_gives_up_a_missing_block_and_reports_the_gap() -> None:
     stream = forge_stream(4, transactions=30, shards=4, aggregated=True)
     # remove one whole aggregate (a block summary and its revisions) from its shard
-    from qldbstream.deaggregate import deaggregate
-    from qldbstream.decode import BlockSummary, decode
+    from qldbstream.core.deaggregate import deaggregate
+    from qldbstream.core.decode import BlockSummary, decode
 
     victim_seq = None
     for shard in stream.shards:
@@ -358,9 +358,9 @@ def test_journal_order_gap_timeout_without_a_watermark() -> None:
 
 
 def lambda_app(rec: Handler, dlq: MemoryDLQ, dedupe: InMemoryDedupeStore, gate: Any) -> Any:
-    from qldbstream.app import App
-    from qldbstream.aws_lambda import make_handler
-    from qldbstream.config import Settings
+    from qldbstream.app.assembly import App
+    from qldbstream.app.config import Settings
+    from qldbstream.runtimes.aws_lambda import make_handler
 
     return make_handler(App(Settings(), handlers=[rec], dlq=dlq, store=dedupe, gate_store=gate))
 
@@ -378,8 +378,8 @@ def test_lambda_with_an_in_memory_gate_store_retries_a_parked_record() -> None:
     first = failures[0]["itemIdentifier"]
     index = next(i for i, r in enumerate(last.records) if r.sequence_number == first)
     # the reported record is the first revision of this shard whose block summary it has not read
-    from qldbstream.deaggregate import deaggregate
-    from qldbstream.decode import BlockSummary, decode
+    from qldbstream.core.deaggregate import deaggregate
+    from qldbstream.core.decode import BlockSummary, decode
 
     decoded = [decode(deaggregate(r.kinesis_record())[0]) for r in last.records]
     blocks_here = {d.sequence_no for d in decoded if isinstance(d, BlockSummary)}
@@ -446,7 +446,7 @@ def _anchor_files(
 
     from amazon.ion import simpleion
 
-    from qldbstream.qldb_hash import fold_proof
+    from qldbstream.core.qldb_hash import fold_proof
 
     sibling = bytes(range(32))
     digest = digest_bytes or fold_proof(block_hash, [sibling])
@@ -468,7 +468,7 @@ def _anchor_files(
 
 
 def test_a_digest_proof_confirms_the_last_block_under_chain_confirmed(tmp_path: Any) -> None:
-    from qldbstream.anchors import load_anchors
+    from qldbstream.io.anchors import load_anchors
 
     stream = forge_stream(11, transactions=20, rungs=(), shards=4, aggregated=False)
     truth = stream.journal.truth
@@ -520,10 +520,10 @@ def test_a_digest_proof_confirms_the_last_block_under_chain_confirmed(tmp_path: 
 
 
 def test_anchors_that_do_not_verify_stop_the_app_at_start_up(tmp_path: Any) -> None:
-    from qldbstream.anchors import load_anchors
-    from qldbstream.app import App
-    from qldbstream.config import load_settings
-    from qldbstream.errors import ConfigurationError
+    from qldbstream.app.assembly import App
+    from qldbstream.app.config import load_settings
+    from qldbstream.core.errors import ConfigurationError
+    from qldbstream.io.anchors import load_anchors
 
     stream = forge_stream(11, transactions=5, rungs=(), shards=1, aggregated=False)
     _, _, block_hash, block = _last_block(stream)

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import pytest
 
-from qldbstream.app import App
-from qldbstream.config import Settings
-from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
-from qldbstream.gate import Delivery as DeliveryMode
-from qldbstream.gate import InMemoryGateStore
-from qldbstream.pipeline import Pipeline
+from qldbstream.app.assembly import App
+from qldbstream.app.config import Settings
+from qldbstream.core.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.core.gate import Delivery as DeliveryMode
+from qldbstream.core.gate import InMemoryGateStore
+from qldbstream.pipeline.batch import Pipeline
 from tests.support.delivery_matrix import (
     CellResult,
     LockedDLQ,

@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from qldbstream.cli import main
-from qldbstream.commands.demo import render_report
+from qldbstream.cli.demo import render_report
 from qldbstream.demo import DemoOptions, DemoProgress, run_demo, simulation
 from qldbstream.simulate import Simulation
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from qldbstream.app import App
-from qldbstream.config import Settings, load_settings
-from qldbstream.decode import RevisionDetails
-from qldbstream.dlq import DirectoryDeadLetterQueue
-from qldbstream.errors import ConfigurationError, PoisonRecordError
-from qldbstream.handler import HandlerContext
-from qldbstream.pipeline import Pipeline
-from qldbstream.router import Router
+from qldbstream.api.handler import HandlerContext
+from qldbstream.api.router import Router
+from qldbstream.app.assembly import App
+from qldbstream.app.config import Settings, load_settings
+from qldbstream.core.decode import RevisionDetails
+from qldbstream.core.errors import ConfigurationError, PoisonRecordError
+from qldbstream.pipeline.batch import Pipeline
+from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
 from tests.functional.test_pipeline import MemoryDLQ
 from tests.support.streams import kinesis_records, simulation
 
@@ -86,6 +86,6 @@ def test_masking_settings_are_validated_and_secrets_masked() -> None:
     with pytest.raises(ConfigurationError, match="rules"):
         load_settings({**env, "QLDBSTREAM_MASKING_RULES": "ssn=SCRAMBLE"})
     with pytest.raises(ValueError, match="sealer"):
-        from qldbstream.masking import Masker
+        from qldbstream.core.masking import Masker
 
         Pipeline([], dlq=DirectoryDeadLetterQueue("/tmp/unused-dlq"), masker=Masker((), None))

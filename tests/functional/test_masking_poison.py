@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from qldbstream.app import App
-from qldbstream.config import Settings
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import RevisionDetails, decode, scan_record
-from qldbstream.errors import DecodeError
-from qldbstream.handler import HandlerContext
-from qldbstream.records import KinesisRecord
-from qldbstream.router import Router
+from qldbstream.api.handler import HandlerContext
+from qldbstream.api.router import Router
+from qldbstream.app.assembly import App
+from qldbstream.app.config import Settings
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import RevisionDetails, decode, scan_record
+from qldbstream.core.errors import DecodeError
+from qldbstream.core.records import KinesisRecord
 from tests.support.fakes import MemoryDLQ
 from tests.support.streams import kinesis_records, simulation
 
@@ -92,10 +92,10 @@ def test_sealing_the_letter_of_a_record_amazon_ion_cannot_load_does_not_raise() 
     """Whatever the scanner accepts: the pipeline's sealing step (which ran outside the guarded
     DLQ write) gets a stand-in for data amazon-ion cannot load, seals the bytes, withholds the
     messages."""
-    from qldbstream.decode import UNREADABLE
-    from qldbstream.dlq import envelope_for
-    from qldbstream.masking import AesGcmSealer, Masker
-    from qldbstream.pipeline import Pipeline
+    from qldbstream.core.decode import UNREADABLE
+    from qldbstream.core.masking import AesGcmSealer, Masker
+    from qldbstream.pipeline.batch import Pipeline
+    from qldbstream.pipeline.dlq import envelope_for
 
     sim = simulation(20, seed=5, aggregate=False)
     kr, user, record = next(

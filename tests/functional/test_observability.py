@@ -11,10 +11,11 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from qldbstream.logs import JsonFormatter, configure_logging
-from qldbstream.metrics import BLANK_DIMENSION, EmfMetrics, InMemoryMetrics, PrometheusMetrics, build_metrics
-from qldbstream.pipeline import Pipeline
-from qldbstream.router import Router
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.api.router import Router
+from qldbstream.io.logs import JsonFormatter, configure_logging
+from qldbstream.io.metrics import BLANK_DIMENSION, EmfMetrics, PrometheusMetrics, build_metrics
+from qldbstream.pipeline.batch import Pipeline
 from tests.support.streams import kinesis_records, simulation
 
 

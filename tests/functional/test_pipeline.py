@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import JournalRecord, RevisionDetails, decode
-from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
-from qldbstream.dlq import DirectoryDeadLetterQueue
-from qldbstream.errors import RetryableError
-from qldbstream.handler import Handler, HandlerContext
-from qldbstream.pipeline import Pipeline, PipelineSettings, VerificationAction
-from qldbstream.reliability import RetryPolicy
-from qldbstream.router import Router
+from qldbstream.api.handler import Handler, HandlerContext
+from qldbstream.api.router import Router
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import JournalRecord, RevisionDetails, decode
+from qldbstream.core.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.core.errors import RetryableError
+from qldbstream.pipeline.batch import Pipeline, PipelineSettings, VerificationAction
+from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
+from qldbstream.pipeline.reliability import RetryPolicy
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records, simulation
 

@@ -18,7 +18,7 @@ EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "large-transfers"
 
 RUN = """
 import json, sys
-from qldbstream.app import App
+from qldbstream.app.assembly import App
 from tests.support.streams import kinesis_records, simulation
 
 app = App.from_env()

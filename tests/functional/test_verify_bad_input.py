@@ -16,11 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qldbstream.cli import main
-from qldbstream.deaggregate import KPL_MAGIC, parse_aggregate
-from qldbstream.decode import decode_bytes
-from qldbstream.errors import DecodeError, MalformedIonError, MalformedRecordError, UnknownRecordTypeError
-from qldbstream.records import Position
-from qldbstream.verify import Verifier
+from qldbstream.core.deaggregate import KPL_MAGIC, parse_aggregate
+from qldbstream.core.decode import decode_bytes
+from qldbstream.core.errors import (
+    DecodeError,
+    MalformedIonError,
+    MalformedRecordError,
+    UnknownRecordTypeError,
+)
+from qldbstream.core.records import Position
+from qldbstream.core.verify import Verifier
 
 #: every test here runs with both scanners: pure Python and the compiled extension
 pytestmark = pytest.mark.usefixtures("scanner")

@@ -18,22 +18,22 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from qldbstream.app import App
-from qldbstream.checkpoint import Checkpoint, InMemoryCheckpointStore
-from qldbstream.commands import run as run_command
-from qldbstream.config import Settings
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import RevisionDetails, decode
-from qldbstream.dedupe import LatePolicy
-from qldbstream.errors import ConfigurationError, InputError, RetryableError
-from qldbstream.handler import HandlerContext
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.records import KinesisRecord
-from qldbstream.router import Router
-from qldbstream.shards import covered
+from qldbstream.api.handler import HandlerContext
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.api.router import Router
+from qldbstream.app.assembly import App
+from qldbstream.app.config import Settings
+from qldbstream.cli import run as run_command
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import RevisionDetails, decode
+from qldbstream.core.dedupe import LatePolicy
+from qldbstream.core.errors import ConfigurationError, InputError, RetryableError
+from qldbstream.core.records import KinesisRecord
+from qldbstream.io.kinesis_reader import LATEST, StartPosition
+from qldbstream.io.shards import covered
+from qldbstream.pipeline.checkpoint import Checkpoint, InMemoryCheckpointStore
+from qldbstream.runtimes.worker import Worker, WorkerOptions
 from qldbstream.simulate import Simulation
-from qldbstream.sources.kinesis import LATEST, StartPosition
-from qldbstream.worker import Worker, WorkerOptions
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import simulation
 

@@ -2,7 +2,7 @@
 orders, with duplicates, and with the late flags the pipeline sets under its default late policy.
 
 The pipeline itself is not used: this module plays its part for one handler, as
-``qldbstream.handler`` documents it, so that the handlers are tested on exactly what they are
+``qldbstream.api.handler`` documents it, so that the handlers are tested on exactly what they are
 promised - every verified revision, at least once, in shard order, a revision at or below the
 highest version already delivered for its document flagged late (``ctx.late_indexes``) - and
 nothing else. Expected results are always computed from the simulator's ledger by the tests, never
@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import ControlRecord, JournalRecord, RevisionDetails, decode
-from qldbstream.dedupe import dedupe_key
-from qldbstream.handler import Handler, HandlerContext
-from qldbstream.metrics import InMemoryMetrics
+from qldbstream.api.handler import Handler, HandlerContext
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import ControlRecord, JournalRecord, RevisionDetails, decode
+from qldbstream.core.dedupe import dedupe_key
 from qldbstream.simulate import Simulation
 from tests.support.streams import kinesis_records
 

@@ -29,11 +29,11 @@ from qldbstream_handlers.analytics import (
 )
 from qldbstream_handlers.export.storage import LocalStorage
 
-from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
-from qldbstream.handler import HandlerContext, SetupContext
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.pipeline import Pipeline, PipelineSettings
-from qldbstream.records import KinesisRecord
+from qldbstream.api.handler import HandlerContext, SetupContext
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.core.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.core.records import KinesisRecord
+from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.simulate import Simulation
 from tests.functional.test_pipeline import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records, simulation
@@ -174,8 +174,8 @@ def test_redelivery_to_the_handler_itself_changes_nothing(single: Simulation) ->
     """Without the pipeline's de-duplication (e.g. its store forgot): every batch handed over twice."""
     sink = MemorySink()
     handler = setup(AnalyticsHandler(queries=[TRANSACTION_VELOCITY], sinks=[sink]))
-    from qldbstream.deaggregate import deaggregate
-    from qldbstream.decode import decode
+    from qldbstream.core.deaggregate import deaggregate
+    from qldbstream.core.decode import decode
 
     for shard, batch in round_robin(single, 25):
         records = [decode(u) for kr in batch for u in deaggregate(kr)]

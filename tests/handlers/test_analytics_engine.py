@@ -30,8 +30,8 @@ from qldbstream_handlers.analytics import (
     sum_of,
 )
 
-from qldbstream.errors import ConfigurationError
-from qldbstream.plugins import load_handler
+from qldbstream.app.plugins import load_handler
+from qldbstream.core.errors import ConfigurationError
 
 S = 1000
 M = 60 * S

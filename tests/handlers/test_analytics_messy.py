@@ -27,10 +27,10 @@ from qldbstream_handlers.analytics import (
     WindowResult,
 )
 
-from qldbstream.aws_lambda import TumblingWindow
-from qldbstream.decode import JournalRecord
-from qldbstream.handler import HandlerContext, SetupContext
-from qldbstream.metrics import InMemoryMetrics
+from qldbstream.api.handler import HandlerContext, SetupContext
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.core.decode import JournalRecord
+from qldbstream.runtimes.aws_lambda import TumblingWindow
 from qldbstream.simulate import Simulation
 from tests.handlers.messy import (
     Batch,

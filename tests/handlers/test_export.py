@@ -31,15 +31,15 @@ from qldbstream_handlers.export import (
 )
 from qldbstream_handlers.export.manifest import Flush
 
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails, decode
-from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore, LatePolicy, Watermark
-from qldbstream.errors import ConfigurationError
-from qldbstream.handler import HandlerContext, SetupContext
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.pipeline import BatchResult, Pipeline, PipelineSettings
-from qldbstream.plugins import load_handler
-from qldbstream.records import KinesisRecord
+from qldbstream.api.handler import HandlerContext, SetupContext
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.app.plugins import load_handler
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails, decode
+from qldbstream.core.dedupe import DedupeStore, InMemoryDedupeStore, LatePolicy, Watermark
+from qldbstream.core.errors import ConfigurationError
+from qldbstream.core.records import KinesisRecord
+from qldbstream.pipeline.batch import BatchResult, Pipeline, PipelineSettings
 from qldbstream.simulate import LedgerRevision, Simulation
 from qldbstream.simulate.values import ion_text
 from tests.functional.test_pipeline import FakeTime

@@ -20,13 +20,13 @@ from qldbstream_handlers.export import (
     S3Storage,
 )
 
-import qldbstream.cli as cli
-from qldbstream.app import App
-from qldbstream.config import Settings
-from qldbstream.dedupe import LatePolicy
+import qldbstream.cli.command as cli
+from qldbstream.app.assembly import App
+from qldbstream.app.config import Settings
+from qldbstream.core.dedupe import LatePolicy
+from qldbstream.io.kinesis_writer import PutEntry, put_records
+from qldbstream.runtimes.worker import Worker, WorkerOptions
 from qldbstream.simulate import Simulation
-from qldbstream.sources.kinesis_put import PutEntry, put_records
-from qldbstream.worker import Worker, WorkerOptions
 from tests.handlers.test_export import Crash, CrashingStorage, check_rows, read
 from tests.support.aws import REGION, client, kinesis_stream
 from tests.support.servers import MotoServer

@@ -30,14 +30,14 @@ from qldbstream_handlers.fraud import (
     parse_window_rule,
 )
 
-from qldbstream.dedupe import DedupeStore, InMemoryDedupeStore
-from qldbstream.errors import ConfigurationError
-from qldbstream.handler import HandlerContext
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.pipeline import Pipeline, PipelineSettings
-from qldbstream.plugins import load_handler
-from qldbstream.records import KinesisRecord
-from qldbstream.reliability import RetryPolicy
+from qldbstream.api.handler import HandlerContext
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.app.plugins import load_handler
+from qldbstream.core.dedupe import DedupeStore, InMemoryDedupeStore
+from qldbstream.core.errors import ConfigurationError
+from qldbstream.core.records import KinesisRecord
+from qldbstream.pipeline.batch import Pipeline, PipelineSettings
+from qldbstream.pipeline.reliability import RetryPolicy
 from qldbstream.simulate import DeliveryOptions, Simulation, SimulationConfig, Workload, WorkloadMix, simulate
 from tests.functional.test_pipeline import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records
@@ -348,8 +348,8 @@ def test_mid_stream_restart_raises_each_alert_once() -> None:
     # ... then handles one more batch but crashes before its flush: nothing of it is persisted
     doomed = FraudHandler(SETTINGS, bus=first.bus, store=store)
     shard, batch = work[half]
-    from qldbstream.deaggregate import deaggregate
-    from qldbstream.decode import decode
+    from qldbstream.core.deaggregate import deaggregate
+    from qldbstream.core.decode import decode
 
     records = [decode(u) for kr in batch for u in deaggregate(kr)]
     doomed.handle_batch([r for r in records if doomed.wants(r)], HandlerContext("fraud", shard))

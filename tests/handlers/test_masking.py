@@ -19,14 +19,14 @@ from cryptography.exceptions import InvalidTag
 from qldbstream_handlers.audit import AuditLogHandler
 from qldbstream_handlers.masking import MaskingHandler, parse_masking_settings
 
-from qldbstream.config import load_settings
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import RevisionDetails, decode
-from qldbstream.dedupe import InMemoryDedupeStore
-from qldbstream.dlq import DeadLetter
-from qldbstream.errors import ConfigurationError, PoisonRecordError
-from qldbstream.handler import HandlerContext
-from qldbstream.masking import (
+from qldbstream.api.handler import HandlerContext
+from qldbstream.api.router import Router
+from qldbstream.app.config import load_settings
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import RevisionDetails, decode
+from qldbstream.core.dedupe import InMemoryDedupeStore
+from qldbstream.core.errors import ConfigurationError, PoisonRecordError
+from qldbstream.core.masking import (
     DEFAULT_RULES,
     AesGcmSealer,
     Masker,
@@ -39,9 +39,9 @@ from qldbstream.masking import (
     parse_rules,
     seal_envelope,
 )
-from qldbstream.pipeline import Pipeline, PipelineSettings
-from qldbstream.reliability import RetryPolicy
-from qldbstream.router import Router
+from qldbstream.pipeline.batch import Pipeline, PipelineSettings
+from qldbstream.pipeline.dlq import DeadLetter
+from qldbstream.pipeline.reliability import RetryPolicy
 from tests.functional.test_pipeline import FakeTime, MemoryDLQ
 from tests.support.streams import kinesis_records, simulation
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from qldbstream.cli import main
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import RevisionDetails, decode
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import RevisionDetails, decode
+from qldbstream.io.kinesis_writer import PutEntry, create_stream, put_records
 from qldbstream.simulate import Simulation
-from qldbstream.sources.kinesis_put import PutEntry, create_stream, put_records
 from tests.support.aws import REGION, client
 from tests.support.servers import LocalServer
 from tests.support.streams import simulation
@@ -47,7 +47,7 @@ def revisions(sim: Simulation) -> list[RevisionDetails]:
     out = []
     for rec in sim.records:
         if rec.record_type == "REVISION_DETAILS":
-            from qldbstream.records import KinesisRecord
+            from qldbstream.core.records import KinesisRecord
 
             record = decode(deaggregate(KinesisRecord(rec.data, "1", "pk"))[0])
             assert isinstance(record, RevisionDetails)

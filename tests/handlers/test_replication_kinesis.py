@@ -22,17 +22,17 @@ import pytest
 from botocore.config import Config
 from qldbstream_handlers.replication import ReplicationHandler, ShardMap
 
-from qldbstream.commands.dr_check import Copy, compare, scan
-from qldbstream.deaggregate import KPL_MAGIC, deaggregate
-from qldbstream.decode import RecordType, RevisionDetails, decode
-from qldbstream.dedupe import InMemoryDedupeStore
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.pipeline import BatchResult, Pipeline, PipelineSettings
-from qldbstream.records import KinesisRecord
-from qldbstream.reliability import RetryPolicy
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.cli.dr_check import Copy, compare, scan
+from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate
+from qldbstream.core.decode import RecordType, RevisionDetails, decode
+from qldbstream.core.dedupe import InMemoryDedupeStore
+from qldbstream.core.records import KinesisRecord
+from qldbstream.io.kinesis_reader import read_stream
+from qldbstream.io.kinesis_writer import PutEntry, create_stream, put_records
+from qldbstream.pipeline.batch import BatchResult, Pipeline, PipelineSettings
+from qldbstream.pipeline.reliability import RetryPolicy
 from qldbstream.simulate import Simulation
-from qldbstream.sources.kinesis import read_stream
-from qldbstream.sources.kinesis_put import PutEntry, create_stream, put_records
 from tests.support.aws import REGION, client
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.servers import LocalServer

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 from qldbstream_handlers.replication import ReplicationHandler
 
-from qldbstream.app import App
+from qldbstream.app.assembly import App
+from qldbstream.app.config import Settings
 from qldbstream.cli import main
-from qldbstream.config import Settings
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import RevisionDetails, decode
-from qldbstream.replica import is_masked_record, is_sealed_record
-from qldbstream.sources.kinesis import read_stream
-from qldbstream.sources.kinesis_put import PutEntry, put_records
-from qldbstream.verify import Verifier
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import RevisionDetails, decode
+from qldbstream.core.replica import is_masked_record, is_sealed_record
+from qldbstream.core.verify import Verifier
+from qldbstream.io.kinesis_reader import read_stream
+from qldbstream.io.kinesis_writer import PutEntry, put_records
 from tests.support.aws import REGION, client, kinesis_stream
 from tests.support.servers import MotoServer
 from tests.support.streams import kinesis_records, simulation
@@ -181,7 +181,7 @@ def test_masking_off_the_target_holds_the_bytes_as_received(
 
 
 def deaggregate_one(data: bytes) -> Any:
-    from qldbstream.records import KinesisRecord
+    from qldbstream.core.records import KinesisRecord
 
     (user,) = deaggregate(KinesisRecord(data, "1", "pk"))
     return user

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from qldbstream_handlers.replication import ReplicationHandler, TargetConfig
 
-from qldbstream.decode import RevisionDetails, decode_bytes
-from qldbstream.handler import HandlerContext
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.records import Position
+from qldbstream.api.handler import HandlerContext
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.core.decode import RevisionDetails, decode_bytes
+from qldbstream.core.records import Position
 from tests.handlers.messy import (
     Batch,
     Delivery,
@@ -164,7 +164,7 @@ def test_late_policy_setting_is_declared_to_the_pipeline() -> None:
     fakes = {"west": FakeKinesis(), "eu": FakeKinesis()}
     assert handler(fakes).late_policy == "deliver-late"
     assert handler(fakes, late_policy="reorder").late_policy == "reorder"
-    from qldbstream.errors import ConfigurationError
+    from qldbstream.core.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="late_policy"):
         handler(fakes, late_policy="drop")

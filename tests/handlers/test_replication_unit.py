@@ -15,11 +15,11 @@ from qldbstream_handlers.replication import (
     plan_rounds,
 )
 
-from qldbstream.deaggregate import KPL_MAGIC, deaggregate
-from qldbstream.decode import JournalRecord, RecordType, RevisionDetails, decode
-from qldbstream.errors import ConfigurationError
-from qldbstream.handler import HandlerContext
-from qldbstream.records import KinesisRecord
+from qldbstream.api.handler import HandlerContext
+from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate
+from qldbstream.core.decode import JournalRecord, RecordType, RevisionDetails, decode
+from qldbstream.core.errors import ConfigurationError
+from qldbstream.core.records import KinesisRecord
 from tests.support.streams import kinesis_records, simulation
 
 BASE = {"targets": "west,eu", "west_stream": "dr-west", "eu_stream": "dr-eu"}
@@ -227,7 +227,7 @@ def test_wants_and_buffers_by_record_type_and_table_with_document_id_partition_k
     ],
 )
 def test_dr_check_stream_specs(text: str, expected: tuple[str, str, str]) -> None:
-    from qldbstream.commands.dr_check import parse_stream_spec
+    from qldbstream.cli.dr_check import parse_stream_spec
 
     spec = parse_stream_spec(text, "eu-west-1", "http://default")
     assert (spec.stream, spec.region, spec.endpoint) == expected
@@ -236,8 +236,8 @@ def test_dr_check_stream_specs(text: str, expected: tuple[str, str, str]) -> Non
 def test_a_target_without_a_region_fails_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
-    from qldbstream.handler import SetupContext
-    from qldbstream.metrics import NullMetrics
+    from qldbstream.api.handler import SetupContext
+    from qldbstream.api.metrics import NullMetrics
 
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)

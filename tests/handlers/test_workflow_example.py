@@ -21,9 +21,9 @@ from qldbstream_handlers.workflow import WorkflowHandler
 from qldbstream_handlers.workflow.example import ComplianceUnavailable, ExampleServices
 from qldbstream_handlers.workflow.example.tasks import compliance_rule
 
-from qldbstream.dedupe import InMemoryDedupeStore
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.pipeline import Pipeline
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.core.dedupe import InMemoryDedupeStore
+from qldbstream.pipeline.batch import Pipeline
 from qldbstream.simulate import Simulation, WorkloadMix
 from tests.support.aws import client
 from tests.support.fakes import FakeTime, MemoryDLQ
@@ -128,7 +128,7 @@ def test_the_seed_workflow_on_the_simulated_bank(aws: dict[str, Any]) -> None:
     )
     import logging
 
-    from qldbstream.handler import SetupContext
+    from qldbstream.api.handler import SetupContext
 
     for handler in (fraud, workflow):
         handler.setup(SetupContext({}, logging.getLogger("test"), metrics))

@@ -13,13 +13,13 @@ import pytest
 from qldbstream_handlers.fraud import Alert, AlertBus
 from qldbstream_handlers.workflow import InMemoryDoneMarkers, TaskContext, TaskRegistry, WorkflowHandler
 
-from qldbstream.decode import RevisionDetails
-from qldbstream.dedupe import InMemoryDedupeStore
-from qldbstream.errors import ConfigurationError, RetryableError
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.pipeline import Pipeline, PipelineSettings
-from qldbstream.plugins import load_handler
-from qldbstream.reliability import RetryPolicy
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.app.plugins import load_handler
+from qldbstream.core.decode import RevisionDetails
+from qldbstream.core.dedupe import InMemoryDedupeStore
+from qldbstream.core.errors import ConfigurationError, RetryableError
+from qldbstream.pipeline.batch import Pipeline, PipelineSettings
+from qldbstream.pipeline.reliability import RetryPolicy
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records, simulation
 
@@ -90,7 +90,7 @@ def make_pipeline(
 def setup(handler: Any, metrics: InMemoryMetrics | None = None) -> None:
     import logging
 
-    from qldbstream.handler import SetupContext
+    from qldbstream.api.handler import SetupContext
 
     handler.setup(SetupContext({}, logging.getLogger("test"), metrics or InMemoryMetrics()))
 
@@ -237,7 +237,7 @@ def test_the_handler_loads_as_a_plugin_and_bad_settings_fail_at_start_up(tmp_pat
 
 
 def _records(sim: Any) -> list[Any]:
-    from qldbstream.deaggregate import deaggregate
-    from qldbstream.decode import decode
+    from qldbstream.core.deaggregate import deaggregate
+    from qldbstream.core.decode import decode
 
     return [decode(u) for records in kinesis_records(sim).values() for kr in records for u in deaggregate(kr)]

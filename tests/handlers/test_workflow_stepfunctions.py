@@ -18,9 +18,9 @@ from qldbstream_handlers.fraud import Alert, AlertBus
 from qldbstream_handlers.workflow import WorkflowHandler
 from qldbstream_handlers.workflow.example import definition
 
-from qldbstream.dedupe import InMemoryDedupeStore
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.pipeline import Pipeline
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.core.dedupe import InMemoryDedupeStore
+from qldbstream.pipeline.batch import Pipeline
 from tests.support.aws import client
 from tests.support.fakes import MemoryDLQ
 from tests.support.servers import MotoServer
@@ -100,7 +100,7 @@ def test_alerts_start_executions_and_a_missing_state_machine_halts_the_shard(
     handler = remote_handler(moto_server.endpoint, arn, bus)
     import logging
 
-    from qldbstream.handler import SetupContext
+    from qldbstream.api.handler import SetupContext
 
     handler.setup(SetupContext({}, logging.getLogger("test"), InMemoryMetrics()))
     alert = Alert.create(

@@ -10,7 +10,7 @@ the de-duplication store did not catch. Settings (``QLDBSTREAM_HANDLER_SINK__<KE
 * ``TABLE``, ``ENDPOINT``: the table and moto server (:func:`create_sink_table` creates it);
 * ``WORKER``: the worker's name, written on each item with ``shard`` and ``at`` (epoch seconds);
 * ``DOWN_FILE``: while this file exists the sink is down: every call raises a
-  :class:`~qldbstream.errors.RetryableError` (retried, then the shard halts; the breaker opens).
+  :class:`~qldbstream.core.errors.RetryableError` (retried, then the shard halts; the breaker opens).
 
 ``noisy`` (``tests.integration.kcl_worker_sink:noisy``) writes to stdout in every way a handler can
 (``print``, a fake protocol line on file descriptor 1, a child process's echo) and records what it saw
@@ -31,9 +31,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails
-from qldbstream.errors import ConfigurationError, RetryableError
-from qldbstream.handler import Handler, HandlerContext
+from qldbstream.api.handler import Handler, HandlerContext
+from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails
+from qldbstream.core.errors import ConfigurationError, RetryableError
 
 __all__ = ["NoisyHandler", "SinkHandler", "create_sink_table", "effect_key", "noisy", "read_sink", "sink"]
 

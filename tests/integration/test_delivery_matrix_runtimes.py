@@ -41,9 +41,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from qldbstream.sources.kinesis_put import PutEntry, create_stream, put_records
-from qldbstream.stores.dynamodb import DynamoDBDedupeStore
-from qldbstream.stores.gate_dynamodb import DynamoDBGateStore
+from qldbstream.io.dynamodb import DynamoDBDedupeStore
+from qldbstream.io.gate_dynamodb import DynamoDBGateStore
+from qldbstream.io.kinesis_writer import PutEntry, create_stream, put_records
 from tests.support.aws import REGION, client
 from tests.support.delivery_matrix import (
     CellResult,
@@ -279,7 +279,7 @@ def test_standalone_worker(
 
 
 def _letters(paths: list[Path]) -> list[Any]:
-    from qldbstream.dlq import DeadLetter
+    from qldbstream.pipeline.dlq import DeadLetter
 
     return [DeadLetter.from_json(p.read_text()) for p in paths]
 
@@ -294,7 +294,7 @@ PROCESSOR = f"{sys.executable} -m qldbstream.kcl --call-budget 2 --halt-backoff 
 def start_kcl_worker(name: str, work_dir: Path, env: dict[str, str]) -> KclDaemon:
     """``qldbstream kcl`` (the launcher runs the JVM in its process group) as one worker."""
     properties = work_dir / f"{name}.properties"
-    command = [sys.executable, "-m", "qldbstream.commands.kcl", "--worker-id", name]
+    command = [sys.executable, "-m", "qldbstream.cli.kcl", "--worker-id", name]
     command += ["--properties-file", str(properties), *(f"--jvm-option={o}" for o in JVM_OPTIONS)]
     for key, value in {**FAST_TEST_PROPERTIES, "executableName": PROCESSOR}.items():
         command += ["--set", f"{key}={value}"]

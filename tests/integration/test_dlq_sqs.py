@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from qldbstream.deaggregate import KPL_MAGIC
-from qldbstream.dlq import (
+from qldbstream.core.deaggregate import KPL_MAGIC
+from qldbstream.core.errors import HaltShardError, PoisonRecordError
+from qldbstream.core.records import KinesisRecord, UserRecord
+from qldbstream.pipeline.dlq import (
     PAYLOAD_POINTER_CLASS,
     PAYLOAD_SIZE_ATTRIBUTE,
     SQS_MAX_BYTES,
@@ -25,8 +27,6 @@ from qldbstream.dlq import (
     SqsDeadLetterQueue,
     envelope_for,
 )
-from qldbstream.errors import HaltShardError, PoisonRecordError
-from qldbstream.records import KinesisRecord, UserRecord
 from tests.support.aws import client
 from tests.support.servers import MotoServer
 

@@ -1,4 +1,5 @@
-"""One contract for every delivery-gate store (:class:`~qldbstream.gate.GateStore`): in memory and DynamoDB.
+"""One contract for every delivery-gate store (:class:`~qldbstream.core.gate.GateStore`): in memory
+and DynamoDB.
 
 The DynamoDB store runs against the session's moto server on 127.0.0.1, one fresh table per test;
 each call of a ``gate_stores`` factory gives another store object over the same state (another
@@ -19,10 +20,10 @@ from typing import Any, cast
 
 import pytest
 
-from qldbstream.errors import ConfigurationError
-from qldbstream.gate import BlockKey, BlockVerdict, GateStore, InMemoryGateStore, Link, ParkedRecord
-from qldbstream.stores.dynamodb import DynamoDBDedupeStore
-from qldbstream.stores.gate_dynamodb import (
+from qldbstream.core.errors import ConfigurationError
+from qldbstream.core.gate import BlockKey, BlockVerdict, GateStore, InMemoryGateStore, Link, ParkedRecord
+from qldbstream.io.dynamodb import DynamoDBDedupeStore
+from qldbstream.io.gate_dynamodb import (
     EXPIRY_INDEX,
     MAX_PARKED_ITEM_BYTES,
     DynamoDBGateStore,

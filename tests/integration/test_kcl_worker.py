@@ -42,15 +42,15 @@ from typing import Any, TypeVar
 import pytest
 from botocore.exceptions import ClientError
 
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import decode
-from qldbstream.errors import DeaggregationError
-from qldbstream.records import KinesisRecord
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import decode
+from qldbstream.core.errors import DeaggregationError
+from qldbstream.core.records import KinesisRecord
+from qldbstream.io.dynamodb import DynamoDBDedupeStore
+from qldbstream.io.gate_dynamodb import DynamoDBGateStore
+from qldbstream.io.kinesis_writer import PutResult, create_stream
 from qldbstream.simulate import Simulation
 from qldbstream.simulate.output import put_to_stream
-from qldbstream.sources.kinesis_put import PutResult, create_stream
-from qldbstream.stores.dynamodb import DynamoDBDedupeStore
-from qldbstream.stores.gate_dynamodb import DynamoDBGateStore
 from tests.integration.kcl_worker_sink import create_sink_table, effect_key, read_sink
 from tests.support.aws import client, wait_until_active
 from tests.support.kcl import FAST_TEST_PROPERTIES, JVM_OPTIONS, KclDaemon, stop_all
@@ -104,7 +104,7 @@ def start_worker(name: str, work_dir: Path, settings: dict[str, str]) -> KclDaem
         "QLDBSTREAM_HANDLER_SINK__WORKER": name,
     }
     properties = work_dir / f"{name}.properties"
-    command = [sys.executable, "-m", "qldbstream.commands.kcl", "--worker-id", name]
+    command = [sys.executable, "-m", "qldbstream.cli.kcl", "--worker-id", name]
     command += ["--properties-file", str(properties), *(f"--jvm-option={o}" for o in JVM_OPTIONS)]
     for key, value in {**FAST_TEST_PROPERTIES, "executableName": PROCESSOR}.items():
         command += ["--set", f"{key}={value}"]

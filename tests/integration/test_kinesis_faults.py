@@ -20,9 +20,9 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from qldbstream.errors import RetryableError
-from qldbstream.sources.kinesis import Backoff, StartPosition, read_stream
-from qldbstream.sources.kinesis_put import MAX_RECORD_BYTES, PutEntry, create_stream, put_records
+from qldbstream.core.errors import RetryableError
+from qldbstream.io.kinesis_reader import Backoff, StartPosition, read_stream
+from qldbstream.io.kinesis_writer import MAX_RECORD_BYTES, PutEntry, create_stream, put_records
 from tests.support.aws import client, kinesis_stream
 from tests.support.fakes import FakeTime
 from tests.support.servers import MotoServer

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from qldbstream.errors import InputError
-from qldbstream.records import KinesisRecord
-from qldbstream.sources.kinesis import LATEST, ShardProgress, StartPosition, read_stream
-from qldbstream.sources.kinesis_put import PutEntry, PutResult, create_stream, put_records
+from qldbstream.core.errors import InputError
+from qldbstream.core.records import KinesisRecord
+from qldbstream.io.kinesis_reader import LATEST, ShardProgress, StartPosition, read_stream
+from qldbstream.io.kinesis_writer import PutEntry, PutResult, create_stream, put_records
 from tests.support.aws import client, kinesis_stream, wait_until_active
 from tests.support.servers import LocalServer
 

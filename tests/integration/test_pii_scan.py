@@ -26,21 +26,21 @@ from typing import Any
 import pytest
 from amazon.ion import simpleion
 
-from qldbstream.deaggregate import deaggregate
+from qldbstream.api.handler import HandlerContext
+from qldbstream.api.router import Router
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.errors import PoisonRecordError
+from qldbstream.core.records import KinesisRecord
 from qldbstream.demo.aws import create_resources, drain_queue
 from qldbstream.demo.options import HANDLERS, DemoNames, worker_environ
-from qldbstream.dlq import DeadLetter, DirectoryDeadLetterQueue, SqsDeadLetterQueue
-from qldbstream.errors import PoisonRecordError
-from qldbstream.handler import HandlerContext
-from qldbstream.logs import JsonFormatter
-from qldbstream.metrics import EmfMetrics, PrometheusMetrics
-from qldbstream.records import KinesisRecord
-from qldbstream.router import Router
+from qldbstream.io.kinesis_reader import read_stream
+from qldbstream.io.kinesis_writer import PutEntry, put_records
+from qldbstream.io.logs import JsonFormatter
+from qldbstream.io.metrics import EmfMetrics, PrometheusMetrics
+from qldbstream.pipeline.dlq import DeadLetter, DirectoryDeadLetterQueue, SqsDeadLetterQueue
 from qldbstream.simulate import DeliveryOptions, SimulationConfig, Workload, parse_tamper, simulate
 from qldbstream.simulate.bankdata import INSERT_CUSTOMER
 from qldbstream.simulate.session import TransactionBuilder
-from qldbstream.sources.kinesis import read_stream
-from qldbstream.sources.kinesis_put import PutEntry, put_records
 from tests.support.aws import REGION, client
 from tests.support.servers import MotoServer
 
@@ -216,7 +216,7 @@ def _aws_outputs(aws: _Aws, names: DemoNames, queues: list[str], buckets: list[s
     for bucket in buckets:
         for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
             out[f"s3:{bucket}/{obj['Key']}"] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-    from qldbstream.clients import aws_client
+    from qldbstream.io.clients import aws_client
 
     west = aws_client(
         "kinesis", region_name=names.replica_region, endpoint_url=names.endpoint, max_attempts=3
@@ -232,9 +232,9 @@ def run_ledger(moto: MotoServer, output: Path, *, masking: bool) -> tuple[dict[s
     """The whole run; returns every output by name, the raw values of the source, the dead letters."""
     from qldbstream_handlers.fraud import default_bus
 
-    from qldbstream.app import App
-    from qldbstream.stores.dynamodb import DynamoDBCheckpointStore
-    from qldbstream.worker import Worker, WorkerOptions
+    from qldbstream.app.assembly import App
+    from qldbstream.io.dynamodb import DynamoDBCheckpointStore
+    from qldbstream.runtimes.worker import Worker, WorkerOptions
 
     aws = _Aws(moto.endpoint)
     names = DemoNames(f"pii-{uuid.uuid4().hex[:8]}", output, moto.endpoint)

@@ -24,24 +24,30 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from qldbstream.aggregate import MAX_RECORD_BYTES, aggregate
-from qldbstream.app import App
-from qldbstream.commands import replay_dlq
-from qldbstream.config import load_settings
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import JournalRecord, RevisionDetails, decode
-from qldbstream.dedupe import InMemoryDedupeStore
-from qldbstream.dlq import SQS_MAX_BYTES, DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue
-from qldbstream.errors import ConfigurationError, InputError
-from qldbstream.handler import BatchItemError, Handler, HandlerContext
-from qldbstream.metrics import InMemoryMetrics
-from qldbstream.pipeline import Pipeline, PipelineSettings
-from qldbstream.records import KinesisRecord
-from qldbstream.reliability import RetryPolicy
-from qldbstream.replay import LambdaFailure, Replayer, parse_lambda_failures, read_range, replay_dead_letters
+from qldbstream.api.handler import BatchItemError, Handler, HandlerContext
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.app.assembly import App
+from qldbstream.app.config import load_settings
+from qldbstream.cli import replay_dlq
+from qldbstream.core.aggregate import MAX_RECORD_BYTES, aggregate
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import JournalRecord, RevisionDetails, decode
+from qldbstream.core.dedupe import InMemoryDedupeStore
+from qldbstream.core.errors import ConfigurationError, InputError
+from qldbstream.core.records import KinesisRecord
+from qldbstream.io.dynamodb import DynamoDBDedupeStore
+from qldbstream.io.kinesis_writer import PutEntry, put_records
+from qldbstream.pipeline.batch import Pipeline, PipelineSettings
+from qldbstream.pipeline.dlq import SQS_MAX_BYTES, DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue
+from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.runtimes.replay import (
+    LambdaFailure,
+    Replayer,
+    parse_lambda_failures,
+    read_range,
+    replay_dead_letters,
+)
 from qldbstream.simulate import Simulation
-from qldbstream.sources.kinesis_put import PutEntry, put_records
-from qldbstream.stores.dynamodb import DynamoDBDedupeStore
 from tests.support.aws import client, kinesis_stream
 from tests.support.servers import LocalServer, MotoServer
 from tests.support.streams import kinesis_records, simulation

@@ -3,7 +3,7 @@
 The DynamoDB stores run against the session's moto server, one fresh table per test. Time is an
 injected clock (TTL expiry), and the DynamoDB-only tests inject throttling with a thin client
 wrapper in front of the real server (moto never throttles). The last tests drive the real
-:class:`~qldbstream.pipeline.Pipeline` with two "workers" sharing one DynamoDB table.
+:class:`~qldbstream.pipeline.batch.Pipeline` with two "workers" sharing one DynamoDB table.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from qldbstream.checkpoint import Checkpoint, CheckpointStore, InMemoryCheckpointStore
-from qldbstream.decode import RevisionDetails
-from qldbstream.dedupe import Claim, ClaimResult, DedupeStore, InMemoryDedupeStore, LatePolicy, Watermark
-from qldbstream.errors import RetryableError
-from qldbstream.handler import HandlerContext
-from qldbstream.pipeline import Pipeline, PipelineSettings
-from qldbstream.reliability import Disposition, RetryPolicy, classify
-from qldbstream.router import Router
-from qldbstream.stores.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore, position_key
+from qldbstream.api.handler import HandlerContext
+from qldbstream.api.router import Router
+from qldbstream.core.decode import RevisionDetails
+from qldbstream.core.dedupe import Claim, ClaimResult, DedupeStore, InMemoryDedupeStore, LatePolicy, Watermark
+from qldbstream.core.errors import RetryableError
+from qldbstream.io.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore, position_key
+from qldbstream.pipeline.batch import Pipeline, PipelineSettings
+from qldbstream.pipeline.checkpoint import Checkpoint, CheckpointStore, InMemoryCheckpointStore
+from qldbstream.pipeline.reliability import Disposition, RetryPolicy, classify
 from tests.support.aws import client
 from tests.support.servers import MotoServer
 from tests.support.streams import batches, kinesis_records, simulation
@@ -557,8 +557,8 @@ def test_a_throttled_read_stops_the_batch_before_any_delivery(dynamodb: Any, ded
     assert not seen
     # the checkpoint may only cover records the handler does not want (CONTROL, DDL blocks): it stops at
     # the first Kinesis record that carries a revision
-    from qldbstream.deaggregate import deaggregate
-    from qldbstream.decode import RevisionDetails, decode
+    from qldbstream.core.deaggregate import deaggregate
+    from qldbstream.core.decode import RevisionDetails, decode
 
     def carries_revision(record: Any) -> bool:
         return any(isinstance(decode(u), RevisionDetails) for u in deaggregate(record))
@@ -571,7 +571,7 @@ def test_a_throttled_read_stops_the_batch_before_any_delivery(dynamodb: Any, ded
 
 
 def test_a_missing_table_is_a_configuration_error(dynamodb: Any) -> None:
-    from qldbstream.errors import ConfigurationError
+    from qldbstream.core.errors import ConfigurationError
 
     store = DynamoDBDedupeStore(dynamodb, table_name("missing"))
     with pytest.raises(ConfigurationError, match="does not exist"):

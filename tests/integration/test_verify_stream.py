@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from qldbstream.cli import main
-from qldbstream.sources.kinesis_put import PutEntry, put_records
+from qldbstream.io.kinesis_writer import PutEntry, put_records
 from tests.support.aws import client, kinesis_stream, wait_until_active
 from tests.support.streams import simulation
 

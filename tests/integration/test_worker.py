@@ -24,19 +24,19 @@ from typing import Any
 
 import pytest
 
-from qldbstream.app import App
-from qldbstream.checkpoint import Checkpoint
-from qldbstream.config import Settings
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import JournalRecord, RevisionDetails
-from qldbstream.dedupe import LatePolicy
-from qldbstream.handler import Handler, HandlerContext
-from qldbstream.metrics import InMemoryMetrics
+from qldbstream.api.handler import Handler, HandlerContext
+from qldbstream.api.metrics import InMemoryMetrics
+from qldbstream.app.assembly import App
+from qldbstream.app.config import Settings
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import JournalRecord, RevisionDetails
+from qldbstream.core.dedupe import LatePolicy
+from qldbstream.io.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore
+from qldbstream.io.kinesis_reader import read_stream
+from qldbstream.io.kinesis_writer import PutEntry, put_records
+from qldbstream.pipeline.checkpoint import Checkpoint
+from qldbstream.runtimes.worker import ShardStatus, Worker, WorkerOptions
 from qldbstream.simulate import DeliveryOptions, Simulation, SimulationConfig, Workload, simulate
-from qldbstream.sources.kinesis import read_stream
-from qldbstream.sources.kinesis_put import PutEntry, put_records
-from qldbstream.stores.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore
-from qldbstream.worker import ShardStatus, Worker, WorkerOptions
 from tests.support.aws import REGION, client, kinesis_stream, wait_until_active
 from tests.support.fakes import MemoryDLQ
 from tests.support.servers import REPO_ROOT, LocalServer, MotoServer

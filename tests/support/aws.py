@@ -12,7 +12,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from qldbstream.sources.kinesis_put import create_stream
+from qldbstream.io.kinesis_writer import create_stream
 
 __all__ = ["REGION", "client", "kinesis_stream", "wait_until_active"]
 

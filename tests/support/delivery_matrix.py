@@ -22,7 +22,7 @@ Everything is compared with :mod:`tests.support.forge` only (``GroundTruth.deliv
 
 Runners:
 
-* :func:`run_pipeline` - the in-process :class:`~qldbstream.pipeline.Pipeline`: shards' batches
+* :func:`run_pipeline` - the in-process :class:`~qldbstream.pipeline.batch.Pipeline`: shards' batches
   interleaved at random (seeded) with random sizes, checkpoints honoured as a runtime would
   (``checkpoint``, ``first_unfinished``/``halted`` -> read again from the checkpoint,
   ``other_checkpoints``), crashes (a :class:`Crash` raised inside the handler after it did its
@@ -37,7 +37,7 @@ Runners:
   flight, events of up to ``batch_size`` records, shards invoked interleaved (one thread, seeded)
   or concurrently (one thread per shard); the cursor moves to the reported ``itemIdentifier``
   (or past the batch), a failed invocation is retried with the same batch in a new container.
-  Each shard has its own :class:`~qldbstream.app.App` (its own container), sharing only the
+  Each shard has its own :class:`~qldbstream.app.assembly.App` (its own container), sharing only the
   DynamoDB gate and de-duplication tables (moto server) and the recorder. A run ends when a
   container dies: two deliveries of one revision by live containers count as a duplicate within a
   run.
@@ -64,16 +64,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qldbstream.app import App
-from qldbstream.aws_lambda import LambdaHandler, make_handler
-from qldbstream.config import Settings
-from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails
-from qldbstream.dedupe import InMemoryDedupeStore
-from qldbstream.dlq import DeadLetter
-from qldbstream.gate import Delivery as DeliveryMode
-from qldbstream.gate import InMemoryGateStore
-from qldbstream.handler import Handler, HandlerContext
-from qldbstream.pipeline import BatchResult, Pipeline
+from qldbstream.api.handler import Handler, HandlerContext
+from qldbstream.app.assembly import App
+from qldbstream.app.config import Settings
+from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails
+from qldbstream.core.dedupe import InMemoryDedupeStore
+from qldbstream.core.gate import Delivery as DeliveryMode
+from qldbstream.core.gate import InMemoryGateStore
+from qldbstream.pipeline.batch import BatchResult, Pipeline
+from qldbstream.pipeline.dlq import DeadLetter
+from qldbstream.runtimes.aws_lambda import LambdaHandler, make_handler
 from tests.support.forge import Delivery, GroundTruth, ShardRecord
 
 __all__ = [
@@ -633,7 +633,7 @@ def _run_pipeline(
 
     ``crashes``: fractions of the expected revisions after which the handler crashes (e.g.
     ``(0.3, 0.7)``); each crash throws the pipeline away and restarts from the saved checkpoints.
-    ``settings``: :class:`~qldbstream.config.Settings` fields other than the defaults.
+    ``settings``: :class:`~qldbstream.app.config.Settings` fields other than the defaults.
     ``journal_order``: the pipeline the standalone worker builds (``App.pipeline(journal_order=
     True)``), its watermark set before each batch as the worker sets it (the arrival time up to
     which every shard not read to its end has been read).
@@ -824,8 +824,8 @@ def _run_lambda(
     ddb = client("dynamodb", dynamodb_endpoint)
     suffix = uuid.uuid4().hex[:10]
     gate_table, dedupe_table = f"matrix-gate-{suffix}", f"matrix-dedupe-{suffix}"
-    from qldbstream.stores.dynamodb import DynamoDBDedupeStore
-    from qldbstream.stores.gate_dynamodb import DynamoDBGateStore
+    from qldbstream.io.dynamodb import DynamoDBDedupeStore
+    from qldbstream.io.gate_dynamodb import DynamoDBGateStore
 
     DynamoDBGateStore.create_table(ddb, gate_table)
     DynamoDBDedupeStore.create_table(ddb, dedupe_table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from qldbstream.dlq import DeadLetter
+from qldbstream.pipeline.dlq import DeadLetter
 
 __all__ = ["FakeTime", "MemoryDLQ"]
 

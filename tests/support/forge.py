@@ -1,6 +1,6 @@
 """An independent forge of QLDB journal streams as QLDB delivers them through Kinesis (test data).
 
-Nothing here comes from :mod:`qldbstream` except the :class:`~qldbstream.records.KinesisRecord`
+Nothing here comes from :mod:`qldbstream` except the :class:`~qldbstream.core.records.KinesisRecord`
 type the helpers build: records are written by amazon-ion (binary, one Ion stream per user
 record), every hash is computed with PyPI ``ionhash`` and :func:`tests.support.oracles.reference_dot`,
 and KPL aggregates are built by ``aws_kinesis_agg``. The shapes follow
@@ -54,7 +54,7 @@ from amazon.ion import simpleion
 from amazon.ion.core import OffsetTZInfo, Timestamp, TimestampPrecision
 from aws_kinesis_agg.aggregator import AggRecord
 
-from qldbstream.records import KinesisRecord
+from qldbstream.core.records import KinesisRecord
 from tests.support.oracles import import_ionhash, reference_dot
 
 __all__ = [

@@ -29,16 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qldbstream.deaggregate import KPL_MAGIC, parse_aggregate
-from qldbstream.decode import scan_record
-from qldbstream.errors import (
+from qldbstream.core.deaggregate import KPL_MAGIC, parse_aggregate
+from qldbstream.core.decode import scan_record
+from qldbstream.core.errors import (
     IonHashError,
     MalformedIonError,
     MalformedRecordError,
     UnknownRecordTypeError,
 )
-from qldbstream.ion.binary import header, parse_record, read_varuint
-from qldbstream.ion.hash import ion_hash_at, ion_hash_bytes
+from qldbstream.core.ion.binary import header, parse_record, read_varuint
+from qldbstream.core.ion.hash import ion_hash_at, ion_hash_bytes
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "qldb-real"
 
@@ -57,7 +57,7 @@ def _users_of(records: Any) -> Iterator[bytes]:
 
 def real_records(directory: Path = FIXTURES) -> list[bytes]:
     """Every user record of the real QLDB samples that ``read_file`` reads."""
-    from qldbstream.sources.files import read_file
+    from qldbstream.io.files import read_file
 
     out: list[bytes] = []
     for path in sorted(directory.iterdir()):

@@ -6,7 +6,7 @@
   fails. When the class is missing an empty placeholder is installed first; the hashing code
   itself (``ionhash.fast_value_hasher.hash_value``) is unchanged.
 * ``reference_dot`` - QLDB's ``dot`` written the way the AWS samples write it (signed bytes,
-  last byte first), independently of :mod:`qldbstream.qldb_hash`.
+  last byte first), independently of :mod:`qldbstream.core.qldb_hash`.
 """
 
 from __future__ import annotations

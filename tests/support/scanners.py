@@ -3,7 +3,7 @@
 Register it once (``pytest_plugins = ["tests.support.scanners"]`` in ``tests/conftest.py``).
 Then a test - or a suite, through an autouse fixture of its own - that asks for ``scanner``
 runs twice: with ``"python"`` (every stage's pure-Python code: event reading, KPL, the scan, the
-V3/V9 state) and with ``"native"`` (the compiled extension), through :func:`qldbstream.native.use`.
+V3/V9 state) and with ``"native"`` (the compiled extension), through :func:`qldbstream.core.native.use`.
 The switch is undone after each test, back to the default (native when installed).
 
 Without the extension the ``"native"`` runs are skipped, unless ``REQUIRE_QLDBSTREAM_NATIVE=1``
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from qldbstream import decode, native
+from qldbstream.core import decode, native
 
 __all__ = ["REQUIRE_NATIVE", "SCANNERS", "scanner"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from qldbstream.records import KinesisRecord
+from qldbstream.core.records import KinesisRecord
 from qldbstream.simulate import (
     DeliveryOptions,
     Simulation,

@@ -11,8 +11,8 @@ from aws_kinesis_agg.deaggregator import deaggregate_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qldbstream.aggregate import MAX_RECORD_BYTES, AggregatedRecord, aggregate, aggregated_size, pack
-from qldbstream.deaggregate import KPL_MAGIC, parse_aggregate
+from qldbstream.core.aggregate import MAX_RECORD_BYTES, AggregatedRecord, aggregate, aggregated_size, pack
+from qldbstream.core.deaggregate import KPL_MAGIC, parse_aggregate
 
 SEQ = "49608533396912580565843582016389495421776335424639205378"
 

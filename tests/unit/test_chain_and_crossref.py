@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from qldbstream.chain import ChainTracker
-from qldbstream.crossref import CrossReferencer
-from qldbstream.verify import has_parameters
+from qldbstream.core.chain import ChainTracker
+from qldbstream.core.crossref import CrossReferencer
+from qldbstream.core.verify import has_parameters
 
 
 def chain(n: int, start: int = 0) -> list[tuple[int, bytes, bytes]]:

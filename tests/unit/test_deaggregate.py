@@ -12,9 +12,9 @@ from aws_kinesis_agg.deaggregator import deaggregate_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qldbstream.deaggregate import KPL_MAGIC, deaggregate, parse_aggregate
-from qldbstream.errors import DeaggregationError
-from qldbstream.records import KinesisRecord
+from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate, parse_aggregate
+from qldbstream.core.errors import DeaggregationError
+from qldbstream.core.records import KinesisRecord
 
 #: every test here runs with both scanners: pure Python and the compiled extension
 pytestmark = pytest.mark.usefixtures("scanner")

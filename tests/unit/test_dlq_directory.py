@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from qldbstream.dlq import DeadLetter, DirectoryDeadLetterQueue
-from qldbstream.records import Position
+from qldbstream.core.records import Position
+from qldbstream.pipeline.dlq import DeadLetter, DirectoryDeadLetterQueue
 
 
 def full_letter(**changes: object) -> DeadLetter:

@@ -18,10 +18,10 @@ from amazon.ion import simpleion
 from amazon.ion.core import IonType
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import decode
-from qldbstream.records import KinesisRecord
-from qldbstream.verify import Failure, Verifier
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import decode
+from qldbstream.core.records import KinesisRecord
+from qldbstream.core.verify import Failure, Verifier
 from tests.support import forge
 from tests.support.forge import (
     RUNGS,
@@ -239,7 +239,7 @@ def test_the_oracle_finds_each_rung_and_nothing_else(rung: str) -> None:
 def verify_all(
     records: list[KinesisRecord], verifier: Verifier | None = None
 ) -> tuple[Verifier, list[Failure]]:
-    """Deaggregate, decode and verify, as qldbstream.pipeline does."""
+    """Deaggregate, decode and verify, as qldbstream.pipeline.batch does."""
     v = verifier or Verifier()
     failures: list[Failure] = []
     for kr in records:

@@ -26,9 +26,9 @@ from amazon.ion.simple_types import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qldbstream.errors import IonHashError, MalformedIonError
-from qldbstream.ion.binary import IVM
-from qldbstream.ion.hash import ion_hash, ion_hash_bytes
+from qldbstream.core.errors import IonHashError, MalformedIonError
+from qldbstream.core.ion.binary import IVM
+from qldbstream.core.ion.hash import ion_hash, ion_hash_bytes
 from tests.support.oracles import import_ionhash
 
 oracle = import_ionhash()

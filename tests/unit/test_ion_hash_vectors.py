@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from amazon.ion import simpleion
 
-from qldbstream.ion.binary import IVM
-from qldbstream.ion.hash import ion_hash_bytes
+from qldbstream.core.ion.binary import IVM
+from qldbstream.core.ion.hash import ion_hash_bytes
 
 VECTORS = Path(__file__).parent.parent / "fixtures" / "ion-hash-test" / "ion_hash_tests.ion"
 

@@ -27,14 +27,18 @@ from typing import Any
 
 import pytest
 
-from qldbstream.config import load_settings
-from qldbstream.deaggregate import deaggregate
-from qldbstream.decode import BlockSummary, JournalRecord, RevisionDetails, decode, decode_bytes
-from qldbstream.dedupe import InMemoryDedupeStore, LatePolicy
-from qldbstream.errors import ConfigurationError, RetryableError
-from qldbstream.gate import InMemoryGateStore
-from qldbstream.handler import Handler, HandlerContext
-from qldbstream.kcl import (
+from qldbstream.api.handler import Handler, HandlerContext
+from qldbstream.app.config import load_settings
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails, decode, decode_bytes
+from qldbstream.core.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.core.errors import ConfigurationError, RetryableError
+from qldbstream.core.gate import InMemoryGateStore
+from qldbstream.core.records import KinesisRecord
+from qldbstream.core.records import Position as RecordPosition
+from qldbstream.pipeline.batch import Pipeline, PipelineSettings
+from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.runtimes.kcl import (
     EXIT_ADAPTER_BUG,
     CheckpointFailure,
     GuardedKCLProcess,
@@ -42,11 +46,12 @@ from qldbstream.kcl import (
     ProcessorOptions,
     kinesis_record,
 )
-from qldbstream.kcl_daemon import DaemonOptions, kcl_properties, prometheus_endpoint, render_properties
-from qldbstream.pipeline import Pipeline, PipelineSettings
-from qldbstream.records import KinesisRecord
-from qldbstream.records import Position as RecordPosition
-from qldbstream.reliability import RetryPolicy
+from qldbstream.runtimes.kcl_daemon import (
+    DaemonOptions,
+    kcl_properties,
+    prometheus_endpoint,
+    render_properties,
+)
 from tests.integration.kcl_worker_sink import effect_key
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.servers import free_port
@@ -704,7 +709,7 @@ def run_cli(args: Sequence[str], env: dict[str, str], **kwargs: Any) -> subproce
         k: v for k, v in os.environ.items() if not k.startswith(("QLDBSTREAM_", "AWS_", "KCL_", "JAVA_HOME"))
     }
     return subprocess.run(
-        [sys.executable, "-m", "qldbstream.commands.kcl", *args],
+        [sys.executable, "-m", "qldbstream.cli.kcl", *args],
         env={**clean, "PYTHONPATH": str(REPO), **env},
         capture_output=True,
         text=True,
@@ -770,7 +775,7 @@ def test_the_launcher_forwards_sigterm_to_the_daemon_and_exits_0(tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "qldbstream.commands.kcl",
+            "qldbstream.cli.kcl",
             "--stream",
             "s",
             "--region",
@@ -814,7 +819,7 @@ def test_the_launcher_serves_the_processors_prometheus_metrics_summed() -> None:
     with prometheus_endpoint(f"prometheus:{port}", env):
         directory = env["PROMETHEUS_MULTIPROC_DIR"]
         script = (
-            "from qldbstream.metrics import PrometheusMetrics\n"
+            "from qldbstream.io.metrics import PrometheusMetrics\n"
             "PrometheusMetrics().incr('records_in', 3, stage='user')\n"
         )
         for _ in range(2):  # two record processors (one per shard) write to the shared directory

@@ -1,4 +1,4 @@
-"""``import qldbstream.aws_lambda`` is a Lambda cold start: it must stay fast and light.
+"""``import qldbstream.runtimes.aws_lambda`` is a Lambda cold start: it must stay fast and light.
 
 Each measurement is a fresh interpreter (nothing imported yet), timing the import alone; the
 best of three absorbs a busy machine. ``-X importtime`` names the slowest imports when the
@@ -19,7 +19,7 @@ HEAVY = ("boto3", "botocore", "rich", "moto", "amazon.ion", "urllib3")
 _PROBE = """
 import json, sys, time
 start = time.perf_counter()
-import qldbstream.aws_lambda
+import qldbstream.runtimes.aws_lambda
 elapsed = time.perf_counter() - start
 print(json.dumps({"elapsed": elapsed, "modules": sorted(sys.modules)}))
 """
@@ -55,4 +55,4 @@ def test_a_cold_import_takes_under_a_second_and_pulls_in_no_heavy_module() -> No
     assert elapsed < BUDGET_SECONDS, f"cold import took {elapsed:.2f}s; slowest: {slowest(importtime)}"
     heavy = [h for h in HEAVY if any(m == h or m.startswith(h + ".") for m in modules)]
     assert heavy == [], f"imported at cold start: {heavy}"
-    assert "qldbstream.aws_lambda" in modules
+    assert "qldbstream.runtimes.aws_lambda" in modules

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from qldbstream.decode import UNREADABLE
-from qldbstream.logs import JsonFormatter
-from qldbstream.masking import (
+from qldbstream.core.decode import UNREADABLE
+from qldbstream.core.masking import (
     DEFAULT_RULES,
     AesGcmSealer,
     Masker,
@@ -25,7 +24,8 @@ from qldbstream.masking import (
     remove_log_masking,
     seal_envelope,
 )
-from qldbstream.records import Position
+from qldbstream.core.records import Position
+from qldbstream.io.logs import JsonFormatter
 
 KEY = "k" * 32
 SSN, CARD = "123-45-6789", "4111111111111111"
@@ -158,7 +158,7 @@ def test_statements_without_masked_fields_are_unchanged() -> None:
 
 
 def test_a_block_summary_carries_masked_statements_once_masked() -> None:
-    from qldbstream.decode import BlockSummary, decode_bytes
+    from qldbstream.core.decode import BlockSummary, decode_bytes
     from tests.support import forge
 
     ledger = forge.build_ledger(seed=3, transactions=12)
@@ -208,8 +208,8 @@ def test_a_dead_letter_whose_document_cannot_be_loaded_is_sealed_with_messages_w
 
 
 def test_metric_dimensions_never_carry_a_masked_value() -> None:
-    from qldbstream.masking_text import MaskingMetrics
-    from qldbstream.metrics import InMemoryMetrics
+    from qldbstream.api.metrics import InMemoryMetrics
+    from qldbstream.core.masking_text import MaskingMetrics
 
     inner = InMemoryMetrics()
     metrics = MaskingMetrics(inner, masker)
@@ -223,14 +223,14 @@ def test_metric_dimensions_never_carry_a_masked_value() -> None:
 
 def test_a_masked_copy_is_written_out_masked() -> None:
     """The per-handler wrapper's copies carry their masker: replication writes the masked form."""
-    from qldbstream.decode import RevisionDetails
-    from qldbstream.masking import masked_copy
-    from qldbstream.replica import is_masked_record, masked_record_bytes
+    from qldbstream.core.decode import RevisionDetails
+    from qldbstream.core.masking import masked_copy
+    from qldbstream.core.replica import is_masked_record, masked_record_bytes
     from tests.support.streams import kinesis_records, simulation
 
     sim = simulation(20, seed=4)
-    from qldbstream.deaggregate import deaggregate
-    from qldbstream.decode import decode, decode_bytes
+    from qldbstream.core.deaggregate import deaggregate
+    from qldbstream.core.decode import decode, decode_bytes
 
     customers = [
         record

@@ -36,20 +36,20 @@ from amazon.ion.simple_types import IonPyDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qldbstream.aggregate import aggregate
-from qldbstream.deaggregate import KPL_MAGIC, deaggregate, parse_aggregate
-from qldbstream.decode import scan_record
-from qldbstream.errors import (
+from qldbstream.core.aggregate import aggregate
+from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate, parse_aggregate
+from qldbstream.core.decode import scan_record
+from qldbstream.core.errors import (
     DeaggregationError,
     IonHashError,
     MalformedIonError,
     MalformedRecordError,
     UnknownRecordTypeError,
 )
-from qldbstream.ion.binary import IVM
-from qldbstream.ion.hash import ion_hash_bytes
+from qldbstream.core.ion.binary import IVM
+from qldbstream.core.ion.hash import ion_hash_bytes
+from qldbstream.io.files import read_file
 from qldbstream.simulate import DeliveryOptions, SimulationConfig, Workload, parse_tamper, simulate
-from qldbstream.sources.files import read_file
 from tests.unit.test_ion_hash_oracle import ion_values
 from tests.unit.test_ion_hash_vectors import _final_digest, _load_vectors, _source_binary
 
@@ -235,7 +235,7 @@ def test_simulated_records(name: str) -> None:
 
 
 def test_deaggregate_uses_the_same_results_either_way() -> None:
-    from qldbstream import deaggregate as module
+    from qldbstream.core import deaggregate as module
 
     records = read_file(FIXTURES / "simpledemo_7f20a42_streams_data1.json").records
     module.use_native(False)
@@ -627,7 +627,7 @@ def test_short_aggregates(data: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(min_size=32, max_size=32) | st.just(b"") | st.binary(max_size=40), max_size=9))
 def test_dot_and_merkle_root(hashes: list[bytes]) -> None:
-    from qldbstream import qldb_hash
+    from qldbstream.core import qldb_hash
 
     # the pure-Python reference, also once qldb_hash itself uses the compiled functions
     dot = getattr(qldb_hash, "_dot_py", qldb_hash.dot)
@@ -641,8 +641,8 @@ def test_dot_and_merkle_root(hashes: list[bytes]) -> None:
 
 
 def _event_outcome(native_first: bool, event: dict[str, Any]) -> list[Any]:
-    from qldbstream.errors import MalformedKinesisRecordError
-    from qldbstream.sources import lambda_event
+    from qldbstream.core.errors import MalformedKinesisRecordError
+    from qldbstream.io import lambda_event
 
     lambda_event.use_native(native_first)
     try:

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qldbstream.chain import ChainTracker, Gap, LinkResult
-from qldbstream.crossref import _PASSED, CrossCheck, CrossReferencer, Unmatched
-from qldbstream.verify import Verifier
+from qldbstream.core.chain import ChainTracker, Gap, LinkResult
+from qldbstream.core.crossref import _PASSED, CrossCheck, CrossReferencer, Unmatched
+from qldbstream.core.verify import Verifier
 
 if os.environ.get("REQUIRE_QLDBSTREAM_NATIVE") == "1":
     import qldbstream_native as native  # a missing extension fails the run
@@ -108,9 +108,9 @@ def test_the_verifier_uses_the_compiled_state_when_installed() -> None:
 
 
 def test_one_switch_for_every_stage() -> None:
-    from qldbstream import deaggregate, decode
-    from qldbstream import native as switch
-    from qldbstream.sources import lambda_event
+    from qldbstream.core import deaggregate, decode
+    from qldbstream.core import native as switch
+    from qldbstream.io import lambda_event
 
     try:
         switch.use(False)

@@ -7,9 +7,9 @@ import random
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from qldbstream.dedupe import InMemoryDedupeStore, Watermark
-from qldbstream.errors import HaltShardError, MalformedRecordError, RetryableError
-from qldbstream.reliability import (
+from qldbstream.core.dedupe import InMemoryDedupeStore, Watermark
+from qldbstream.core.errors import HaltShardError, MalformedRecordError, RetryableError
+from qldbstream.pipeline.reliability import (
     AdaptiveBatchSize,
     BreakerState,
     CircuitBreaker,

@@ -1,4 +1,4 @@
-"""The one shard policy every runtime follows after a batch (qldbstream.shard_policy)."""
+"""The one shard policy every runtime follows after a batch (qldbstream.pipeline.shard_policy)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from qldbstream.pipeline import BatchResult
-from qldbstream.records import KinesisRecord
-from qldbstream.shard_policy import ShardPolicy, stuck_record
+from qldbstream.core.records import KinesisRecord
+from qldbstream.pipeline.batch import BatchResult
+from qldbstream.pipeline.shard_policy import ShardPolicy, stuck_record
 
 
 class Clock:

@@ -25,11 +25,11 @@ from amazon.ion import simpleion
 from amazon.ion.core import IonType, TimestampPrecision
 from amazon.ion.simple_types import IonPyNull
 
-from qldbstream.commands import simulate as simulate_command
-from qldbstream.deaggregate import KPL_MAGIC, parse_aggregate
-from qldbstream.errors import ConfigurationError, InputError
-from qldbstream.ion.hash import ion_hash
-from qldbstream.qldb_hash import dot, merkle_root
+from qldbstream.cli import simulate as simulate_command
+from qldbstream.core.deaggregate import KPL_MAGIC, parse_aggregate
+from qldbstream.core.errors import ConfigurationError, InputError
+from qldbstream.core.ion.hash import ion_hash
+from qldbstream.core.qldb_hash import dot, merkle_root
 from qldbstream.simulate import (
     AUTO,
     BlockTarget,

@@ -21,9 +21,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from qldbstream import Router
-from qldbstream.decode import RevisionDetails
-from qldbstream.errors import ConfigurationError
-from qldbstream.handler import HandlerContext
+from qldbstream.api.handler import HandlerContext
+from qldbstream.core.decode import RevisionDetails
+from qldbstream.core.errors import ConfigurationError
 
 __all__ = ["LargeTransfers", "create"]
 

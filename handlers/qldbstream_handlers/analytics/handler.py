@@ -1,6 +1,6 @@
 """The analytics handler: keyed event-time windows over verified revisions, results to sinks.
 
-Lifecycle (see :mod:`qldbstream.handler`):
+Lifecycle (see :mod:`qldbstream.api.handler`):
 
 1. ``setup`` builds the sinks and the state store and loads the saved window state.
 2. ``handle_batch`` turns each revision into events of the matching queries, record by record:
@@ -38,10 +38,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from qldbstream.decode import ControlRecord, JournalRecord, RevisionDetails
-from qldbstream.errors import ConfigurationError, PoisonRecordError
-from qldbstream.handler import BatchItemError, Handler, HandlerContext, SetupContext
-from qldbstream.metrics import Metrics, NullMetrics
+from qldbstream.api.handler import BatchItemError, Handler, HandlerContext, SetupContext
+from qldbstream.api.metrics import Metrics, NullMetrics
+from qldbstream.core.decode import ControlRecord, JournalRecord, RevisionDetails
+from qldbstream.core.errors import ConfigurationError, PoisonRecordError
 from qldbstream_handlers.analytics.engine import Bounds, WindowEngine, merge_parts
 from qldbstream_handlers.analytics.query import Query
 from qldbstream_handlers.analytics.results import Emission, Pane, Retraction
@@ -119,7 +119,7 @@ class AnalyticsHandler(Handler):
     def _client(self, service: str) -> Any:
         if self._clients is not None:
             return self._clients(service)
-        from qldbstream.clients import aws_client
+        from qldbstream.io.clients import aws_client
 
         cfg = self.config
         return aws_client(

@@ -1,7 +1,7 @@
 """The analytics handler's settings (``QLDBSTREAM_HANDLER_ANALYTICS__<KEY>`` or ``[handlers.analytics]``).
 
 One declarative query per handler instance (the Python API takes any number). Every value is a
-string; a bad one is a :class:`~qldbstream.errors.ConfigurationError` at start-up.
+string; a bad one is a :class:`~qldbstream.core.errors.ConfigurationError` at start-up.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from qldbstream.errors import ConfigurationError
+from qldbstream.core.errors import ConfigurationError
 from qldbstream_handlers.analytics.aggregates import parse_aggregates
 from qldbstream_handlers.analytics.query import OPERATIONS, TRANSACTION_VELOCITY, Query, parse_where
 from qldbstream_handlers.analytics.windows import Duration, duration_ms, parse_window

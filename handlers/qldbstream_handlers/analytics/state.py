@@ -14,7 +14,7 @@ the union of all parts.
 400 KB), written under a fresh writer id, and switches to the new *generation* with one conditional
 write of the ``head`` item (``generation = :old``), so a reader never sees half a state, and a second
 consumer writing the same key is detected: its write fails with
-:class:`~qldbstream.errors.HaltShardError` (two consumers must not share window state) and its
+:class:`~qldbstream.core.errors.HaltShardError` (two consumers must not share window state) and its
 chunks never mix with the winner's.
 """
 
@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from qldbstream.errors import HaltShardError
+from qldbstream.core.errors import HaltShardError
 
 __all__ = ["DynamoDBStateStore", "InMemoryStateStore", "StateStore", "decode_state", "encode_state"]
 

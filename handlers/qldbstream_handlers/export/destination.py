@@ -14,8 +14,8 @@ import json
 import re
 from collections.abc import Iterator
 
-from qldbstream.checkpoint import Checkpoint, sequence_key
-from qldbstream.dlq import DeadLetter
+from qldbstream.pipeline.checkpoint import Checkpoint, sequence_key
+from qldbstream.pipeline.dlq import DeadLetter
 from qldbstream_handlers.export.storage import Storage
 
 __all__ = ["DestinationCheckpointStore", "ErrorPrefixDeadLetterQueue"]
@@ -28,7 +28,7 @@ def _safe(text: str) -> str:
 
 
 class DestinationCheckpointStore:
-    """A :class:`~qldbstream.checkpoint.CheckpointStore` in the export's destination."""
+    """A :class:`~qldbstream.pipeline.checkpoint.CheckpointStore` in the export's destination."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -74,7 +74,7 @@ class DestinationCheckpointStore:
 
 
 class ErrorPrefixDeadLetterQueue:
-    """A :class:`~qldbstream.dlq.DeadLetterQueue` writing envelopes under ``dead-letters/``."""
+    """A :class:`~qldbstream.pipeline.dlq.DeadLetterQueue` writing envelopes under ``dead-letters/``."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage

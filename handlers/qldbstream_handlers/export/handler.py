@@ -1,6 +1,6 @@
 """The export handler: verified revisions in a ``txTime`` range → partitioned, compressed files.
 
-Lifecycle (see :mod:`qldbstream.handler`):
+Lifecycle (see :mod:`qldbstream.api.handler`):
 
 * ``wants`` - revisions of the chosen tables with ``start <= txTime < end``. The bounds are on the
   revision's commit time, as QLDB's own ``InclusiveStartTime``/``ExclusiveEndTime`` are, and not
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from qldbstream.decode import JournalRecord, RevisionDetails
-from qldbstream.errors import ConfigurationError
-from qldbstream.handler import Handler, HandlerContext, SetupContext
-from qldbstream.metrics import Metrics, NullMetrics
+from qldbstream.api.handler import Handler, HandlerContext, SetupContext
+from qldbstream.api.metrics import Metrics, NullMetrics
+from qldbstream.core.decode import JournalRecord, RevisionDetails
+from qldbstream.core.errors import ConfigurationError
 from qldbstream_handlers.export.layout import file_name, flush_stem, partition_function
 from qldbstream_handlers.export.manifest import ExportIndex, Flush, Key
 from qldbstream_handlers.export.options import ExportOptions

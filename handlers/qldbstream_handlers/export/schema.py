@@ -38,9 +38,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from qldbstream.decode import RevisionDetails
-from qldbstream.qldb_hash import dot
-from qldbstream.router import operation_of
+from qldbstream.api.router import operation_of
+from qldbstream.core.decode import RevisionDetails
+from qldbstream.core.qldb_hash import dot
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -30,8 +30,8 @@ from typing import Any
 
 from amazon.ion.core import IonType
 
-from qldbstream.decode import RevisionDetails
-from qldbstream.errors import ConfigurationError
+from qldbstream.core.decode import RevisionDetails
+from qldbstream.core.errors import ConfigurationError
 from qldbstream_handlers.times import epoch_ms
 
 __all__ = [

@@ -51,10 +51,10 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from qldbstream.decode import ControlRecord, JournalRecord, RevisionDetails
-from qldbstream.errors import ConfigurationError, RetryableError
-from qldbstream.handler import Handler, HandlerContext, SetupContext
-from qldbstream.metrics import Metrics, NullMetrics
+from qldbstream.api.handler import Handler, HandlerContext, SetupContext
+from qldbstream.api.metrics import Metrics, NullMetrics
+from qldbstream.core.decode import ControlRecord, JournalRecord, RevisionDetails
+from qldbstream.core.errors import ConfigurationError, RetryableError
 from qldbstream_handlers.fraud.alerts import (
     Alert,
     AlertBus,
@@ -202,7 +202,7 @@ class FraudHandler(Handler):
     def _client(self, service: str) -> Any:
         if self._clients is not None:
             return self._clients(service)
-        from qldbstream.clients import aws_client
+        from qldbstream.io.clients import aws_client
 
         return aws_client(service, region_name=self.settings.region, endpoint_url=self.settings.endpoint_url)
 

@@ -2,7 +2,7 @@
 
 Every key is optional (``QLDBSTREAM_HANDLER_FRAUD__<KEY>`` in the environment, or the
 ``[handlers.fraud]`` table of the configuration file); an unknown key or a bad value is a
-:class:`~qldbstream.errors.ConfigurationError` at start-up. See ``docs/handlers/fraud.md`` for
+:class:`~qldbstream.core.errors.ConfigurationError` at start-up. See ``docs/handlers/fraud.md`` for
 the full table; durations are ``300s``, ``5m``, ``1h`` (a bare number is seconds), and ``off``
 disables a rule.
 """
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from qldbstream.errors import ConfigurationError
+from qldbstream.core.errors import ConfigurationError
 from qldbstream_handlers.fraud.events import FieldMap, parse_duration_ms
 from qldbstream_handlers.fraud.rules import HighValueRule, Limit, SequenceRule, WindowRule, parse_pattern
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from qldbstream.errors import ConfigurationError, RetryableError
+from qldbstream.core.errors import ConfigurationError, RetryableError
 from qldbstream_handlers.fraud.events import EventKey, TransactionEvent
 
 __all__ = [
@@ -269,8 +269,8 @@ class DynamoDBStateStore:
 
     Bodies over 32 KiB are stored zlib-compressed (``z:`` + base64). ``ttl`` (epoch seconds,
     ``ttl_seconds`` after the write) lets DynamoDB drop accounts that went quiet. Throttling and
-    5xx raise :class:`~qldbstream.errors.RetryableError` (the pipeline retries, then halts the
-    shard: nothing is lost); a missing table is a :class:`~qldbstream.errors.ConfigurationError`.
+    5xx raise :class:`~qldbstream.core.errors.RetryableError` (the pipeline retries, then halts the
+    shard: nothing is lost); a missing table is a :class:`~qldbstream.core.errors.ConfigurationError`.
     """
 
     def __init__(

@@ -7,7 +7,7 @@ the document id as the partition key (one document, one shard, its versions in o
 summaries and CONTROL records keep the partition key QLDB gave them.
 
 **Masking** (``QLDBSTREAM_MASKING``): no personal data reaches a target in clear. Revisions are
-written in the *masked form* (:mod:`qldbstream.replica`: QLDB's redacted form plus the masked
+written in the *masked form* (:mod:`qldbstream.core.replica`: QLDB's redacted form plus the masked
 document, still verifiable), unless ``raw_copy_kms_key_id`` asks for the original bytes, which are
 then *sealed* (encrypted under a KMS data key, one per target and flush) - whatever the masking.
 
@@ -42,13 +42,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qldbstream.decode import ControlRecord, JournalRecord, RevisionDetails
-from qldbstream.dedupe import dedupe_key
-from qldbstream.errors import ConfigurationError, RetryableError
-from qldbstream.handler import Handler, HandlerContext, SetupContext
-from qldbstream.masking import KmsSealer
-from qldbstream.metrics import Metrics, NullMetrics
-from qldbstream.replica import masked_record_bytes, seal_record
+from qldbstream.api.handler import Handler, HandlerContext, SetupContext
+from qldbstream.api.metrics import Metrics, NullMetrics
+from qldbstream.core.decode import ControlRecord, JournalRecord, RevisionDetails
+from qldbstream.core.dedupe import dedupe_key
+from qldbstream.core.errors import ConfigurationError, RetryableError
+from qldbstream.core.masking import KmsSealer
+from qldbstream.core.replica import masked_record_bytes, seal_record
 from qldbstream_handlers.replication.health import TargetHealth
 from qldbstream_handlers.replication.rounds import Outgoing, plan_rounds
 from qldbstream_handlers.replication.settings import Mode, ReplicationSettings, TargetConfig
@@ -80,7 +80,7 @@ _TIMEOUTS = {"connect_timeout": 5, "read_timeout": 30}
 
 def default_client(config: TargetConfig) -> KinesisClient:
     """A boto3 Kinesis client for the target's region and endpoint, with bounded retries."""
-    from qldbstream.clients import aws_client
+    from qldbstream.io.clients import aws_client
 
     client: KinesisClient = aws_client(
         "kinesis", region_name=config.region, endpoint_url=config.endpoint, config_options=_TIMEOUTS
@@ -90,7 +90,7 @@ def default_client(config: TargetConfig) -> KinesisClient:
 
 def default_kms_client(config: TargetConfig) -> Any:
     """A boto3 KMS client for the target's region and endpoint, with bounded retries."""
-    from qldbstream.clients import aws_client
+    from qldbstream.io.clients import aws_client
 
     return aws_client(
         "kms", region_name=config.region, endpoint_url=config.endpoint, config_options=_TIMEOUTS

@@ -2,14 +2,14 @@
 
 Kinesis keeps the order of one partition key within a shard, but a ``PutRecords`` call whose
 entries partly fail is retried with only the failed entries, which can put a record after a
-later record of the same key (:mod:`qldbstream.sources.kinesis_put`). So the buffered records are
+later record of the same key (:mod:`qldbstream.io.kinesis_writer`). So the buffered records are
 put in *rounds*: one ``PutRecords`` round holds at most one entry per partition key (without
 aggregation) or per target shard (with it), and a round starts only after the previous one was
 fully written. Usually a flush is one round; a document updated several times within one batch
 adds a round per extra version.
 
 With re-aggregation, user records are grouped by the shard their own partition key maps to
-(the target's :class:`ShardMap`), each group is packed with :func:`qldbstream.aggregate.pack`,
+(the target's :class:`ShardMap`), each group is packed with :func:`qldbstream.core.aggregate.pack`,
 and every aggregate is put with its first user record's partition key - so each user record
 lands on the shard it would have reached un-aggregated, exactly as the KPL does.
 """
@@ -20,8 +20,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qldbstream.aggregate import MAX_RECORD_BYTES, pack
-from qldbstream.sources.kinesis_put import PutEntry
+from qldbstream.core.aggregate import MAX_RECORD_BYTES, pack
+from qldbstream.io.kinesis_writer import PutEntry
 
 __all__ = ["Outgoing", "Round", "ShardMap", "plan_rounds"]
 
@@ -32,7 +32,7 @@ _HASH_SPACE = 2**128
 class Outgoing:
     """One journal record waiting to be republished: the user record bytes exactly as received."""
 
-    #: the de-duplication key (:func:`qldbstream.dedupe.dedupe_key`): ``rev#<documentId>#<version>``, ...
+    #: the de-duplication key (:func:`qldbstream.core.dedupe.dedupe_key`): ``rev#<documentId>#<version>``, ...
     key: str
     partition_key: str
     data: bytes

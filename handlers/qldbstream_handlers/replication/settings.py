@@ -24,7 +24,7 @@ their defaults:
 * ``raw_copy_kms_key_id`` = none: write the original bytes **encrypted** (KMS envelope
   encryption; the key id, ARN or alias, resolved in each target's region) - a copy verifiable byte
   for byte once opened, e.g. for disaster recovery. Without it, and with masking on, targets get
-  the masked form (:mod:`qldbstream.replica`); with masking off, the original bytes.
+  the masked form (:mod:`qldbstream.core.replica`); with masking off, the original bytes.
 
 Target names are lower-case letters and digits (``west``, ``eu1``) so that every key is also a
 valid environment variable name: ``QLDBSTREAM_HANDLER_REPLICATION__WEST_STREAM=ledger-dr``.
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from qldbstream.decode import RecordType
-from qldbstream.errors import ConfigurationError
+from qldbstream.core.decode import RecordType
+from qldbstream.core.errors import ConfigurationError
 
 __all__ = ["Mode", "ReplicationSettings", "TargetConfig"]
 

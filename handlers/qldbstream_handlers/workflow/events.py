@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 from amazon.ion.core import IonType
 
-from qldbstream.decode import RevisionDetails
-from qldbstream.router import operation_of
+from qldbstream.api.router import operation_of
+from qldbstream.core.decode import RevisionDetails
 
 __all__ = ["AlertBook", "AlertLike", "alert_event", "execution_name", "revision_event", "to_json"]
 

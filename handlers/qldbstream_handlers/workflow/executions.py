@@ -24,8 +24,8 @@ from typing import Any, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
-from qldbstream.errors import HaltShardError, PoisonRecordError, RetryableError
-from qldbstream.reliability import Disposition, classify
+from qldbstream.core.errors import HaltShardError, PoisonRecordError, RetryableError
+from qldbstream.pipeline.reliability import Disposition, classify
 
 __all__ = ["DoneMarkers", "DynamoDBDoneMarkers", "InMemoryDoneMarkers", "StepFunctionsStarter"]
 

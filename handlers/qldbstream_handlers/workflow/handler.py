@@ -31,12 +31,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qldbstream.decode import JournalRecord, RevisionDetails
-from qldbstream.errors import ConfigurationError, PoisonRecordError, RetryableError
-from qldbstream.handler import BatchItemError, Handler, HandlerContext, SetupContext
-from qldbstream.metrics import Metrics, NullMetrics
-from qldbstream.reliability import Disposition, classify
-from qldbstream.router import operation_of
+from qldbstream.api.handler import BatchItemError, Handler, HandlerContext, SetupContext
+from qldbstream.api.metrics import Metrics, NullMetrics
+from qldbstream.api.router import operation_of
+from qldbstream.core.decode import JournalRecord, RevisionDetails
+from qldbstream.core.errors import ConfigurationError, PoisonRecordError, RetryableError
+from qldbstream.pipeline.reliability import Disposition, classify
 from qldbstream_handlers.workflow import example
 from qldbstream_handlers.workflow.definition import load_definition
 from qldbstream_handlers.workflow.events import (
@@ -154,7 +154,7 @@ class WorkflowHandler(Handler):
         return target
 
     def _boto3_client(self, service: str) -> Any:
-        from qldbstream.clients import aws_client
+        from qldbstream.io.clients import aws_client
 
         return aws_client(service, region_name=self.settings.region, endpoint_url=self.settings.endpoint_url)
 

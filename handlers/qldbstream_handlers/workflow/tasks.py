@@ -1,6 +1,6 @@
 """What a ``Task`` state's ``Resource`` runs: Python callables registered by name, or AWS services.
 
-Registration as data, as qldbstream's :class:`~qldbstream.router.Router` does it: a decorator that
+Registration as data, as qldbstream's :class:`~qldbstream.api.router.Router` does it: a decorator that
 records the callable and returns it unchanged, backed by an explicit ``add_task``::
 
     tasks = TaskRegistry()

@@ -1,0 +1,217 @@
+"""``qldbstream verify``: is this QLDB stream data authentic, record by record?"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from qldbstream.core.errors import InputError, PoisonRecordError
+from qldbstream.core.proof import parse_block_address, parse_digest, parse_proof, verify_proof
+from qldbstream.core.records import KinesisRecord
+from qldbstream.core.report import VerificationReport, proof_result, verify_records
+from qldbstream.io.files import read_file
+from qldbstream.io.qldb_api import ProofInput
+
+__all__ = ["register", "run"]
+
+EXAMPLES = """\
+inputs (recognised from their content):
+  a Lambda Kinesis event (JSON) or JSON Lines of events; a JSON Lines dump of Kinesis records
+  (data base64, sequenceNumber, ...); raw Ion records (binary or text); a KPL aggregate or lines
+  of base64 record data; saved QLDB API output (GetRevision / GetBlock, with Proof and
+  LedgerDigest); or a live stream with --stream.
+
+examples:
+  qldbstream verify event.json
+  qldbstream verify --json records.jsonl > report.json
+  qldbstream verify --stream my-ledger-stream --endpoint-url http://127.0.0.1:4568
+  qldbstream verify --stream my-ledger-stream --from 2024-01-01T00:00:00Z
+  qldbstream verify revision.ion --digest KGuCkc79bsDfG9X0RjI7QgR/D4wlOarP/dKYnbnFjDo= \\
+      --digest-tip-address '{strandId:"KbW0e2QaN2uBUWzRYGeOCe",sequenceNo:46}' \\
+      --proof '[{{MC+5lx76...}}, ...]'
+
+exit status: 0 all verified, 1 a check failed or a record was unreadable, 2 the input could not be read.
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="verify QLDB stream records: KPL, revision and block hashes, chain, proofs",
+        description="Deaggregate, decode and verify QLDB journal stream records (checks V1-V10).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", metavar="FILE", help="input files ('-' reads standard input)")
+    live = p.add_argument_group("live stream")
+    live.add_argument(
+        "--stream", metavar="NAME", help="read a Kinesis data stream, all shards, until caught up"
+    )
+    live.add_argument("--endpoint-url", metavar="URL", help="Kinesis endpoint (default: AWS for the region)")
+    live.add_argument("--region", metavar="REGION", help="AWS region (default: from the environment)")
+    live.add_argument(
+        "--from",
+        dest="start",
+        metavar="TIMESTAMP",
+        help="start at this time (ISO 8601) instead of TRIM_HORIZON",
+    )
+    v10 = p.add_argument_group("V10: anchor to a ledger digest (GetDigest + GetRevision/GetBlock proof)")
+    v10.add_argument("--digest", metavar="B64", help="the ledger digest (base64, or an Ion blob {{...}})")
+    v10.add_argument(
+        "--digest-tip-address", metavar="ION", help='the digest tip, e.g. {strandId:"...",sequenceNo:46}'
+    )
+    v10.add_argument("--proof", metavar="ION", help="the proof as Ion text: a list of blobs")
+    v10.add_argument(
+        "--leaf-hash",
+        metavar="B64",
+        help="revision or block hash to fold (default: the revision/block in the input)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON on standard output")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress display")
+    p.set_defaults(handler=run)
+
+
+def _items(
+    args: argparse.Namespace, report: VerificationReport, proofs: list[ProofInput]
+) -> Iterator[KinesisRecord | PoisonRecordError]:
+    for name in args.inputs:
+        if name == "-":
+            import tempfile
+
+            with tempfile.NamedTemporaryFile(suffix=".stdin") as tmp:
+                tmp.write(sys.stdin.buffer.read())
+                tmp.flush()
+                got = read_file(tmp.name)
+            yield from got.records
+            proofs.extend(got.proofs)
+            continue
+        got = read_file(name)
+        proofs.extend(got.proofs)
+        yield from got.records
+    if args.stream:
+        yield from _stream_items(args)
+
+
+def _stream_items(args: argparse.Namespace) -> Iterator[KinesisRecord]:
+    from qldbstream.io.clients import aws_client
+    from qldbstream.io.kinesis_reader import TRIM_HORIZON, StartPosition, read_stream
+
+    start = TRIM_HORIZON
+    if args.start:
+        try:
+            when = datetime.fromisoformat(args.start.replace("Z", "+00:00"))
+        except ValueError:
+            raise InputError(f"--from {args.start!r} is not an ISO 8601 timestamp") from None
+        start = StartPosition("AT_TIMESTAMP", when)
+    client = aws_client("kinesis", endpoint_url=args.endpoint_url, region_name=args.region)
+    yield from read_stream(client, args.stream, start=start)
+
+
+def _cli_proof(args: argparse.Namespace, report: VerificationReport, proofs: list[ProofInput]) -> None:
+    given = [args.digest, args.proof, args.digest_tip_address, args.leaf_hash]
+    if not any(given):
+        return
+    if not args.proof and not proofs:
+        raise InputError("--digest/--digest-tip-address need --proof (or an input that carries a Proof)")
+    digest = parse_digest(args.digest) if args.digest else None
+    tip = parse_block_address(args.digest_tip_address) if args.digest_tip_address else None
+    if args.proof:
+        proof = parse_proof(args.proof)
+        if args.leaf_hash:
+            leaf = base64.b64decode(args.leaf_hash)
+            address = None
+        elif proofs:
+            leaf, address = proofs[0].leaf_hash, proofs[0].leaf_address
+        elif len(report.leaves) == 1:
+            leaf, address = report.leaves[0]
+        else:
+            raise InputError("--proof needs --leaf-hash unless the input holds exactly one revision or block")
+        proofs[:] = [ProofInput("command line", leaf, address, proof, digest, tip, "revision")]
+    else:
+        proofs[:] = [
+            ProofInput(
+                p.source, p.leaf_hash, p.leaf_address, p.proof, digest or p.digest, tip or p.tip, p.what
+            )
+            for p in proofs
+        ]
+
+
+def _check_proofs(report: VerificationReport, proofs: list[ProofInput]) -> None:
+    for p in proofs:
+        if p.digest is None:
+            from qldbstream.core.qldb_hash import fold_proof
+
+            report.proofs.append(
+                proof_result(
+                    p.source,
+                    None,
+                    fold_proof(p.leaf_hash, p.proof),
+                    None,
+                    "no digest given: pass --digest to check it against one",
+                )
+            )
+            continue
+        result = verify_proof(p.leaf_hash, p.proof, p.digest, p.leaf_address, p.tip)
+        report.verifier.tally.add("V10", result.passed)
+        report.proofs.append(proof_result(p.source, result.passed, result.computed, p.digest, result.message))
+        if not result.passed:
+            from qldbstream.core.records import Position
+            from qldbstream.core.verify import Failure
+
+            report.add_failures(
+                [
+                    Failure(
+                        "V10",
+                        Position(p.source),
+                        result.message,
+                        p.document_id,
+                        None,
+                        p.leaf_address.sequence_no if p.leaf_address else None,
+                        base64.b64encode(p.digest).decode(),
+                        base64.b64encode(result.computed).decode(),
+                    )
+                ]
+            )
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.inputs and not args.stream:
+        raise InputError("nothing to verify: give input files or --stream NAME (see --help)")
+    report = VerificationReport()
+    proofs: list[ProofInput] = []
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    show_progress = not args.no_progress and err.is_terminal
+    if show_progress:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("verifying", total=None)
+
+            def tick(n: int) -> None:
+                progress.update(task, description=f"verified {report.records} user records", advance=n)
+
+            verify_records(_items(args, report, proofs), report, tick)
+    else:
+        verify_records(_items(args, report, proofs), report)
+    _cli_proof(args, report, proofs)
+    _check_proofs(report, proofs)
+    report.finish()
+    if args.json:
+        json.dump(report.as_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        report.render(Console())
+    return 0 if report.ok else 1

@@ -1,0 +1,523 @@
+"""Masking sensitive fields of revision data: rules, Ion-typed masking, log and DLQ protection.
+
+**Rules** match field names by regular expression (the whole name, case-insensitive) at any
+depth of a document and say how to mask the value (the seed's ``masking_config``)::
+
+    ssn|social_security       HASH       keyed hash (HMAC-SHA-256): stable, joinable, not reversible
+    credit_card|card_number   PARTIAL 4  keep the last 4 characters: ``************1234``
+    dateOfBirth               REDACT     a typed null of the same Ion type
+
+**Ion types are kept**: a masked string is a string, a symbol a symbol, annotations stay, struct
+fields (duplicates too) and list order stay. HASH gives hex text for strings and symbols, a
+digest for blobs and clobs, a 63-bit integer for ints, and hex *text* for the types a digest
+cannot be (decimal, float, timestamp, bool). PARTIAL works on text (numbers are masked as their
+text). A rule on a struct or list masks every scalar inside it. Nulls stay nulls.
+
+**Where masking applies** (see ``docs/handlers/masking.md``): handlers get a masked copy of each
+revision (:func:`masked_copy`: ``.data`` and ``.ion`` are masked; ``.raw`` stays the original
+bytes, which verification already checked); logs go through :class:`MaskingLogFilter`; a
+dead-letter envelope is sealed (:func:`seal_envelope`): the raw bytes are encrypted
+(:class:`AesGcmSealer` or :class:`KmsSealer`) so that replay can still verify the original, and
+humans get the masked document and scrubbed messages.
+
+Everything here is pure except the sealers (cryptography, and KMS through a client passed in).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import hmac
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Protocol
+
+from qldbstream.core.errors import ConfigurationError
+from qldbstream.io.masking_logs import MaskingLogFilter, install_log_masking, remove_log_masking
+
+__all__ = [
+    "DEFAULT_RULES",
+    "AesGcmSealer",
+    "KmsSealer",
+    "Masker",
+    "MaskingLogFilter",
+    "MaskingRule",
+    "MaskingType",
+    "Sealer",
+    "install_log_masking",
+    "masked_copy",
+    "masking_from_settings",
+    "open_envelope",
+    "parse_rules",
+    "remove_log_masking",
+    "seal_envelope",
+]
+
+
+class MaskingType(StrEnum):
+    HASH = "HASH"
+    PARTIAL = "PARTIAL"
+    REDACT = "REDACT"
+
+
+@dataclass(frozen=True)
+class MaskingRule:
+    """``field_pattern`` (a regex matched against whole field names, any case) → ``masking_type``."""
+
+    field_pattern: str
+    masking_type: MaskingType
+    visible_chars: int = 4
+    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "regex", re.compile(self.field_pattern, re.IGNORECASE))
+        except re.error as exc:
+            raise ConfigurationError(f"masking: bad field pattern {self.field_pattern!r} ({exc})") from None
+        if self.visible_chars < 0:
+            raise ConfigurationError("masking: visible_chars must not be negative")
+
+    def matches(self, name: str) -> bool:
+        return self.regex.fullmatch(name) is not None
+
+
+#: The seed design's ``masking_config``.
+DEFAULT_RULES = (
+    MaskingRule("ssn|social_security", MaskingType.HASH),
+    MaskingRule("credit_card|card_number", MaskingType.PARTIAL, 4),
+)
+
+
+def parse_rules(text: str) -> tuple[MaskingRule, ...]:
+    """Rules from the seed's JSON (``[{"field_pattern": …, "masking_type": …, "visible_chars": 4}]``)
+    or the compact form ``ssn|social_security=HASH; credit_card|card_number=PARTIAL:4``."""
+    text = text.strip()
+    try:
+        if text.startswith(("[", "{")):
+            data = json.loads(text)
+            items = data.get("rules", []) if isinstance(data, dict) else data
+            return tuple(
+                MaskingRule(
+                    str(i["field_pattern"]),
+                    MaskingType(str(i["masking_type"]).upper()),
+                    int(i.get("visible_chars", 4)),
+                )
+                for i in items
+            )
+        rules = []
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            pattern, sep, how = part.rpartition("=")
+            kind, _, visible = how.strip().partition(":")
+            if not sep or not pattern.strip():
+                raise ValueError(f"{part!r} is not pattern=TYPE")
+            rules.append(MaskingRule(pattern.strip(), MaskingType(kind.upper()), int(visible or 4)))
+        return tuple(rules)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigurationError(f"masking: cannot read the rules {text!r} ({exc})") from None
+
+
+# --- masking Ion values ----------------------------------------------------------------------------
+
+
+def _ion_type(value: Any) -> Any:
+    from amazon.ion.core import IonType
+
+    declared = getattr(value, "ion_type", None)
+    if declared is not None:
+        return declared
+    if value is None:
+        return IonType.NULL
+    for kind, ion_type in (
+        (bool, IonType.BOOL),
+        (int, IonType.INT),
+        (float, IonType.FLOAT),
+        (Decimal, IonType.DECIMAL),
+        (datetime, IonType.TIMESTAMP),
+        (str, IonType.STRING),
+        (bytes | bytearray, IonType.BLOB),
+        (Mapping, IonType.STRUCT),
+        (list | tuple, IonType.LIST),
+    ):
+        if isinstance(value, kind):
+            return ion_type
+    raise TypeError(f"not an Ion value: {type(value).__name__}")
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or type(value).__name__ == "IonPyNull"
+
+
+def _text(value: Any) -> str:
+    text = getattr(value, "text", None)  # a symbol
+    return text if isinstance(text, str) else str(value)
+
+
+def _rebuild(original: Any, ion_type: Any, new: Any) -> Any:
+    """``new`` as the same kind of value as ``original``: IonPy with its annotations, or plain Python."""
+    if not hasattr(original, "ion_type"):
+        return new
+    from amazon.ion import simple_types as st
+    from amazon.ion.core import IonType
+    from amazon.ion.symbols import SymbolToken
+
+    annotations = getattr(original, "ion_annotations", ())
+    if new is None:
+        return st.IonPyNull.from_value(ion_type, None, annotations)
+    classes = {
+        IonType.STRING: st.IonPyText,
+        IonType.SYMBOL: st.IonPySymbol,
+        IonType.INT: st.IonPyInt,
+        IonType.BLOB: st.IonPyBytes,
+        IonType.CLOB: st.IonPyBytes,
+        IonType.LIST: st.IonPyList,
+        IonType.SEXP: st.IonPyList,
+    }
+    if ion_type == IonType.SYMBOL:
+        new = SymbolToken(new, None)
+    return classes[ion_type].from_value(ion_type, new, annotations)
+
+
+class Masker:
+    """Applies rules to Ion values. ``key`` (at least 16 bytes) is required by HASH rules."""
+
+    def __init__(self, rules: Iterable[MaskingRule] = DEFAULT_RULES, key: bytes | str | None = None) -> None:
+        self.rules = tuple(rules)
+        self._key = key.encode("utf-8") if isinstance(key, str) else key
+        if any(r.masking_type is MaskingType.HASH for r in self.rules) and (
+            self._key is None or len(self._key) < 16
+        ):
+            raise ConfigurationError("masking: HASH rules need a secret key of at least 16 bytes (hash_key)")
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Masker({[(r.field_pattern, r.masking_type.value) for r in self.rules]})"
+
+    def rule_for(self, name: str) -> MaskingRule | None:
+        return next((r for r in self.rules if r.matches(name)), None)
+
+    def mask(self, value: Any) -> Any:
+        """A masked copy of ``value`` (struct fields matched by a rule are masked, at any depth)."""
+        return self._walk(value, None, None)
+
+    def secrets(self, value: Any) -> list[str]:
+        """The texts ``mask`` hides in ``value`` (longest first), to scrub them from messages."""
+        found: set[str] = set()
+        self._walk(value, None, found)
+        return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
+
+    def mask_record(self, ion: Any) -> Any:
+        """A QLDB stream record's Ion value with ``payload.revision.data`` masked, and a block
+        summary's statement texts (``payload.transactionInfo.statements[].statement``, where
+        literals carry values: :meth:`mask_statement`); other fields unchanged - the journal
+        metadata carries no document fields."""
+        try:
+            payload = ion["payload"]
+        except (KeyError, TypeError):
+            return ion
+        if not hasattr(payload, "get"):
+            return ion
+        revision = payload.get("revision")
+        if hasattr(revision, "get") and revision.get("data") is not None:
+            masked_revision = _with_field(revision, "data", self.mask(revision["data"]))
+            return _with_field(ion, "payload", _with_field(payload, "revision", masked_revision))
+        info = payload.get("transactionInfo")
+        statements = info.get("statements") if hasattr(info, "get") else None
+        if not isinstance(statements, list) or not statements:
+            return ion
+        masked_statements = [
+            _with_field(s, "statement", _rebuild(s["statement"], _ion_type(s["statement"]), masked))
+            if hasattr(s, "get")
+            and isinstance(s.get("statement"), str)
+            and (masked := self.mask_statement(str(s["statement"]))) != s["statement"]
+            else s
+            for s in statements
+        ]
+        masked_info = _with_field(
+            info, "statements", _rebuild(statements, _ion_type(statements), masked_statements)
+        )
+        return _with_field(ion, "payload", _with_field(payload, "transactionInfo", masked_info))
+
+    def mask_statement(self, text: str) -> str:
+        """A PartiQL statement text with the literals of masked fields masked
+        (:func:`qldbstream.core.masking_text.mask_statement`)."""
+        from qldbstream.core.masking_text import mask_statement
+
+        return mask_statement(self, text)
+
+    def mask_text(self, text: str) -> str:
+        """Free text (a message, a traceback) with the values written next to masked field names
+        masked (:func:`qldbstream.core.masking_text.mask_text`)."""
+        from qldbstream.core.masking_text import mask_text
+
+        return mask_text(self, text)
+
+    def masked_text(self, value: Any) -> str:
+        """Compact Ion text of the masked value: what logs and the DLQ may show."""
+        from amazon.ion import simpleion
+
+        text: str = simpleion.dumps(self.mask(value), binary=False)
+        return text.removeprefix("$ion_1_0 ")
+
+    def _walk(self, value: Any, rule: MaskingRule | None, found: set[str] | None) -> Any:
+        from amazon.ion import simple_types as st
+        from amazon.ion.core import IonType
+
+        ion_type = _ion_type(value)
+        if ion_type == IonType.STRUCT and not _is_null(value):
+            pairs = value.iteritems() if hasattr(value, "iteritems") else value.items()
+            masked = [(k, self._walk(v, rule or self.rule_for(str(k)), found)) for k, v in pairs]
+            if not hasattr(value, "ion_type"):
+                return dict(masked)
+            if rule is not None and rule.masking_type is MaskingType.REDACT:
+                return _rebuild(value, ion_type, None)
+            out = st.IonPyDict.from_value(IonType.STRUCT, {}, getattr(value, "ion_annotations", ()))
+            for k, v in masked:
+                out.add_item(k, v)
+            return out
+        if ion_type in (IonType.LIST, IonType.SEXP) and not _is_null(value):
+            if rule is not None and rule.masking_type is MaskingType.REDACT:
+                return _rebuild(value, ion_type, None)
+            items = [self._walk(v, rule, found) for v in value]
+            return _rebuild(value, ion_type, items) if hasattr(value, "ion_type") else type(value)(items)
+        if rule is None or _is_null(value):
+            return value
+        if found is not None and not isinstance(value, bytes | bytearray):
+            found.add(_text(value))
+        return self._scalar(value, ion_type, rule)
+
+    def _scalar(self, value: Any, ion_type: Any, rule: MaskingRule) -> Any:
+        from amazon.ion.core import IonType
+
+        texty = ion_type in (IonType.STRING, IonType.SYMBOL)
+        if rule.masking_type is MaskingType.REDACT:
+            return _rebuild(value, ion_type, None) if hasattr(value, "ion_type") else None
+        if rule.masking_type is MaskingType.PARTIAL:
+            text = _text(value)
+            keep = rule.visible_chars if len(text) > rule.visible_chars else 0
+            masked = "*" * (len(text) - keep) + text[len(text) - keep :]
+            return _rebuild(value, ion_type if texty else IonType.STRING, masked)
+        assert self._key is not None
+        if texty:
+            message = _text(value).encode("utf-8")
+        elif ion_type in (IonType.BLOB, IonType.CLOB):
+            message = b"blob:" + bytes(value)
+        else:
+            message = f"{ion_type.name}:{value!s}".encode()
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        if ion_type in (IonType.BLOB, IonType.CLOB):
+            return _rebuild(value, ion_type, digest)
+        if ion_type == IonType.INT and not isinstance(value, bool):
+            return _rebuild(value, ion_type, int.from_bytes(digest[:8], "big") >> 1)
+        return _rebuild(value, ion_type if texty else IonType.STRING, digest.hex())
+
+    def scrub(self, text: str, secrets: Iterable[str]) -> str:
+        """``text`` with every occurrence of each secret replaced by ``****``."""
+        for secret in secrets:
+            text = text.replace(secret, "****")
+        return text
+
+
+def masked_copy(record: Any, masker: Masker) -> Any:
+    """A copy of a journal record that gives masked values: a revision's ``ion`` and ``data``, a
+    block summary's statement texts (:meth:`Masker.mask_statement`).
+
+    ``raw`` (the verified original bytes) and every identity field are unchanged; the copy's
+    ``masker`` is set, so that a handler that writes records out (replication) knows to write the
+    masked form. CONTROL records, and records masked by ``masker`` already, are returned as they are.
+    """
+    from qldbstream.core.decode import BlockSummary, RevisionDetails
+
+    if not isinstance(record, RevisionDetails | BlockSummary) or record.masker is masker:
+        return record
+    view = copy.copy(record)
+    view.mask_with(masker)
+    return view
+
+
+def _with_field(struct: Any, name: str, value: Any) -> Any:
+    """A new struct like ``struct`` (type, annotations, field order) with field ``name`` replaced."""
+    if not hasattr(struct, "iteritems"):
+        return {**struct, name: value}
+    from amazon.ion import simple_types as st
+
+    out = st.IonPyDict.from_value(struct.ion_type, {}, getattr(struct, "ion_annotations", ()))
+    for key, item in struct.iteritems():
+        out.add_item(key, value if key == name else item)
+    return out
+
+
+# --- the dead-letter queue -------------------------------------------------------------------------
+
+
+class Sealer(Protocol):
+    """Encrypts the raw bytes of a dead-lettered record so that only replay can read them."""
+
+    def seal(self, data: bytes, context: str) -> dict[str, str]: ...
+    def open(self, sealed: Mapping[str, str], context: str) -> bytes: ...
+
+
+class AesGcmSealer:
+    """AES-256-GCM under a static key (``dlq_key``: 32 bytes, base64); ``context`` is the AAD."""
+
+    def __init__(self, key: bytes, key_id: str = "static") -> None:
+        if len(key) != 32:
+            raise ConfigurationError("masking: the DLQ key must be 32 bytes (base64 of 32 random bytes)")
+        self._key = key
+        self.key_id = key_id
+
+    def __repr__(self) -> str:
+        return f"AesGcmSealer({self.key_id!r})"
+
+    def seal(self, data: bytes, context: str) -> dict[str, str]:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = os.urandom(12)
+        sealed = AESGCM(self._key).encrypt(nonce, data, context.encode("utf-8"))
+        return {"alg": "AES-256-GCM", "kid": self.key_id, "nonce": _b64(nonce), "ct": _b64(sealed)}
+
+    def open(self, sealed: Mapping[str, str], context: str) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        return AESGCM(self._key).decrypt(
+            base64.b64decode(sealed["nonce"]), base64.b64decode(sealed["ct"]), context.encode("utf-8")
+        )
+
+
+class KmsSealer:
+    """Envelope encryption: a fresh data key from KMS per record (``GenerateDataKey``), AES-256-GCM
+    locally, the encrypted data key stored with the ciphertext; replay asks KMS to decrypt it."""
+
+    def __init__(self, client: Any, key_id: str) -> None:
+        self.client = client
+        self.key_id = key_id
+        #: data keys already decrypted (a batch sealed with :meth:`batch` shares one)
+        self._opened: dict[str, bytes] = {}
+
+    def __repr__(self) -> str:
+        return f"KmsSealer({self.key_id!r})"
+
+    def seal(self, data: bytes, context: str) -> dict[str, str]:
+        return self.batch().seal(data, context)
+
+    def batch(self) -> Sealer:
+        """A sealer that seals many records under one fresh data key (one ``GenerateDataKey``
+        call): for a batch that is written together, e.g. a replica's flush."""
+        response = self.client.generate_data_key(KeyId=self.key_id, KeySpec="AES_256")
+        return _DataKeySealer(
+            AesGcmSealer(response["Plaintext"], self.key_id), _b64(response["CiphertextBlob"])
+        )
+
+    def open(self, sealed: Mapping[str, str], context: str) -> bytes:
+        edk = sealed["edk"]
+        key = self._opened.get(edk)
+        if key is None:
+            key = self.client.decrypt(CiphertextBlob=base64.b64decode(edk))["Plaintext"]
+            if len(self._opened) >= 1024:
+                self._opened.clear()
+            self._opened[edk] = key
+        return AesGcmSealer(key, self.key_id).open(sealed, context)
+
+
+class _DataKeySealer:
+    """Seals under one KMS data key (see :meth:`KmsSealer.batch`); opening is :class:`KmsSealer`'s."""
+
+    def __init__(self, sealer: AesGcmSealer, edk: str) -> None:
+        self._sealer = sealer
+        self._edk = edk
+
+    def seal(self, data: bytes, context: str) -> dict[str, str]:
+        return {**self._sealer.seal(data, context), "alg": "KMS+AES-256-GCM", "edk": self._edk}
+
+    def open(self, sealed: Mapping[str, str], context: str) -> bytes:
+        return self._sealer.open(sealed, context)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+_RAW_FIELDS = ("user_record_data", "kinesis_data")
+
+
+def _context(envelope: Mapping[str, Any], name: str) -> str:
+    parts = ("stream_arn", "shard_id", "sequence_number", "sub_sequence_number")
+    return "|".join(str(envelope.get(p)) for p in parts) + "|" + name
+
+
+def seal_envelope(
+    envelope: Mapping[str, Any], masker: Masker, sealer: Sealer, data: Any = None
+) -> dict[str, Any]:
+    """A dead-letter envelope (its JSON fields) safe for humans: the raw bytes sealed into
+    ``sealed``, the masked document as Ion text in ``masked_data`` (when ``data`` is given), and
+    the error message and traceback scrubbed of the document's sensitive values."""
+    out = dict(envelope)
+    sealed: dict[str, dict[str, str]] = {}
+    for name in _RAW_FIELDS:
+        raw = out.get(name)
+        if raw is not None:
+            # Only the sealer may raise (a KMS outage: the letter cannot be stored yet, the
+            # checkpoint must hold); nothing below does, whatever the document holds.
+            sealed[name] = sealer.seal(base64.b64decode(raw), _context(envelope, name))
+            out[name] = None
+    try:
+        from qldbstream.core.decode import UNREADABLE
+
+        if data is UNREADABLE:
+            raise ValueError("amazon-ion cannot load the document")
+        secrets = masker.secrets(data) if data is not None else []
+        masked_data = masker.masked_text(data) if data is not None else None
+        for name in ("error_message", "traceback"):
+            if isinstance(out.get(name), str):
+                out[name] = masker.mask_text(masker.scrub(out[name], secrets))
+    except Exception as exc:  # the document cannot be masked: withhold what might quote it
+        masked_data = None
+        reason = f"withheld: the document could not be masked ({type(exc).__name__})"
+        out["error_message"] = f"{out.get('error_type') or 'error'} [{reason}]"
+        out["traceback"] = None
+    out["sealed"] = sealed
+    out["masked_data"] = masked_data
+    out["masked"] = True
+    return out
+
+
+def open_envelope(envelope: Mapping[str, Any], sealer: Sealer) -> dict[str, Any]:
+    """The envelope with its raw bytes back (base64) and ``sealed`` emptied, for replay:
+    verification runs on them."""
+    out = dict(envelope)
+    for name, sealed in (envelope.get("sealed") or {}).items():
+        out[name] = _b64(sealer.open(sealed, _context(envelope, name)))
+    out["sealed"] = {}
+    return out
+
+
+def masking_from_settings(
+    rules: str | None = None,
+    hash_key: str | None = None,
+    dlq_key: str | None = None,
+    dlq_kms_key_id: str | None = None,
+    kms_client: Callable[[], Any] | None = None,
+) -> tuple[Masker, Sealer | None]:
+    """The masker (the seed's rules unless ``rules`` is given) and the DLQ sealer, from settings.
+
+    ``dlq_key`` is base64 of 32 random bytes; ``dlq_kms_key_id`` (a KMS key id, ARN or alias)
+    wins over it. Without either, dead letters cannot be sealed (see ``docs/handlers/masking.md``).
+    """
+    masker = Masker(parse_rules(rules) if rules else DEFAULT_RULES, hash_key or None)
+    sealer: Sealer | None = None
+    if dlq_kms_key_id:
+        if kms_client is None:
+            raise ConfigurationError("masking: a KMS DLQ key needs a KMS client")
+        sealer = KmsSealer(kms_client(), dlq_kms_key_id)
+    elif dlq_key:
+        try:
+            key = base64.b64decode(dlq_key, validate=True)
+        except ValueError:
+            raise ConfigurationError("masking: the DLQ key is not valid base64") from None
+        sealer = AesGcmSealer(key, "static:" + hashlib.sha256(key).hexdigest()[:8])
+    return masker, sealer
