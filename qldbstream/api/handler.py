@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -66,7 +66,7 @@ class HandlerContext:
     shard_id: str | None
     #: 1 on the first delivery of this batch to this handler, then 2, 3, ... on retries
     attempt: int = 1
-    #: ``time.monotonic()`` value by which the work must be done (``None``: no deadline)
+    #: ``clock()`` value by which the work must be done (``None``: no deadline)
     deadline: float | None = None
     position: Position | None = None
     record_index: int | None = None
@@ -84,12 +84,16 @@ class HandlerContext:
     #: them passed), ``chain-confirmed`` (and the next block confirmed their block), or
     #: ``observe-only`` (``verification_action = deliver``: delivered whatever the checks said)
     delivery: str = "verified"
+    #: The clock ``deadline`` is read against: the pipeline's (or the runtime's) injected clock,
+    #: so that ``remaining_time`` agrees with the deadline the pipeline enforces.
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
     def remaining_time(self) -> float | None:
-        """Seconds left before the deadline (``None`` when there is none)."""
-        return None if self.deadline is None else self.deadline - time.monotonic()
+        """Seconds left before the deadline by :attr:`clock` (``None`` when there is none)."""
+        return None if self.deadline is None else self.deadline - self.clock()
 
     def for_record(self, record: JournalRecord, index: int) -> HandlerContext:
+        """A copy positioned on ``records[index]`` (``position``, ``record_index``, ``late``)."""
         return replace(self, position=record.position, record_index=index, late=index in self.late_indexes)
 
 
@@ -103,6 +107,15 @@ class Handler:
     #: a handler that only wants each document's newest version (a state mirror) declares
     #: ``"drop"``; ``"reorder"`` holds a revision briefly for the versions before it.
     late_policy: str | None = None
+    #: Exception types this handler knows to be transient (a sink throttling, a timeout): the
+    #: pipeline retries the batch with backoff and, when retries run out, halts the shard at the
+    #: record (the checkpoint holds; the record is delivered again later). Checked before the
+    #: built-in classification.
+    retryable_errors: tuple[type[BaseException], ...] = ()
+    #: Exception types that mean "this record can never succeed" (data the handler cannot take):
+    #: the pipeline dead-letters the record at once, without retrying, and goes on with the next.
+    #: Checked first, before ``retryable_errors``.
+    poison_errors: tuple[type[BaseException], ...] = ()
 
     def setup(self, ctx: SetupContext) -> None:
         """Called once before the first batch."""

@@ -38,9 +38,11 @@ from qldbstream.api.metrics import Metrics, NullMetrics
 from qldbstream.core.admit import Admission, Entry, UnverifiableRecordError
 from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate
 from qldbstream.core.decode import BlockSummary, ControlRecord, JournalRecord, RevisionDetails, decode
-from qldbstream.core.dedupe import DedupeStore, InMemoryDedupeStore, LatePolicy, Planner
+from qldbstream.core.dedupe import DedupeStore, LatePolicy, Planner
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from qldbstream.core.errors import DeaggregationError, PoisonRecordError
-from qldbstream.core.gate import OWN_BLOCK_CHECKS, Delivery, GateStore, InMemoryGateStore
+from qldbstream.core.gate import OWN_BLOCK_CHECKS, Delivery, GateStore
+from qldbstream.pipeline.stores import InMemoryGateStore
 from qldbstream.core.masking import Masker, Sealer, seal_envelope
 from qldbstream.core.order import JournalOrder
 from qldbstream.core.records import KinesisRecord, UserRecord
@@ -171,7 +173,7 @@ class Pipeline:
             raise ValueError(f"handler names must be unique: {names}")
         self.handlers = list(handlers)
         self.dlq = dlq
-        self.store = store if store is not None else InMemoryDedupeStore()
+        self.store = store if store is not None else InMemoryDedupeStore(clock=wall_clock)
         self.settings = settings or PipelineSettings()
         self.metrics = metrics or NullMetrics()
         self.clock = clock
@@ -193,7 +195,7 @@ class Pipeline:
             for h in handlers
         }
         self.planners = {
-            h.name: Planner(h.name, self.store, _late_policy(h, s.late_policy), s.reorder_window, clock)
+            h.name: Planner(h.name, self.store, _late_policy(h, s.late_policy), s.reorder_window, clock=clock)
             for h in handlers
         }
         #: poison records this pipeline dead-lettered recently (not written again on redelivery)
@@ -712,6 +714,7 @@ class Pipeline:
             window_state=window_state,
             late_indexes=late,
             delivery=self._guarantee,
+            clock=self.clock,
         )
         halted_at = self._deliver(handler, order, ctx, result)
         done = [e for e in order if e.hstate[name] == "done"]

@@ -371,6 +371,7 @@ class LambdaHandler:
                 logger=logging.getLogger(f"qldbstream.handler.{h.name}"),
                 metrics=metrics,
                 window_state=window.state,
+                clock=self._clock,
             )
             try:  # retried as the pipeline retries every handler call (within the deadline)
                 self.pipeline.run_hook(
