@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qldbstream.api.router import Router
-from qldbstream.core.dedupe import InMemoryDedupeStore
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import Pipeline
 from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from qldbstream.simulate import DeliveryOptions, SimulationConfig, Workload, simulate
 
 

@@ -20,9 +20,9 @@ from qldbstream.api.handler import Handler, SetupContext
 from qldbstream.api.metrics import Metrics
 from qldbstream.app.config import Settings, load_settings
 from qldbstream.app.plugins import load_handlers
-from qldbstream.core.dedupe import DedupeStore, InMemoryDedupeStore
+from qldbstream.core.dedupe import DedupeStore
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.core.gate import GateStore, InMemoryGateStore
+from qldbstream.core.gate import GateStore
 from qldbstream.core.masking import (
     AesGcmSealer,
     Masker,
@@ -39,6 +39,7 @@ from qldbstream.io.logs import configure_logging
 from qldbstream.io.metrics import build_metrics
 from qldbstream.pipeline.batch import Pipeline
 from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue, SqsDeadLetterQueue
+from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore
 
 __all__ = ["App", "NoDeadLetterQueue"]
 
@@ -134,7 +135,7 @@ class App:
     def _build_store(self) -> DedupeStore:
         spec = self.settings.dedupe_store
         if spec == "memory":
-            return InMemoryDedupeStore(ttl=self.settings.dedupe_ttl_seconds)
+            return InMemoryDedupeStore(ttl=self.settings.dedupe_ttl_seconds, clock=time.time)
         from qldbstream.io.dynamodb import DynamoDBDedupeStore
 
         store = DynamoDBDedupeStore(
@@ -218,6 +219,7 @@ class App:
             settings=self.settings.pipeline_settings(),
             metrics=self.metrics,
             clock=clock,
+            wall_clock=time.time,
             sleep=sleep,
             allow_hold=allow_hold,
             masker=self.masker,

@@ -43,8 +43,6 @@ crash between delivery and commit means a redelivery, never a loss.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -56,7 +54,6 @@ __all__ = [
     "Claim",
     "ClaimResult",
     "DedupeStore",
-    "InMemoryDedupeStore",
     "LatePolicy",
     "Plan",
     "Planner",
@@ -81,7 +78,8 @@ class Watermark:
 
 
 class DedupeStore(Protocol):
-    """Where done marks and high-water marks live (in memory, or DynamoDB for several workers).
+    """Where done marks and high-water marks live (in memory,
+    :class:`qldbstream.pipeline.stores.InMemoryDedupeStore`, or DynamoDB for several workers).
 
     Implementations must make :meth:`advance` conditional (never lower a mark) and may expire
     entries after their TTL.
@@ -193,7 +191,10 @@ class Plan:
 
 
 class Planner:
-    """Plans deliveries for one handler and records what was done."""
+    """Plans deliveries for one handler and records what was done.
+
+    ``clock`` (seconds, e.g. the pipeline's monotonic clock) times the reorder policy's holds:
+    the core never reads the time itself."""
 
     def __init__(
         self,
@@ -201,14 +202,15 @@ class Planner:
         store: DedupeStore,
         policy: LatePolicy = LatePolicy.DROP,
         reorder_window: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
+        *,
+        clock: Callable[[], float],
     ) -> None:
         self.handler = handler
         self.store = store
         self.policy = policy
         self.reorder_window = reorder_window
         self.clock = clock
-        #: key -> monotonic time it was first held (reorder policy)
+        #: key -> ``clock()`` when it was first held (reorder policy)
         self._held_since: dict[str, float] = {}
         #: a store shared by several processes decides at claim time, just before delivery
         self.claims = bool(getattr(store, "shared", False))
@@ -373,135 +375,3 @@ class Planner:
     @property
     def holding(self) -> int:
         return len(self._held_since)
-
-
-class InMemoryDedupeStore:
-    """A bounded in-memory store: for Lambda-local state, a single worker, and tests.
-
-    Done marks and watermarks are kept in LRU order and expire after ``ttl`` seconds; beyond
-    ``max_entries`` per kind the least recently used are forgotten (a duplicate that old is
-    then delivered again, which an idempotent sink absorbs).
-    """
-
-    def __init__(
-        self, max_entries: int = 200_000, ttl: float = 7 * 24 * 3600.0, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.max_entries = max_entries
-        self.ttl = ttl
-        self.clock = clock
-        self._done: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self._marks: OrderedDict[tuple[str, str], tuple[Watermark, float]] = OrderedDict()
-        #: (handler, key) -> (owner, expires, holder, lease ends); (handler, documentId) -> owner of its mark
-        self._claims: OrderedDict[tuple[str, str], tuple[str, float, str, float]] = OrderedDict()
-        self._mark_owner: dict[tuple[str, str], str] = {}
-        #: (handler, documentId) -> (locker, until): a revision of it is being delivered
-        self._locks: dict[tuple[str, str], tuple[str, float]] = {}
-
-    #: one process: the planner's read-then-write is enough; :meth:`claim` exists so that the
-    #: store contract tests hold this store and the shared ones to the same rules
-    shared = False
-
-    def done(self, handler: str, keys: Sequence[str]) -> set[str]:
-        now = self.clock()
-        out = set()
-        for key in keys:
-            expires = self._done.get((handler, key))
-            if expires is not None:
-                if expires > now:
-                    out.add(key)
-                    self._done.move_to_end((handler, key))
-                else:
-                    del self._done[(handler, key)]
-        return out
-
-    def mark_done(self, handler: str, keys: Sequence[str]) -> None:
-        expires = self.clock() + self.ttl
-        for key in keys:
-            self._done[(handler, key)] = expires
-            self._done.move_to_end((handler, key))
-        while len(self._done) > self.max_entries:
-            self._done.popitem(last=False)
-
-    def watermarks(self, handler: str, document_ids: Sequence[str]) -> dict[str, Watermark]:
-        now = self.clock()
-        out = {}
-        for doc in document_ids:
-            entry = self._marks.get((handler, doc))
-            if entry is not None:
-                if entry[1] > now:
-                    out[doc] = entry[0]
-                    self._marks.move_to_end((handler, doc))
-                else:
-                    del self._marks[(handler, doc)]
-        return out
-
-    def advance(self, handler: str, marks: dict[str, Watermark]) -> None:
-        expires = self.clock() + self.ttl
-        for doc, mark in marks.items():
-            current = self._marks.get((handler, doc))
-            if current is None or current[1] <= self.clock() or mark.version > current[0].version:
-                self._marks[(handler, doc)] = (mark, expires)
-                self._mark_owner.pop((handler, doc), None)
-            self._marks.move_to_end((handler, doc))
-        while len(self._marks) > self.max_entries:
-            handler_doc, _ = self._marks.popitem(last=False)
-            self._mark_owner.pop(handler_doc, None)
-
-    def claim(self, handler: str, claims: Sequence[Claim]) -> list[ClaimResult]:
-        now = self.clock()
-        expires = now + self.ttl
-        out = []
-        for c in claims:
-            held = self._claims.get((handler, c.key))
-            if held is not None and held[1] > now:
-                if held[0] != c.owner:
-                    out.append(ClaimResult.DUPLICATE)
-                    continue
-                if held[2] and held[2] != c.holder and held[3] > now:
-                    out.append(ClaimResult.BUSY)
-                    continue
-            self._claims[(handler, c.key)] = (c.owner, expires, c.holder, now + c.lease if c.holder else 0.0)
-            self._claims.move_to_end((handler, c.key))
-            if c.document_id is None:
-                out.append(ClaimResult.ORDERED)
-                continue
-            doc = (handler, c.document_id)
-            current = self._marks.get(doc)
-            newer = (
-                current is None
-                or current[1] <= now
-                or current[0].version < c.version
-                or (current[0].version == c.version and self._mark_owner.get(doc) == c.owner)
-            )
-            lock = self._locks.get(doc)
-            if not newer:
-                out.append(ClaimResult.LATE)
-            elif lock is not None and lock[0] != c.locker and lock[1] > now:
-                out.append(ClaimResult.WAIT)
-            else:
-                self._marks[doc] = (Watermark(c.version, c.deleted), expires)
-                self._marks.move_to_end(doc)
-                self._mark_owner[doc] = c.owner
-                self._locks[doc] = (c.locker, now + DOCUMENT_LOCK)
-                out.append(ClaimResult.ORDERED)
-        while len(self._claims) > self.max_entries:
-            self._claims.popitem(last=False)
-        while len(self._marks) > self.max_entries:
-            handler_doc, _ = self._marks.popitem(last=False)
-            self._mark_owner.pop(handler_doc, None)
-        return out
-
-    def unclaim(self, handler: str, claims: Sequence[tuple[str, str]]) -> None:
-        for key, owner in claims:
-            held = self._claims.get((handler, key))
-            if held is not None and held[0] == owner:
-                del self._claims[(handler, key)]
-
-    def unlock(self, handler: str, locks: Mapping[str, str]) -> None:
-        for doc, locker in locks.items():
-            lock = self._locks.get((handler, doc))
-            if lock is not None and lock[0] == locker:
-                del self._locks[(handler, doc)]
-
-    def __len__(self) -> int:
-        return len(self._done) + len(self._marks)

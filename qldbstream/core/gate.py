@@ -32,9 +32,7 @@ decides what to do with a :class:`Judgement`.
 from __future__ import annotations
 
 import base64
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -49,7 +47,6 @@ __all__ = [
     "BlockVerdict",
     "Delivery",
     "GateStore",
-    "InMemoryGateStore",
     "Judgement",
     "Link",
     "ParkedRecord",
@@ -423,7 +420,8 @@ class ParkedRecord:
 
 
 class GateStore(Protocol):
-    """Where block verdicts and parked records live: in memory, or DynamoDB for several processes.
+    """Where block verdicts and parked records live: in memory
+    (:class:`qldbstream.pipeline.stores.InMemoryGateStore`), or DynamoDB for several processes.
 
     Contract (the same tests run against every implementation):
 
@@ -458,77 +456,3 @@ class GateStore(Protocol):
     def expired(self, parked_before: float, limit: int) -> list[ParkedRecord]:
         """Up to ``limit`` parked records parked before ``parked_before`` (epoch seconds), oldest first."""
         ...
-
-
-@dataclass
-class InMemoryGateStore:
-    """The gate's state in this process (the standalone worker, one-off runs, tests).
-
-    Verdicts are bounded (least recently used forgotten beyond ``max_blocks``: a revision of a
-    forgotten block waits again, and is dead-lettered as unverifiable if its block never comes
-    back). Parked records are not bounded here: the pipeline bounds them (``max_parked``).
-    """
-
-    max_blocks: int = 200_000
-    _blocks: OrderedDict[BlockKey, BlockVerdict] = field(default_factory=OrderedDict)
-    _parked: dict[BlockKey, dict[str, ParkedRecord]] = field(default_factory=dict)
-
-    @property
-    def durable(self) -> bool:
-        return False
-
-    def blocks(self, keys: Sequence[BlockKey]) -> dict[BlockKey, BlockVerdict]:
-        out = {}
-        for key in keys:
-            verdict = self._blocks.get(key)
-            if verdict is not None:
-                out[key] = verdict
-                self._blocks.move_to_end(key)
-        return out
-
-    def put_block(self, verdict: BlockVerdict) -> BlockVerdict:
-        stored = self._blocks.get(verdict.key)
-        if stored is not None:
-            return stored
-        self._blocks[verdict.key] = verdict
-        while len(self._blocks) > self.max_blocks:
-            self._blocks.popitem(last=False)
-        return verdict
-
-    def set_link(self, key: BlockKey, link: Link) -> None:
-        verdict = self._blocks.get(key)
-        if verdict is not None and verdict.link is not Link.BROKEN:
-            verdict.link = link
-
-    def park(self, records: Sequence[ParkedRecord]) -> None:
-        for record in records:
-            self._parked.setdefault(record.key, {}).setdefault(record.id, record)
-
-    def parked(self, key: BlockKey) -> list[ParkedRecord]:
-        return list(self._parked.get(key, {}).values())
-
-    def unpark(self, key: BlockKey, ids: Sequence[str]) -> None:
-        waiting = self._parked.get(key)
-        if waiting is None:
-            return
-        for i in ids:
-            waiting.pop(i, None)
-        if not waiting:
-            del self._parked[key]
-
-    def expired(self, parked_before: float, limit: int) -> list[ParkedRecord]:
-        old = [
-            r for waiting in self._parked.values() for r in waiting.values() if r.parked_at < parked_before
-        ]
-        old.sort(key=lambda r: r.parked_at)
-        return old[:limit]
-
-    def parked_count(self) -> int:
-        return sum(len(w) for w in self._parked.values())
-
-
-def wall_clock() -> float:
-    return time.time()
-
-
-WallClock = Callable[[], float]

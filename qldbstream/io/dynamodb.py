@@ -31,7 +31,7 @@ rises: :meth:`DynamoDBDedupeStore.advance` is a conditional ``UpdateItem``
 (``attribute_not_exists(pk) OR version < :v``), so two workers racing cannot lower it. Every
 item carries ``ttl``; DynamoDB deletes expired items within a day or two, and until then this
 store treats an item whose ``ttl`` has passed as absent (as
-:class:`~qldbstream.core.dedupe.InMemoryDedupeStore`
+:class:`~qldbstream.pipeline.stores.InMemoryDedupeStore`
 does). Reads are strongly consistent, so a mark written by one worker is seen by the next read.
 
 **Checkpoints** (:class:`DynamoDBCheckpointStore`, partition key ``stream`` (S), sort key

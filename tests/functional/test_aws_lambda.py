@@ -23,11 +23,11 @@ from qldbstream.app.assembly import App
 from qldbstream.app.config import Settings
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import BlockSummary, RevisionDetails, decode
-from qldbstream.core.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.core.dedupe import LatePolicy
 from qldbstream.core.errors import ConfigurationError, HaltShardError, RetryableError
-from qldbstream.core.gate import InMemoryGateStore
 from qldbstream.io.lambda_event import kinesis_record
 from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
+from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore
 from qldbstream.runtimes import aws_lambda
 from qldbstream.runtimes.aws_lambda import BatchFailedError, LambdaHandler, TumblingWindow, make_handler
 from qldbstream.simulate import Simulation

@@ -12,11 +12,11 @@ import pytest
 
 from qldbstream.api.handler import Handler, HandlerContext
 from qldbstream.core.decode import JournalRecord, RevisionDetails
-from qldbstream.core.dedupe import InMemoryDedupeStore
-from qldbstream.core.gate import Delivery, InMemoryGateStore
+from qldbstream.core.gate import Delivery
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import BatchResult, Pipeline, PipelineSettings
 from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.forge import Delivery as Stream
 from tests.support.forge import forge_stream

@@ -32,10 +32,10 @@ import pytest
 
 from qldbstream.app.assembly import App
 from qldbstream.app.config import Settings
-from qldbstream.core.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.core.dedupe import LatePolicy
 from qldbstream.core.gate import Delivery as DeliveryMode
-from qldbstream.core.gate import InMemoryGateStore
 from qldbstream.pipeline.batch import Pipeline
+from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore
 from tests.support.delivery_matrix import (
     CellResult,
     LockedDLQ,

@@ -13,11 +13,12 @@ from qldbstream.api.handler import Handler, HandlerContext
 from qldbstream.api.router import Router
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import JournalRecord, RevisionDetails, decode
-from qldbstream.core.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.core.dedupe import LatePolicy
 from qldbstream.core.errors import RetryableError
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings, VerificationAction
 from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
 from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records, simulation
 

@@ -31,9 +31,10 @@ from qldbstream_handlers.export.storage import LocalStorage
 
 from qldbstream.api.handler import HandlerContext, SetupContext
 from qldbstream.api.metrics import InMemoryMetrics
-from qldbstream.core.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.core.dedupe import LatePolicy
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from qldbstream.simulate import Simulation
 from tests.functional.test_pipeline import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records, simulation

@@ -36,10 +36,11 @@ from qldbstream.api.metrics import InMemoryMetrics
 from qldbstream.app.plugins import load_handler
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails, decode
-from qldbstream.core.dedupe import DedupeStore, InMemoryDedupeStore, LatePolicy, Watermark
+from qldbstream.core.dedupe import DedupeStore, LatePolicy, Watermark
 from qldbstream.core.errors import ConfigurationError
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import BatchResult, Pipeline, PipelineSettings
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from qldbstream.simulate import LedgerRevision, Simulation
 from qldbstream.simulate.values import ion_text
 from tests.functional.test_pipeline import FakeTime

@@ -33,11 +33,12 @@ from qldbstream_handlers.fraud import (
 from qldbstream.api.handler import HandlerContext
 from qldbstream.api.metrics import InMemoryMetrics
 from qldbstream.app.plugins import load_handler
-from qldbstream.core.dedupe import DedupeStore, InMemoryDedupeStore
+from qldbstream.core.dedupe import DedupeStore
 from qldbstream.core.errors import ConfigurationError
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from qldbstream.simulate import DeliveryOptions, Simulation, SimulationConfig, Workload, WorkloadMix, simulate
 from tests.functional.test_pipeline import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records

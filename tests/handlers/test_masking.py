@@ -24,7 +24,6 @@ from qldbstream.api.router import Router
 from qldbstream.app.config import load_settings
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import RevisionDetails, decode
-from qldbstream.core.dedupe import InMemoryDedupeStore
 from qldbstream.core.errors import ConfigurationError, PoisonRecordError
 from qldbstream.core.masking import (
     DEFAULT_RULES,
@@ -42,6 +41,7 @@ from qldbstream.core.masking import (
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.dlq import DeadLetter
 from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from tests.functional.test_pipeline import FakeTime, MemoryDLQ
 from tests.support.streams import kinesis_records, simulation
 

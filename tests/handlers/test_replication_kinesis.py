@@ -26,12 +26,12 @@ from qldbstream.api.metrics import InMemoryMetrics
 from qldbstream.cli.dr_check import Copy, compare, scan
 from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate
 from qldbstream.core.decode import RecordType, RevisionDetails, decode
-from qldbstream.core.dedupe import InMemoryDedupeStore
 from qldbstream.core.records import KinesisRecord
 from qldbstream.io.kinesis_reader import read_stream
 from qldbstream.io.kinesis_writer import PutEntry, create_stream, put_records
 from qldbstream.pipeline.batch import BatchResult, Pipeline, PipelineSettings
 from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from qldbstream.simulate import Simulation
 from tests.support.aws import REGION, client
 from tests.support.fakes import FakeTime, MemoryDLQ

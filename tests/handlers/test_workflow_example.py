@@ -22,8 +22,8 @@ from qldbstream_handlers.workflow.example import ComplianceUnavailable, ExampleS
 from qldbstream_handlers.workflow.example.tasks import compliance_rule
 
 from qldbstream.api.metrics import InMemoryMetrics
-from qldbstream.core.dedupe import InMemoryDedupeStore
 from qldbstream.pipeline.batch import Pipeline
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from qldbstream.simulate import Simulation, WorkloadMix
 from tests.support.aws import client
 from tests.support.fakes import FakeTime, MemoryDLQ

@@ -16,10 +16,10 @@ from qldbstream_handlers.workflow import InMemoryDoneMarkers, TaskContext, TaskR
 from qldbstream.api.metrics import InMemoryMetrics
 from qldbstream.app.plugins import load_handler
 from qldbstream.core.decode import RevisionDetails
-from qldbstream.core.dedupe import InMemoryDedupeStore
 from qldbstream.core.errors import ConfigurationError, RetryableError
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records, simulation
 

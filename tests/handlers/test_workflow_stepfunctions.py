@@ -19,8 +19,8 @@ from qldbstream_handlers.workflow import WorkflowHandler
 from qldbstream_handlers.workflow.example import definition
 
 from qldbstream.api.metrics import InMemoryMetrics
-from qldbstream.core.dedupe import InMemoryDedupeStore
 from qldbstream.pipeline.batch import Pipeline
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from tests.support.aws import client
 from tests.support.fakes import MemoryDLQ
 from tests.support.servers import MotoServer

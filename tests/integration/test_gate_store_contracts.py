@@ -21,7 +21,7 @@ from typing import Any, cast
 import pytest
 
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.core.gate import BlockKey, BlockVerdict, GateStore, InMemoryGateStore, Link, ParkedRecord
+from qldbstream.core.gate import BlockKey, BlockVerdict, GateStore, Link, ParkedRecord
 from qldbstream.io.dynamodb import DynamoDBDedupeStore
 from qldbstream.io.gate_dynamodb import (
     EXPIRY_INDEX,
@@ -29,6 +29,7 @@ from qldbstream.io.gate_dynamodb import (
     DynamoDBGateStore,
     ParkedRecordTooLarge,
 )
+from qldbstream.pipeline.stores import InMemoryGateStore
 from tests.support.aws import client
 from tests.support.servers import MotoServer
 

@@ -32,7 +32,6 @@ from qldbstream.cli import replay_dlq
 from qldbstream.core.aggregate import MAX_RECORD_BYTES, aggregate
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import JournalRecord, RevisionDetails, decode
-from qldbstream.core.dedupe import InMemoryDedupeStore
 from qldbstream.core.errors import ConfigurationError, InputError
 from qldbstream.core.records import KinesisRecord
 from qldbstream.io.dynamodb import DynamoDBDedupeStore
@@ -40,6 +39,7 @@ from qldbstream.io.kinesis_writer import PutEntry, put_records
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.dlq import SQS_MAX_BYTES, DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue
 from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from qldbstream.runtimes.replay import (
     LambdaFailure,
     Replayer,

@@ -22,12 +22,13 @@ from botocore.exceptions import ClientError
 from qldbstream.api.handler import HandlerContext
 from qldbstream.api.router import Router
 from qldbstream.core.decode import RevisionDetails
-from qldbstream.core.dedupe import Claim, ClaimResult, DedupeStore, InMemoryDedupeStore, LatePolicy, Watermark
+from qldbstream.core.dedupe import Claim, ClaimResult, DedupeStore, LatePolicy, Watermark
 from qldbstream.core.errors import RetryableError
 from qldbstream.io.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore, position_key
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.checkpoint import Checkpoint, CheckpointStore, InMemoryCheckpointStore
 from qldbstream.pipeline.reliability import Disposition, RetryPolicy, classify
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 from tests.support.aws import client
 from tests.support.servers import MotoServer
 from tests.support.streams import batches, kinesis_records, simulation

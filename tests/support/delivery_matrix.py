@@ -68,11 +68,10 @@ from qldbstream.api.handler import Handler, HandlerContext
 from qldbstream.app.assembly import App
 from qldbstream.app.config import Settings
 from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails
-from qldbstream.core.dedupe import InMemoryDedupeStore
 from qldbstream.core.gate import Delivery as DeliveryMode
-from qldbstream.core.gate import InMemoryGateStore
 from qldbstream.pipeline.batch import BatchResult, Pipeline
 from qldbstream.pipeline.dlq import DeadLetter
+from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore
 from qldbstream.runtimes.aws_lambda import LambdaHandler, make_handler
 from tests.support.forge import Delivery, GroundTruth, ShardRecord
 

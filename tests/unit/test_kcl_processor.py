@@ -31,13 +31,13 @@ from qldbstream.api.handler import Handler, HandlerContext
 from qldbstream.app.config import load_settings
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails, decode, decode_bytes
-from qldbstream.core.dedupe import InMemoryDedupeStore, LatePolicy
+from qldbstream.core.dedupe import LatePolicy
 from qldbstream.core.errors import ConfigurationError, RetryableError
-from qldbstream.core.gate import InMemoryGateStore
 from qldbstream.core.records import KinesisRecord
 from qldbstream.core.records import Position as RecordPosition
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore
 from qldbstream.runtimes.kcl import (
     EXIT_ADAPTER_BUG,
     CheckpointFailure,

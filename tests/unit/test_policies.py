@@ -7,7 +7,7 @@ import random
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from qldbstream.core.dedupe import InMemoryDedupeStore, Watermark
+from qldbstream.core.dedupe import Watermark
 from qldbstream.core.errors import HaltShardError, MalformedRecordError, RetryableError
 from qldbstream.pipeline.reliability import (
     AdaptiveBatchSize,
@@ -17,6 +17,7 @@ from qldbstream.pipeline.reliability import (
     RetryPolicy,
     classify,
 )
+from qldbstream.pipeline.stores import InMemoryDedupeStore
 
 
 class Clock:
