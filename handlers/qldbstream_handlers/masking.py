@@ -25,7 +25,8 @@ from typing import Any
 from qldbstream.api.handler import Handler, HandlerContext, SetupContext
 from qldbstream.core.decode import JournalRecord
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.core.masking import Masker, masked_copy, masking_from_settings
+from qldbstream.core.masking import Masker, masked_copy
+from qldbstream.io.sealers import masking_from_settings
 
 __all__ = ["MaskingHandler", "parse_masking_settings"]
 

@@ -23,20 +23,14 @@ from qldbstream.app.plugins import load_handlers
 from qldbstream.core.dedupe import DedupeStore
 from qldbstream.core.errors import ConfigurationError
 from qldbstream.core.gate import GateStore
-from qldbstream.core.masking import (
-    AesGcmSealer,
-    Masker,
-    MaskingLogFilter,
-    Sealer,
-    install_log_masking,
-    masking_from_settings,
-    remove_log_masking,
-)
+from qldbstream.core.masking import Masker, Sealer
 from qldbstream.core.masking_text import MaskingMetrics
 from qldbstream.io.anchors import load_anchors
 from qldbstream.io.clients import aws_client
 from qldbstream.io.logs import configure_logging
+from qldbstream.io.masking_logs import MaskingLogFilter, install_log_masking, remove_log_masking
 from qldbstream.io.metrics import build_metrics
+from qldbstream.io.sealers import AesGcmSealer, masking_from_settings
 from qldbstream.pipeline.batch import Pipeline
 from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue, SqsDeadLetterQueue
 from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore

@@ -331,7 +331,7 @@ def _opener(spec: StreamSpec, kms_endpoint: str | None) -> Callable[[bytes], tup
 
     def open_sealed(data: bytes) -> tuple[str, bytes]:
         if not sealers:
-            from qldbstream.core.masking import KmsSealer
+            from qldbstream.io.sealers import KmsSealer
             from qldbstream.io.clients import aws_client
 
             client = aws_client("kms", region_name=spec.region, endpoint_url=kms_endpoint or spec.endpoint)

@@ -14,7 +14,7 @@ and CONTROL records are written as received.
 
 **Sealed** (an explicit choice, for a copy that must be verifiable byte for byte, e.g. disaster
 recovery): the original bytes encrypted - AES-256-GCM under a KMS data key (envelope encryption,
-:class:`~qldbstream.core.masking.KmsSealer`), the record's identity as associated data - in a small
+:class:`~qldbstream.io.sealers.KmsSealer`), the record's identity as associated data - in a small
 JSON document::
 
     {"qldbstreamSealedRecord": 1, "key": "rev#<documentId>#<version>", "sealed": {alg, kid, nonce, ct, edk}}

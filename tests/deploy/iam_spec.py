@@ -105,8 +105,8 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "gate-index": ("qldbstream.io.gate_dynamodb:DynamoDBGateStore._oldest",),
     "stream-read": ("qldbstream.io.shards:StreamShards.*", "qldbstream.runtimes.replay:read_range"),
     "lambda-failures": ("qldbstream.runtimes.replay:SqsLambdaFailures.*",),
-    "dlq-seal": ("qldbstream.core.masking:KmsSealer.seal",),
-    "dlq-unseal": ("qldbstream.core.masking:KmsSealer.open",),
+    "dlq-seal": ("qldbstream.io.sealers:KmsSealer.seal",),
+    "dlq-unseal": ("qldbstream.io.sealers:KmsSealer.open",),
 }
 
 

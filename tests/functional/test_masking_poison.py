@@ -93,7 +93,8 @@ def test_sealing_the_letter_of_a_record_amazon_ion_cannot_load_does_not_raise() 
     DLQ write) gets a stand-in for data amazon-ion cannot load, seals the bytes, withholds the
     messages."""
     from qldbstream.core.decode import UNREADABLE
-    from qldbstream.core.masking import AesGcmSealer, Masker
+    from qldbstream.core.masking import Masker
+    from qldbstream.io.sealers import AesGcmSealer
     from qldbstream.pipeline.batch import Pipeline
     from qldbstream.pipeline.dlq import envelope_for
 

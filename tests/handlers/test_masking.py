@@ -27,17 +27,16 @@ from qldbstream.core.decode import RevisionDetails, decode
 from qldbstream.core.errors import ConfigurationError, PoisonRecordError
 from qldbstream.core.masking import (
     DEFAULT_RULES,
-    AesGcmSealer,
     Masker,
-    MaskingLogFilter,
     MaskingRule,
     MaskingType,
     masked_copy,
-    masking_from_settings,
     open_envelope,
     parse_rules,
     seal_envelope,
 )
+from qldbstream.io.masking_logs import MaskingLogFilter
+from qldbstream.io.sealers import AesGcmSealer, masking_from_settings
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.dlq import DeadLetter
 from qldbstream.pipeline.reliability import RetryPolicy

@@ -15,17 +15,11 @@ from typing import Any
 import pytest
 
 from qldbstream.core.decode import UNREADABLE
-from qldbstream.core.masking import (
-    DEFAULT_RULES,
-    AesGcmSealer,
-    Masker,
-    install_log_masking,
-    open_envelope,
-    remove_log_masking,
-    seal_envelope,
-)
+from qldbstream.core.masking import DEFAULT_RULES, Masker, open_envelope, seal_envelope
 from qldbstream.core.records import Position
 from qldbstream.io.logs import JsonFormatter
+from qldbstream.io.masking_logs import install_log_masking, remove_log_masking
+from qldbstream.io.sealers import AesGcmSealer
 
 KEY = "k" * 32
 SSN, CARD = "123-45-6789", "4111111111111111"

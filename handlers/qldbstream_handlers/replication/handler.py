@@ -47,8 +47,8 @@ from qldbstream.api.metrics import Metrics, NullMetrics
 from qldbstream.core.decode import ControlRecord, JournalRecord, RevisionDetails
 from qldbstream.core.dedupe import dedupe_key
 from qldbstream.core.errors import ConfigurationError, RetryableError
-from qldbstream.core.masking import KmsSealer
 from qldbstream.core.replica import masked_record_bytes, seal_record
+from qldbstream.io.sealers import KmsSealer
 from qldbstream_handlers.replication.health import TargetHealth
 from qldbstream_handlers.replication.rounds import Outgoing, plan_rounds
 from qldbstream_handlers.replication.settings import Mode, ReplicationSettings, TargetConfig
