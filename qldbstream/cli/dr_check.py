@@ -44,7 +44,6 @@ from qldbstream.core.decode import (
     JournalRecord,
     RecordType,
     RevisionDetails,
-    block_documents,
     decode,
 )
 from qldbstream.core.dedupe import dedupe_key
@@ -52,6 +51,7 @@ from qldbstream.core.errors import DeaggregationError, InputError, PoisonRecordE
 from qldbstream.core.gate import OWN_BLOCK_CHECKS, WholeInputGate
 from qldbstream.core.records import KinesisRecord
 from qldbstream.core.replica import is_masked_record, is_sealed_record, open_sealed_record
+from qldbstream.core.scan import block_documents
 from qldbstream.core.verify import Verifier
 
 __all__ = ["Copy", "StreamSpec", "compare", "parse_stream_spec", "register", "run", "scan"]
@@ -331,8 +331,8 @@ def _opener(spec: StreamSpec, kms_endpoint: str | None) -> Callable[[bytes], tup
 
     def open_sealed(data: bytes) -> tuple[str, bytes]:
         if not sealers:
-            from qldbstream.io.sealers import KmsSealer
             from qldbstream.io.clients import aws_client
+            from qldbstream.io.sealers import KmsSealer
 
             client = aws_client("kms", region_name=spec.region, endpoint_url=kms_endpoint or spec.endpoint)
             sealers.append(KmsSealer(client, ""))

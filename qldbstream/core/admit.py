@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails, block_documents, decode
+from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails, decode
 from qldbstream.core.errors import DecodeError, PoisonRecordError
 from qldbstream.core.gate import (
     OWN_BLOCK_CHECKS,
@@ -42,6 +42,7 @@ from qldbstream.core.gate import (
 )
 from qldbstream.core.order import JournalOrder
 from qldbstream.core.records import UserRecord
+from qldbstream.core.scan import block_documents
 from qldbstream.core.verify import Failure, Verifier
 
 __all__ = ["Admission", "Caps", "Entry", "UnverifiableRecordError"]

@@ -17,9 +17,10 @@ from qldbstream.api.router import Router
 from qldbstream.app.assembly import App
 from qldbstream.app.config import Settings
 from qldbstream.core.deaggregate import deaggregate
-from qldbstream.core.decode import RevisionDetails, decode, scan_record
+from qldbstream.core.decode import RevisionDetails, decode
 from qldbstream.core.errors import DecodeError
 from qldbstream.core.records import KinesisRecord
+from qldbstream.core.scan import scan_record
 from tests.support.fakes import MemoryDLQ
 from tests.support.streams import kinesis_records, simulation
 

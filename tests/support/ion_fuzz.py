@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from qldbstream.core.deaggregate import KPL_MAGIC, parse_aggregate
-from qldbstream.core.decode import scan_record
 from qldbstream.core.errors import (
     IonHashError,
     MalformedIonError,
@@ -39,6 +38,7 @@ from qldbstream.core.errors import (
 )
 from qldbstream.core.ion.binary import header, parse_record, read_varuint
 from qldbstream.core.ion.hash import ion_hash_at, ion_hash_bytes
+from qldbstream.core.scan import scan_record
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "qldb-real"
 

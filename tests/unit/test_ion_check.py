@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from amazon.ion import simpleion
 
-from qldbstream.core.decode import decode_bytes, scan_record
+from qldbstream.core.decode import decode_bytes
 from qldbstream.core.errors import MalformedIonError
 from qldbstream.core.ion.binary import IVM
 from qldbstream.core.ion.hash import ion_hash, ion_hash_bytes
 from qldbstream.core.records import Position
+from qldbstream.core.scan import scan_record
 from tests.support.ion_fuzz import Report, check, python_scan
 
 if os.environ.get("REQUIRE_QLDBSTREAM_NATIVE") == "1":

@@ -38,7 +38,6 @@ from hypothesis import strategies as st
 
 from qldbstream.core.aggregate import aggregate
 from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate, parse_aggregate
-from qldbstream.core.decode import scan_record
 from qldbstream.core.errors import (
     DeaggregationError,
     IonHashError,
@@ -48,6 +47,7 @@ from qldbstream.core.errors import (
 )
 from qldbstream.core.ion.binary import IVM
 from qldbstream.core.ion.hash import ion_hash_bytes
+from qldbstream.core.scan import scan_record
 from qldbstream.io.files import read_file
 from qldbstream.simulate import DeliveryOptions, SimulationConfig, Workload, parse_tamper, simulate
 from tests.unit.test_ion_hash_oracle import ion_values
