@@ -16,7 +16,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["HASH_LENGTH", "compare_hashes", "dot", "fold_proof", "merkle_root"]
+from qldbstream.core.native import chosen
+
+__all__ = [
+    "HASH_LENGTH",
+    "compare_hashes",
+    "dot",
+    "fold_proof",
+    "merkle_root",
+    "native_available",
+    "use_native",
+]
 
 HASH_LENGTH = 32
 _sha256 = hashlib.sha256
@@ -74,6 +84,19 @@ except ImportError:  # pragma: no cover - depends on the installation
 dot: Callable[[bytes, bytes], bytes] = _dot_native or _dot_py
 #: ``merkle_root(hashes)``: the Merkle root of ``entriesHashList`` and of a block's revisions.
 merkle_root: Callable[[Sequence[bytes]], bytes] = _merkle_root_native or _merkle_root_py
+
+
+def native_available() -> bool:
+    return _dot_native is not None and _merkle_root_native is not None
+
+
+def use_native(enabled: bool) -> None:
+    """Switch ``dot`` and ``merkle_root`` between the compiled and the pure-Python code (tests and
+    benchmarks, through :func:`qldbstream.core.native.use`). A module that imported them by name
+    keeps the function it imported; read them as ``qldb_hash.dot`` to follow the switch."""
+    global dot, merkle_root  # noqa: PLW0603 - one module-level switch, read on the hot path
+    dot = chosen(enabled, _dot_native, _dot_py)
+    merkle_root = chosen(enabled, _merkle_root_native, _merkle_root_py)
 
 
 def fold_proof(leaf: bytes, proof: Iterable[bytes]) -> bytes:

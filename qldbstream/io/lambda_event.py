@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import binascii
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from qldbstream.core.errors import MalformedKinesisRecordError
-from qldbstream.core.native import chosen
+from qldbstream.core.native import chosen, register
 from qldbstream.core.records import KinesisRecord, Position
 
 __all__ = ["kinesis_record", "native_available", "records_from_event", "shard_id_of", "use_native"]
@@ -28,6 +29,9 @@ def use_native(enabled: bool) -> None:
     """Switch between the compiled and the pure-Python event reading (tests and benchmarks)."""
     global _records  # noqa: PLW0603 - one module-level switch, read on the hot path
     _records = chosen(enabled, _native_records, None)
+
+
+register(sys.modules[__name__])  # on the one switch (qldbstream.core.native.use)
 
 
 def shard_id_of(event_id: str | None) -> str | None:

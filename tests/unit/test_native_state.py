@@ -108,19 +108,45 @@ def test_the_verifier_uses_the_compiled_state_when_installed() -> None:
 
 
 def test_one_switch_for_every_stage() -> None:
-    from qldbstream.core import deaggregate, decode
+    from qldbstream.core import deaggregate, decode, qldb_hash
     from qldbstream.core import native as switch
     from qldbstream.io import lambda_event
 
+    assert {"qldbstream.core.qldb_hash", "qldbstream.io.lambda_event"} <= {
+        m.__name__ for m in switch.stages()
+    }
     try:
         switch.use(False)
         assert decode._scan is decode.scan_record and deaggregate._parse is deaggregate.parse_aggregate
         assert lambda_event._records is None and type(Verifier().chain) is ChainTracker
+        assert qldb_hash.dot is qldb_hash._dot_py and qldb_hash.merkle_root is qldb_hash._merkle_root_py
         switch.use(True)
         assert decode._scan is native.scan_record and lambda_event._records is native.lambda_records
         assert isinstance(Verifier().crossref, native.CrossReferencer)
+        assert qldb_hash.dot is native.dot and qldb_hash.merkle_root is native.merkle_root
     finally:
         switch.reset()
+    assert qldb_hash.dot is native.dot
     assert switch.available()
     with pytest.raises(RuntimeError, match="not installed"):
         switch.chosen(True, None, "fallback")
+
+
+def test_a_stage_registered_after_a_switch_follows_it() -> None:
+    import types
+
+    from qldbstream.core import native as switch
+
+    seen: list[bool] = []
+    stage = types.ModuleType("tests.unit.a_late_stage")
+    stage.native_available = lambda: True  # type: ignore[attr-defined]
+    stage.use_native = seen.append  # type: ignore[attr-defined]
+    try:
+        switch.use(False)
+        switch.register(stage)
+        assert seen == [False]
+        switch.reset()
+        assert seen == [False, True]
+    finally:
+        switch.reset()
+        switch._REGISTRY.pop(stage.__name__, None)
