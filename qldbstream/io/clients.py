@@ -3,7 +3,7 @@
 botocore retries on its own: by default in its ``legacy`` mode, with a number of attempts that
 ``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE`` or ``~/.aws/config`` can change behind qldbstream's
 back. qldbstream has retry loops of its own (Kinesis throttling in
-:class:`~qldbstream.io.kinesis_reader.Backoff`, handler retries in the pipeline, a halted shard
+:func:`~qldbstream.io.kinesis_reader.call_throttled`, handler retries in the pipeline, a halted shard
 read again later), and every botocore attempt multiplies theirs. So every client qldbstream
 builds goes through :func:`aws_client`: ``standard`` retry mode (exponential backoff with
 jitter, and a client-side retry quota that stops retrying when most calls fail) and a fixed

@@ -61,8 +61,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from qldbstream.core.dedupe import DOCUMENT_LOCK, Claim, ClaimResult, Watermark
 from qldbstream.core.errors import ConfigurationError, RetryableError
+from qldbstream.io.aws_errors import classify, error_code
 from qldbstream.pipeline.checkpoint import Checkpoint
-from qldbstream.pipeline.reliability import Disposition, RetryPolicy, classify
+from qldbstream.pipeline.reliability import Disposition, RetryPolicy, retry
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -89,7 +90,12 @@ Item = dict[str, Any]
 
 
 def _code(exc: BaseException) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+    return error_code(exc) if isinstance(exc, ClientError) else ""
+
+
+def _transient(exc: Exception) -> bool:
+    """Retried here: a botocore error that is transient (not a missing table: that is a 400)."""
+    return isinstance(exc, ClientError | BotoCoreError) and classify(exc) is Disposition.RETRY_THEN_HALT
 
 
 def _chunks(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
@@ -108,26 +114,24 @@ class _Table:
         self.sleep = sleep
 
     def call(self, what: str, operation: Callable[[], _T]) -> _T:
-        attempt = 1
-        while True:
-            try:
-                return operation()
-            except (ClientError, BotoCoreError) as exc:
-                if _code(exc) == "ResourceNotFoundException":
-                    raise ConfigurationError(
-                        f"DynamoDB table {self.name} does not exist at {self.client.meta.endpoint_url}: "
-                        "create it first (see qldbstream.io.dynamodb create_table)"
-                    ) from exc
-                if classify(exc) is not Disposition.RETRY_THEN_HALT:
-                    raise
-                if attempt >= self.retry.max_attempts:
-                    raise RetryableError(
-                        f"DynamoDB {what} on {self.name}: still failing after {attempt} attempts "
-                        f"({_code(exc) or type(exc).__name__})",
-                        retry_after=self.retry.max_delay,
-                    ) from exc
-                self.sleep(self.retry.delay(attempt))
-                attempt += 1
+        """``operation()``, transient failures retried under the table's policy (then RetryableError)."""
+
+        def give_up(exc: Exception, attempts: int) -> RetryableError:
+            return RetryableError(
+                f"DynamoDB {what} on {self.name}: still failing after {attempts} attempts "
+                f"({_code(exc) or type(exc).__name__})",
+                retry_after=self.retry.max_delay,
+            )
+
+        try:
+            return retry(operation, self.retry, retryable=_transient, sleep=self.sleep, give_up=give_up)
+        except ClientError as exc:
+            if _code(exc) == "ResourceNotFoundException":
+                raise ConfigurationError(
+                    f"DynamoDB table {self.name} does not exist at {self.client.meta.endpoint_url}: "
+                    "create it first (see qldbstream.io.dynamodb create_table)"
+                ) from exc
+            raise
 
     def _again(self, what: str, attempt: int, progressed: bool, left: int) -> int:
         """Back off before sending unprocessed work again; the attempt count restarts on progress."""

@@ -7,7 +7,7 @@ have been read to their end, so the order of one partition key survives reshardi
 through ``ListShards`` and through the ``ChildShards`` a parent returns at its end.
 
 The clock and ``sleep`` are injected (tests never really sleep), and so is the random source of the
-backoff jitter. Throttling is retried here with :class:`Backoff`; everything that is not a Kinesis
+backoff jitter. Throttling is retried here (:func:`call_throttled`); everything that is not a Kinesis
 transient surfaces as the exception that says what happens next:
 
 * the stream does not exist → :class:`~qldbstream.core.errors.InputError` (the CLI exits with code 2);
@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -32,6 +32,8 @@ from botocore.exceptions import ClientError
 
 from qldbstream.core.errors import RetryableError
 from qldbstream.core.records import KinesisRecord
+from qldbstream.io.aws_errors import KINESIS_THROTTLING_CODES, error_code
+from qldbstream.pipeline.reliability import RetryPolicy, retry
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
@@ -42,21 +44,16 @@ __all__ = [
     "LATEST",
     "MIN_POLL_SPACING",
     "SHARD_SYNC_INTERVAL",
-    "THROTTLING_ERROR_CODES",
     "TRIM_HORIZON",
-    "Backoff",
     "ShardProgress",
     "StartPosition",
-    "error_code",
+    "call_throttled",
+    "kinesis_retry",
     "read_stream",
 ]
 
 _T = TypeVar("_T")
 
-#: Error codes that mean "slow down and call again".
-THROTTLING_ERROR_CODES = frozenset(
-    {"ProvisionedThroughputExceededException", "LimitExceededException", "KMSThrottlingException"}
-)
 #: Kinesis allows 5 GetRecords calls per second per shard: never poll one shard more often.
 MIN_POLL_SPACING = 0.2
 #: While tailing (``until_caught_up=False``), re-list the shards this often (seconds).
@@ -109,51 +106,32 @@ class ShardProgress:
         return cls(shard.shard_id, seq, behind, shard.records_read, shard.finished)
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Retry policy for throttled Kinesis calls: exponential backoff with (equal) jitter.
+def kinesis_retry(max_attempts: int = 8, rng: random.Random | None = None) -> RetryPolicy:
+    """The retry policy of throttled Kinesis calls: ``max_attempts`` attempts, waits from 0.1 s
+    doubling up to 5 s, with (equal) jitter from ``rng``."""
+    return RetryPolicy(max_attempts, 0.1, 5.0, 2.0, rng or random.Random())
 
-    Attempt ``n`` (0-based) that fails waits between half and all of ``min(cap, base * 2**n)`` seconds.
-    After ``max_attempts`` attempts the call raises :class:`~qldbstream.core.errors.RetryableError`, whose
-    ``retry_after`` is ``cap``: the caller decides whether to try again later.
+
+def call_throttled(
+    what: str, operation: Callable[[], _T], policy: RetryPolicy, sleep: Callable[[float], None]
+) -> _T:
+    """Run ``operation``, retrying it while Kinesis answers with a throttling error code.
+
+    When ``policy``'s attempts run out it raises :class:`~qldbstream.core.errors.RetryableError`,
+    whose ``retry_after`` is the policy's longest wait: the caller decides whether to try again later.
     """
 
-    sleep: Callable[[float], None] = time.sleep
-    rng: random.Random = field(default_factory=random.Random)
-    max_attempts: int = 8
-    base: float = 0.1
-    cap: float = 5.0
+    def give_up(exc: Exception, attempts: int) -> RetryableError:
+        return RetryableError(
+            f"{what}: still throttled after {attempts} attempts ({error_code(exc)})",
+            retry_after=policy.max_delay,
+        )
 
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
-        ceiling = min(self.cap, self.base * 2.0**attempt)
-        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
-
-    def call(self, what: str, operation: Callable[[], _T]) -> _T:
-        """Run ``operation``, retrying it while Kinesis answers with a throttling error code."""
-        for attempt in range(self.max_attempts):
-            try:
-                return operation()
-            except ClientError as exc:
-                code = error_code(exc)
-                if code not in THROTTLING_ERROR_CODES:
-                    raise
-                if attempt + 1 == self.max_attempts:
-                    raise RetryableError(
-                        f"{what}: still throttled after {self.max_attempts} attempts ({code})",
-                        retry_after=self.cap,
-                    ) from exc
-                self.sleep(self.delay(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+    return retry(operation, policy, retryable=_throttled, sleep=sleep, give_up=give_up)
 
 
-def error_code(exc: ClientError) -> str:
-    """The AWS error code of a botocore ``ClientError`` (``""`` when the response has none)."""
-    return str(exc.response.get("Error", {}).get("Code", ""))
+def _throttled(exc: Exception) -> bool:
+    return isinstance(exc, ClientError) and error_code(exc) in KINESIS_THROTTLING_CODES
 
 
 def read_stream(
@@ -185,7 +163,7 @@ def read_stream(
     * ``on_shard_progress`` - called after every ``GetRecords`` call with that shard's
       :class:`ShardProgress` (progress displays, lag metrics).
     * ``sleep`` / ``clock`` (epoch seconds) / ``rng`` / ``max_attempts`` - injected time, jitter and
-      the throttling retry budget (see :class:`Backoff`). A fake ``sleep`` must advance the fake clock.
+      the throttling retry budget (see :func:`kinesis_retry`). A fake ``sleep`` must advance the fake clock.
 
     Raises :class:`~qldbstream.core.errors.InputError` when the stream does not exist and
     :class:`~qldbstream.core.errors.RetryableError` when Kinesis keeps throttling; other ``ClientError``
@@ -204,7 +182,8 @@ def read_stream(
         start,
         None if end_time is None else end_time.timestamp(),
         clock,
-        Backoff(sleep=sleep, rng=rng or random.Random(), max_attempts=max_attempts),
+        kinesis_retry(max_attempts, rng),
+        sleep,
         on_descendant_finished=None if report is None else (lambda shard: report(ShardProgress.of(shard))),
     )
     shards.describe()  # fail here, not at the first next(), if the stream is missing
@@ -234,7 +213,7 @@ def _records(
         shard = min(shards.ready(), key=lambda s: s.next_poll_at)
         wait = shard.next_poll_at - shards.clock()
         if wait > 0:
-            shards.backoff.sleep(min(wait, poll_interval))
+            shards.sleep(min(wait, poll_interval))
             continue
         fetch = shards.fetch(shard, limit)
         if shard.exhausted:

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import ClientError
 
 from qldbstream.core.errors import InputError, RetryableError
-from qldbstream.io.kinesis_reader import THROTTLING_ERROR_CODES, Backoff, error_code
+from qldbstream.io.aws_errors import KINESIS_THROTTLING_CODES, error_code
+from qldbstream.io.kinesis_reader import kinesis_retry
+from qldbstream.pipeline.reliability import RetryPolicy, retry
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
@@ -89,7 +91,7 @@ def put_records(
 
     Each call is attempted up to ``max_attempts`` times: a throttled call is repeated whole, a call
     with per-entry failures (``FailedRecordCount``) is repeated with only the failed entries, after
-    a backoff (see :class:`~qldbstream.io.kinesis_reader.Backoff`; ``sleep`` and ``rng`` are injected).
+    a backoff (see :func:`~qldbstream.io.kinesis_reader.kinesis_retry`; ``sleep`` and ``rng`` are injected).
 
     Raises :class:`ValueError` for an entry over the limits (nothing is sent),
     :class:`~qldbstream.core.errors.RetryableError` when entries still fail after ``max_attempts``, and
@@ -98,10 +100,10 @@ def put_records(
     items = list(entries)
     for index, entry in enumerate(items):
         _check(index, entry)
-    backoff = Backoff(sleep=sleep, rng=rng or random.Random(), max_attempts=max_attempts)
+    policy = kinesis_retry(max_attempts, rng)
     results: list[PutResult] = []
     for batch in _batches(items):
-        results.extend(_put_batch(client, stream_name, batch, backoff, written=len(results)))
+        results.extend(_put_batch(client, stream_name, batch, policy, sleep, written=len(results)))
     return results
 
 
@@ -132,14 +134,29 @@ def _batches(items: list[PutEntry]) -> Iterator[list[PutEntry]]:
         yield batch
 
 
+class _StillFailing(Exception):
+    """Some entries of a ``PutRecords`` call failed (or the whole call was throttled)."""
+
+    def __init__(self, failures: Counter[str]) -> None:
+        super().__init__(dict(failures))
+        self.failures = failures
+
+
 def _put_batch(
-    client: KinesisClient, stream_name: str, batch: list[PutEntry], backoff: Backoff, *, written: int
+    client: KinesisClient,
+    stream_name: str,
+    batch: list[PutEntry],
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+    *,
+    written: int,
 ) -> list[PutResult]:
     """One ``PutRecords`` call and its retries of the failed entries; results in ``batch`` order."""
     results: list[PutResult | None] = [None] * len(batch)
     pending = list(range(len(batch)))
-    failures: Counter[str] = Counter()
-    for attempt in range(backoff.max_attempts):
+
+    def attempt() -> list[PutResult]:
+        nonlocal pending
         request = [_request_entry(batch[i]) for i in pending]
         try:
             response = client.put_records(StreamName=stream_name, Records=request)
@@ -149,29 +166,34 @@ def _put_batch(
                 raise InputError(
                     f"stream {stream_name} does not exist at {client.meta.endpoint_url}"
                 ) from exc
-            if code not in THROTTLING_ERROR_CODES:
+            if code not in KINESIS_THROTTLING_CODES:
                 raise
-            failures = Counter({code: len(pending)})
-        else:
-            failed: list[int] = []
-            failures = Counter()
-            for index, outcome in zip(pending, response["Records"], strict=True):
-                if outcome.get("ErrorCode"):
-                    failed.append(index)
-                    failures[outcome["ErrorCode"]] += 1
-                else:
-                    results[index] = PutResult(outcome["ShardId"], outcome["SequenceNumber"])
-            pending = failed
-            if not pending:
-                return [r for r in results if r is not None]
-        if attempt + 1 < backoff.max_attempts:
-            backoff.sleep(backoff.delay(attempt))
-    reasons = ", ".join(f"{code} × {count}" for code, count in failures.most_common())
-    done = written + len(batch) - len(pending)
-    raise RetryableError(
-        f"stream {stream_name}: {len(pending)} records still failed after {backoff.max_attempts} "
-        f"PutRecords attempts ({reasons}); {done} other records were written",
-        retry_after=backoff.cap,
+            raise _StillFailing(Counter({code: len(pending)})) from exc
+        failed: list[int] = []
+        failures: Counter[str] = Counter()
+        for index, outcome in zip(pending, response["Records"], strict=True):
+            if outcome.get("ErrorCode"):
+                failed.append(index)
+                failures[outcome["ErrorCode"]] += 1
+            else:
+                results[index] = PutResult(outcome["ShardId"], outcome["SequenceNumber"])
+        pending = failed
+        if pending:
+            raise _StillFailing(failures)
+        return [r for r in results if r is not None]
+
+    def give_up(exc: Exception, attempts: int) -> RetryableError:
+        assert isinstance(exc, _StillFailing)
+        reasons = ", ".join(f"{code} × {count}" for code, count in exc.failures.most_common())
+        done = written + len(batch) - len(pending)
+        return RetryableError(
+            f"stream {stream_name}: {len(pending)} records still failed after {attempts} "
+            f"PutRecords attempts ({reasons}); {done} other records were written",
+            retry_after=policy.max_delay,
+        )
+
+    return retry(
+        attempt, policy, retryable=lambda exc: isinstance(exc, _StillFailing), sleep=sleep, give_up=give_up
     )
 
 

@@ -3,7 +3,7 @@ stream reader (:func:`qldbstream.io.kinesis_reader.read_stream`) and the standal
 (:mod:`qldbstream.runtimes.worker`).
 
 :class:`StreamShards` knows the shard graph (``ListShards``, and the ``ChildShards`` a parent returns
-at its end), makes ``GetShardIterator``/``GetRecords`` calls under a throttling :class:`Backoff`, and
+at its end), makes ``GetShardIterator``/``GetRecords`` calls with throttling retried (``call_throttled``), and
 keeps one :class:`Shard` cursor per shard. A shard becomes *exhausted* when reading it can yield
 nothing more (closed and read to its end, past ``end_time``, at its tip once the window is over);
 its owner decides when it is *finished* (the reader: at once; the worker: once every record read from
@@ -40,7 +40,9 @@ from botocore.exceptions import ClientError
 from qldbstream.core.deaggregate import is_aggregate, parse_aggregate
 from qldbstream.core.errors import DeaggregationError, InputError, RetryableError
 from qldbstream.core.records import KinesisRecord
-from qldbstream.io.kinesis_reader import SHARD_SYNC_INTERVAL, Backoff, StartPosition, error_code
+from qldbstream.io.aws_errors import error_code
+from qldbstream.io.kinesis_reader import SHARD_SYNC_INTERVAL, StartPosition, call_throttled
+from qldbstream.pipeline.reliability import RetryPolicy
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
@@ -139,7 +141,9 @@ class StreamShards:
     start: StartPosition
     end_time: float | None
     clock: Callable[[], float]
-    backoff: Backoff
+    #: throttled calls: how often and how long to wait (:func:`~qldbstream.io.kinesis_reader.kinesis_retry`)
+    retry: RetryPolicy
+    sleep: Callable[[float], None]
     resume: dict[str, tuple[str, int]] = field(default_factory=dict)
     ended: frozenset[str] = frozenset()
     on_descendant_finished: Callable[[Shard], None] | None = None
@@ -254,7 +258,7 @@ class StreamShards:
                 if error_code(exc) != "ExpiredIteratorException":
                     raise
                 shard.expired_iterators += 1
-                if shard.expired_iterators > self.backoff.max_attempts:
+                if shard.expired_iterators > self.retry.max_attempts:
                     raise RetryableError(
                         f"stream {self.stream_name}: the iterator of {shard.shard_id} expired "
                         f"{shard.expired_iterators} times in a row"
@@ -315,7 +319,7 @@ class StreamShards:
     def call(self, what: str, operation: Callable[[], _T], stream_level: bool = False) -> _T:
         """Run a Kinesis call under the backoff; map a missing stream (or shard) to what happens next."""
         try:
-            return self.backoff.call(f"stream {self.stream_name}: {what}", operation)
+            return call_throttled(f"stream {self.stream_name}: {what}", operation, self.retry, self.sleep)
         except ClientError as exc:
             if error_code(exc) != "ResourceNotFoundException":
                 raise

@@ -1,11 +1,13 @@
 """Small, composable reliability policies: retry, circuit breaker, adaptive batch size, and the
 classification that maps an exception to what happens next.
 
-All three are pure: time comes from an injected ``clock`` (``time.monotonic`` by default) and
-nothing here sleeps - the pipeline asks :meth:`RetryPolicy.delay` and sleeps through its own
-injected ``sleep``. Defaults are the seed design's (qldb-stream-architecture.md,
-*backpressure handling*): 5 attempts, 100 ms base, 60 s cap, ×2; breaker 5 failures, 60 s
-recovery, 3 half-open trials; batches of 10-500 records aiming at 100 ms.
+All are pure: time comes from an injected ``clock`` (``time.monotonic`` is the breaker's default,
+the one use of :mod:`time` here) and nothing here sleeps on its own - :func:`retry`, the one retry
+loop, sleeps through the ``sleep`` its caller injects. Which outside errors are transient is not
+known here: the edges register their rule (:mod:`qldbstream.io.aws_errors`). Defaults are the
+seed design's (qldb-stream-architecture.md, *backpressure handling*): 5 attempts, 100 ms base,
+60 s cap, ×2; breaker 5 failures, 60 s recovery, 3 half-open trials; batches of 10-500 records
+aiming at 100 ms.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from qldbstream.core.errors import HaltShardError, PoisonRecordError, RetryableError
 
@@ -24,8 +27,13 @@ __all__ = [
     "CircuitBreaker",
     "Disposition",
     "RetryPolicy",
+    "TransientCheck",
     "classify",
+    "register_transient",
+    "retry",
 ]
+
+_T = TypeVar("_T")
 
 
 class Disposition(StrEnum):
@@ -37,27 +45,17 @@ class Disposition(StrEnum):
     HALT = "halt"  #: stop the shard at this record now
 
 
-_TRANSIENT_AWS_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "LimitExceededException",
-        "KMSThrottlingException",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "InternalServerError",
-        "InternalFailure",
-        "InternalError",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "TransactionInProgressException",
-        "SlowDown",
-    }
-)
+#: A rule for errors from outside qldbstream (a library's or a cloud's): True when transient.
+TransientCheck = Callable[[BaseException], bool]
+_registered: list[TransientCheck] = []
+
+
+def register_transient(check: TransientCheck) -> None:
+    """Teach :func:`classify` which outside errors are transient (the edges register theirs:
+    :mod:`qldbstream.io.aws_errors` registers AWS's throttling, 5xx and connection errors when
+    imported). Registering the same rule again does nothing."""
+    if check not in _registered:
+        _registered.append(check)
 
 
 def classify(
@@ -65,14 +63,16 @@ def classify(
     *,
     retryable: tuple[type[BaseException], ...] = (),
     poison: tuple[type[BaseException], ...] = (),
+    transient: TransientCheck | None = None,
 ) -> Disposition:
     """Map an exception to a :class:`Disposition`.
 
     ``retryable`` and ``poison`` let a handler declare its own transient and permanent errors
     (checked first). Then: qldbstream's own error classes say it directly; connection and
-    timeout errors, botocore endpoint/connection errors and AWS throttling or 5xx codes are
-    transient; anything else (a bug, bad data the handler cannot take) is retried and then
-    dead-lettered, so one bad record cannot stop a shard forever.
+    timeout errors are transient, and so is what ``transient`` (or, without it, a rule
+    registered with :func:`register_transient`: AWS throttling, 5xx and connection errors)
+    calls transient; anything else (a bug, bad data the handler cannot take) is retried and
+    then dead-lettered, so one bad record cannot stop a shard forever.
     """
     if poison and isinstance(exc, poison):
         return Disposition.DEAD_LETTER
@@ -84,26 +84,18 @@ def classify(
         return Disposition.HALT
     if isinstance(exc, RetryableError | ConnectionError | TimeoutError):
         return Disposition.RETRY_THEN_HALT
-    try:
-        from botocore.exceptions import ClientError, HTTPClientError
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        return Disposition.RETRY_THEN_DEAD_LETTER
-    if isinstance(exc, BotoConnectionError | HTTPClientError):
+    checks = (transient,) if transient is not None else _registered
+    if any(check(exc) for check in checks):
         return Disposition.RETRY_THEN_HALT
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if error.get("Code") in _TRANSIENT_AWS_CODES or int(status or 0) >= 500:
-            return Disposition.RETRY_THEN_HALT
     return Disposition.RETRY_THEN_DEAD_LETTER
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter, bounded by attempts and by the caller's deadline.
+    """Exponential backoff with jitter, bounded by attempts and by the caller's deadline: the one
+    backoff of qldbstream (calls retried by :func:`retry`, halted shards, throttled AWS calls).
 
-    Attempt ``n`` (1-based) that fails waits between half and all of
+    Attempts are numbered from 1: attempt ``n`` that fails waits between half and all of
     ``min(max_delay, base_delay * multiplier ** (n - 1))`` seconds.
     """
 
@@ -129,6 +121,43 @@ class RetryPolicy:
         if deadline is not None and now + wait >= deadline:
             return None
         return wait
+
+
+def retry(
+    call: Callable[[], _T],
+    policy: RetryPolicy,
+    *,
+    retryable: Callable[[Exception], bool],
+    sleep: Callable[[float], None],
+    clock: Callable[[], float] | None = None,
+    deadline: float | None = None,
+    on_failure: Callable[[Exception, int, float | None], None] | None = None,
+    give_up: Callable[[Exception, int], BaseException] | None = None,
+) -> _T:
+    """``call()``, tried again after each failure that ``retryable`` accepts, as ``policy`` allows.
+
+    After failed attempt ``n`` (from 1) it waits :meth:`RetryPolicy.next_delay` through the
+    injected ``sleep`` (``deadline`` is on ``clock``'s scale; both optional). ``on_failure`` hears
+    of every retryable failure with the attempt and the wait (``None``: no retry is left). An
+    error ``retryable`` refuses propagates at once; the last one, when retries run out, propagates
+    too - or ``give_up(error, attempts)`` is raised from it.
+    """
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            delay = policy.next_delay(attempt, clock() if clock is not None else 0.0, deadline)
+            if on_failure is not None:
+                on_failure(exc, attempt, delay)
+            if delay is None:
+                if give_up is None:
+                    raise
+                raise give_up(exc, attempt) from exc
+            sleep(delay)
+            attempt += 1
 
 
 class BreakerState(StrEnum):

@@ -46,7 +46,7 @@ from qldbstream.api.handler import Handler
 from qldbstream.core.errors import ConfigurationError
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import BatchResult, Pipeline
-from qldbstream.pipeline.reliability import RetryPolicy
+from qldbstream.pipeline.reliability import RetryPolicy, retry
 from qldbstream.pipeline.shard_policy import ShardPolicy
 
 if TYPE_CHECKING:
@@ -395,39 +395,41 @@ class KclRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]  
         if position is not None and not shard_end:
             sequence, sub = position
         policy = RetryPolicy(max_attempts=self.options.checkpoint_tries, base_delay=0.2, max_delay=2.0)
-        for attempt in range(1, self.options.checkpoint_tries + 1):
-            try:
-                checkpointer.checkpoint(sequence, sub)
-            except kcl.CheckpointError as exc:
-                failure = CheckpointFailure.of(exc)
-                what = "SHARD_END" if shard_end else f"{sequence}/{sub}"
-                if failure.lease_gone:
-                    log.warning(
-                        "shard %s: checkpoint at %s refused (%s): the lease is gone",
-                        self.shard_id,
-                        what,
-                        failure.value,
-                    )
-                    self.lease_gone = True
-                    self.pending, self.holding = [], False
-                    return False
-                if failure.retryable and attempt < self.options.checkpoint_tries:
-                    self.sleep(policy.delay(attempt))
-                    continue
-                log.error(
-                    "shard %s: checkpoint at %s failed (%s, %r); it will be tried again later",
+        try:
+            retry(
+                lambda: checkpointer.checkpoint(sequence, sub),
+                policy,
+                retryable=lambda exc: (
+                    isinstance(exc, kcl.CheckpointError) and CheckpointFailure.of(exc).retryable
+                ),
+                sleep=self.sleep,
+            )
+        except kcl.CheckpointError as exc:
+            failure = CheckpointFailure.of(exc)
+            what = "SHARD_END" if shard_end else f"{sequence}/{sub}"
+            if failure.lease_gone:
+                log.warning(
+                    "shard %s: checkpoint at %s refused (%s): the lease is gone",
                     self.shard_id,
                     what,
                     failure.value,
-                    getattr(exc, "value", exc),
                 )
+                self.lease_gone = True
+                self.pending, self.holding = [], False
                 return False
-            if not shard_end:
-                self.checkpointed, self.unsaved = position, None
-            else:
-                log.info("shard %s: checkpointed SHARD_END; its children may start", self.shard_id)
-            return True
-        return False  # pragma: no cover - the loop always returns
+            log.error(
+                "shard %s: checkpoint at %s failed (%s, %r); it will be tried again later",
+                self.shard_id,
+                what,
+                failure.value,
+                getattr(exc, "value", exc),
+            )
+            return False
+        if not shard_end:
+            self.checkpointed, self.unsaved = position, None
+        else:
+            log.info("shard %s: checkpointed SHARD_END; its children may start", self.shard_id)
+        return True
 
     def _release(self) -> None:
         """Tell every handler the shard is no longer ours (each one hears it, even if another fails)."""

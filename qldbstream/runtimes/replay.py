@@ -41,7 +41,7 @@ from qldbstream.core.dedupe import DedupeStore
 from qldbstream.core.errors import InputError
 from qldbstream.core.masking import Sealer
 from qldbstream.core.records import KinesisRecord
-from qldbstream.io.kinesis_reader import Backoff
+from qldbstream.io.kinesis_reader import call_throttled, kinesis_retry
 from qldbstream.pipeline.batch import Pipeline
 from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue
 
@@ -484,13 +484,13 @@ def read_range(
     past retention, another stream, or the end record never found; throttling is retried (then
     :class:`~qldbstream.core.errors.RetryableError`).
     """
-    backoff = Backoff(sleep=sleep)
+    policy = kinesis_retry()
     name, start, end = (
         failure.stream_name,
         int(failure.start_sequence_number),
         int(failure.end_sequence_number),
     )
-    response = backoff.call(
+    response = call_throttled(
         f"GetShardIterator on {failure.shard_id}",
         partial(
             kinesis.get_shard_iterator,
@@ -499,14 +499,18 @@ def read_range(
             ShardIteratorType="AT_SEQUENCE_NUMBER",
             StartingSequenceNumber=failure.start_sequence_number,
         ),
+        policy,
+        sleep,
     )
     iterator: str | None = response["ShardIterator"]
     out: list[KinesisRecord] = []
     empty = 0
     while iterator is not None and empty < max_empty_polls:
-        page = backoff.call(
+        page = call_throttled(
             f"GetRecords on {failure.shard_id}",
             partial(kinesis.get_records, ShardIterator=iterator, Limit=limit),
+            policy,
+            sleep,
         )
         for raw in page.get("Records", []):
             seq = int(raw["SequenceNumber"])

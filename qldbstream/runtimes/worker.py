@@ -39,11 +39,12 @@ from qldbstream.api.handler import Handler
 from qldbstream.api.metrics import Metrics, NullMetrics
 from qldbstream.core.errors import ConfigurationError, InputError
 from qldbstream.core.records import KinesisRecord
-from qldbstream.io.kinesis_reader import LATEST, MIN_POLL_SPACING, TRIM_HORIZON, Backoff, StartPosition
+from qldbstream.io.aws_errors import classify
+from qldbstream.io.kinesis_reader import LATEST, MIN_POLL_SPACING, TRIM_HORIZON, StartPosition, kinesis_retry
 from qldbstream.io.shards import Shard, StreamShards
 from qldbstream.pipeline.batch import BatchResult, Pipeline
 from qldbstream.pipeline.checkpoint import Checkpoint, CheckpointStore
-from qldbstream.pipeline.reliability import AdaptiveBatchSize, Disposition, classify
+from qldbstream.pipeline.reliability import AdaptiveBatchSize, Disposition, RetryPolicy
 from qldbstream.pipeline.shard_policy import ShardPolicy
 
 if TYPE_CHECKING:
@@ -212,10 +213,12 @@ class Worker:
             o.start,
             None if o.end_time is None else o.end_time.timestamp(),
             self.clock,
-            Backoff(sleep=self._sleep, rng=self.rng),
+            kinesis_retry(rng=self.rng),
+            self._sleep,
         )
-        self._halt_backoff = Backoff(
-            sleep=self._sleep, rng=self.rng, base=o.halt_backoff, cap=o.halt_backoff_cap
+        #: waits before a shard that failed outside the pipeline is tried again (only its delays)
+        self._halt_backoff = RetryPolicy(
+            base_delay=o.halt_backoff, max_delay=o.halt_backoff_cap, rng=self.rng
         )
         self._work: dict[str, _Work] = {}
         self._last_records = 0.0
@@ -354,7 +357,7 @@ class Worker:
             log.warning(
                 "stream %s: listing the shards failed (%r); trying again later", self.stream_name, exc
             )
-            self.shards.next_sync_at = self.clock() + self._halt_backoff.cap
+            self.shards.next_sync_at = self.clock() + self._halt_backoff.max_delay
             return True
 
     def _work_for(self, shard_id: str) -> _Work:
@@ -413,7 +416,7 @@ class Worker:
         except Exception as exc:
             if not _transient(exc):
                 raise
-            delay = getattr(exc, "retry_after", None) or self._halt_backoff.delay(work.failures)
+            delay = getattr(exc, "retry_after", None) or self._halt_backoff.delay(work.failures + 1)
             work.failures += 1
             log.warning("shard %s: %r; trying again in %.1f s", shard.shard_id, exc, delay)
             shard.next_poll_at = self.clock() + delay
@@ -597,7 +600,8 @@ class Worker:
 
 
 def _transient(exc: Exception) -> bool:
-    """Throttling, 5xx, connection errors: try again later. Not a missing stream or bad configuration."""
+    """Throttling, 5xx, connection errors (:mod:`qldbstream.io.aws_errors`): try again later. Not a
+    missing stream or bad configuration."""
     if isinstance(exc, InputError | ConfigurationError):
         return False
     return classify(exc) is Disposition.RETRY_THEN_HALT

@@ -21,8 +21,9 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from qldbstream.core.errors import RetryableError
-from qldbstream.io.kinesis_reader import Backoff, StartPosition, read_stream
+from qldbstream.io.kinesis_reader import StartPosition, kinesis_retry, read_stream
 from qldbstream.io.kinesis_writer import MAX_RECORD_BYTES, PutEntry, create_stream, put_records
+from qldbstream.pipeline.reliability import RetryPolicy
 from tests.support.aws import client, kinesis_stream
 from tests.support.fakes import FakeTime
 from tests.support.servers import MotoServer
@@ -101,8 +102,8 @@ def read(kinesis: Any, stream: str, fake: FakeTime, **options: Any) -> list[byte
 
 
 def expected_delays(count: int, seed: int = 7) -> list[float]:
-    backoff = Backoff(rng=random.Random(seed))
-    return [backoff.delay(n) for n in range(count)]
+    policy = kinesis_retry(rng=random.Random(seed))
+    return [policy.delay(n) for n in range(1, count + 1)]
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def test_throttling_that_does_not_stop_raises_retryable_error(
 
     assert len(fake.slept) == 3
     assert fake.slept == expected_delays(3)
-    assert caught.value.retry_after == Backoff().cap
+    assert caught.value.retry_after == kinesis_retry().max_delay
     assert stream in str(caught.value)
 
 
@@ -260,12 +261,12 @@ def offline_kinesis() -> Any:
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
-    backoff = Backoff(rng=random.Random(1), base=0.1, cap=1.0)
-    for attempt, ceiling in enumerate([0.1, 0.2, 0.4, 0.8, 1.0, 1.0]):
-        delay = backoff.delay(attempt)
+    policy = RetryPolicy(base_delay=0.1, max_delay=1.0, rng=random.Random(1))
+    for attempt, ceiling in enumerate([0.1, 0.2, 0.4, 0.8, 1.0, 1.0], start=1):
+        delay = policy.delay(attempt)
         assert ceiling / 2 <= delay <= ceiling
     with pytest.raises(ValueError, match="max_attempts"):
-        Backoff(max_attempts=0)
+        kinesis_retry(max_attempts=0)
 
 
 @pytest.mark.parametrize(

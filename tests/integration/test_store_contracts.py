@@ -24,10 +24,11 @@ from qldbstream.api.router import Router
 from qldbstream.core.decode import RevisionDetails
 from qldbstream.core.dedupe import Claim, ClaimResult, DedupeStore, LatePolicy, Watermark
 from qldbstream.core.errors import RetryableError
+from qldbstream.io.aws_errors import classify
 from qldbstream.io.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore, position_key
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.checkpoint import Checkpoint, CheckpointStore, InMemoryCheckpointStore
-from qldbstream.pipeline.reliability import Disposition, RetryPolicy, classify
+from qldbstream.pipeline.reliability import Disposition, RetryPolicy
 from qldbstream.pipeline.stores import InMemoryDedupeStore
 from tests.support.aws import client
 from tests.support.servers import MotoServer

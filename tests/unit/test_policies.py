@@ -9,13 +9,13 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from qldbstream.core.dedupe import Watermark
 from qldbstream.core.errors import HaltShardError, MalformedRecordError, RetryableError
+from qldbstream.io.aws_errors import classify
 from qldbstream.pipeline.reliability import (
     AdaptiveBatchSize,
     BreakerState,
     CircuitBreaker,
     Disposition,
     RetryPolicy,
-    classify,
 )
 from qldbstream.pipeline.stores import InMemoryDedupeStore
 
