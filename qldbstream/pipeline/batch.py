@@ -35,11 +35,12 @@ from typing import Any
 
 from qldbstream.api.handler import BatchItemError, Handler, HandlerContext
 from qldbstream.api.metrics import Metrics, NullMetrics
-from qldbstream.core.admit import Admission, Entry, UnverifiableRecordError
+from qldbstream.core.admit import Admission
 from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate
 from qldbstream.core.decode import BlockSummary, ControlRecord, JournalRecord, RevisionDetails, decode
 from qldbstream.core.dedupe import DedupeStore, LatePolicy, Planner
 from qldbstream.pipeline.stores import InMemoryDedupeStore
+from qldbstream.core.entries import Entry, UnverifiableRecordError
 from qldbstream.core.errors import DeaggregationError, PoisonRecordError
 from qldbstream.core.gate import OWN_BLOCK_CHECKS, Delivery, GateStore
 from qldbstream.pipeline.stores import InMemoryGateStore
