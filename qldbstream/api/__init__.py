@@ -7,24 +7,40 @@
     @router.revision(table="Account", operation="update")
     def on_update(revision: RevisionDetails, ctx: HandlerContext) -> None: ...
 
-The built-in handlers (``qldbstream_handlers``) use only what is listed here; a test keeps it so.
-Everything under :mod:`qldbstream.core`, :mod:`qldbstream.pipeline`, :mod:`qldbstream.io` and
-:mod:`qldbstream.runtimes` is internal and may change between releases.
+Here: the handler lifecycle (:mod:`~qldbstream.api.handler`), routing
+(:mod:`~qldbstream.api.router`), metrics (:mod:`~qldbstream.api.metrics`), the journal record
+types, the error classes that decide what happens to a failed record, and three helpers about
+records: :func:`operation_of`, :func:`dedupe_key` (a record's identity, for idempotent effects)
+and :func:`dot` (QLDB's hash combinator, to check a revision's hash). Opt-in submodules, not
+imported here because they reach AWS or the pipeline's stores:
+
+* :mod:`qldbstream.api.aws` - ``aws_client`` and ``is_transient``, for handlers that call AWS;
+* :mod:`qldbstream.api.kinesis` - KPL packing and ``put_records``, to write a stream copy;
+* :mod:`qldbstream.api.masking` - masked and sealed record forms, for handlers that copy records out;
+* :mod:`qldbstream.api.ports` - ``Checkpoint`` and ``DeadLetter``, for plugins that store them.
+
+docs/plugins.md ("API reference") says why each name is public. The built-in handlers
+(``qldbstream_handlers``) and ``examples/`` use only these modules; tests/unit/test_public_api.py
+keeps it so. Everything under :mod:`qldbstream.core`, :mod:`qldbstream.pipeline`,
+:mod:`qldbstream.io`, :mod:`qldbstream.app` and :mod:`qldbstream.runtimes` is internal and may
+change between releases.
 """
 
 from __future__ import annotations
 
 from qldbstream.api.handler import BatchItemError, Handler, HandlerContext, SetupContext
 from qldbstream.api.metrics import InMemoryMetrics, Metrics, NullMetrics
-from qldbstream.api.router import Operation, Route, Router
+from qldbstream.api.router import Operation, Route, Router, operation_of
 from qldbstream.core.decode import (
     BlockAddress,
     BlockSummary,
     ControlRecord,
     JournalRecord,
+    RecordType,
     RevisionDetails,
     RevisionSummary,
 )
+from qldbstream.core.dedupe import dedupe_key
 from qldbstream.core.errors import (
     ConfigurationError,
     HaltShardError,
@@ -32,6 +48,7 @@ from qldbstream.core.errors import (
     QldbStreamError,
     RetryableError,
 )
+from qldbstream.core.qldb_hash import dot
 
 __all__ = [
     "BatchItemError",
@@ -49,10 +66,30 @@ __all__ = [
     "Operation",
     "PoisonRecordError",
     "QldbStreamError",
+    "RecordType",
     "RetryableError",
     "RevisionDetails",
     "RevisionSummary",
     "Route",
     "Router",
     "SetupContext",
+    "dedupe_key",
+    "dot",
+    "operation_of",
 ]
+
+#: The public submodules: the ones above plus the opt-in ones. Nothing else under
+#: ``qldbstream`` may be imported by a plugin (tests/unit/test_public_api.py).
+PUBLIC_MODULES = frozenset(
+    {
+        "qldbstream",
+        "qldbstream.api",
+        "qldbstream.api.aws",
+        "qldbstream.api.handler",
+        "qldbstream.api.kinesis",
+        "qldbstream.api.masking",
+        "qldbstream.api.metrics",
+        "qldbstream.api.ports",
+        "qldbstream.api.router",
+    }
+)

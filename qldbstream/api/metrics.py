@@ -19,6 +19,12 @@ NAMESPACE = "qldbstream"
 
 
 class Metrics(Protocol):
+    """What a handler records through (``ctx.metrics``): counters, gauges and distributions.
+
+    ``dimensions`` are keyword arguments (``handler="audit"``); the backend decides how they are
+    emitted (CloudWatch EMF dimensions, Prometheus labels).
+    """
+
     def incr(self, name: str, value: float = 1, **dimensions: str) -> None: ...
     def gauge(self, name: str, value: float, **dimensions: str) -> None: ...
     def observe(self, name: str, value: float, **dimensions: str) -> None:
@@ -27,6 +33,8 @@ class Metrics(Protocol):
 
 
 class NullMetrics:
+    """Records nothing: the default when no metrics backend is configured."""
+
     def incr(self, name: str, value: float = 1, **dimensions: str) -> None:
         pass
 

@@ -29,9 +29,12 @@ from typing import Any, Literal, TypeVar
 from qldbstream.api.handler import BatchItemError, Handler, HandlerContext
 from qldbstream.core.decode import BlockSummary, ControlRecord, JournalRecord, RevisionDetails
 
-__all__ = ["Operation", "Route", "Router"]
+__all__ = ["Operation", "Route", "Router", "operation_of"]
 
 Operation = Literal["insert", "update", "delete", "redacted"]
+Operation.__doc__ = (
+    """What a revision did to its document (:func:`operation_of`); the ``operation`` route filter."""
+)
 _OPERATIONS: frozenset[str] = frozenset({"insert", "update", "delete", "redacted"})
 Kind = Literal["revision", "block_summary", "control"]
 

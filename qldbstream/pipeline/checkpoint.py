@@ -30,6 +30,8 @@ def sequence_key(sequence_number: str | None, sub_sequence_number: int = 0) -> t
 
 
 class CheckpointStore(Protocol):
+    """Where checkpoints are kept, per stream and shard: never moved backwards, shard ends sticky."""
+
     def get(self, stream: str, shard_id: str) -> Checkpoint | None: ...
 
     def all(self, stream: str) -> dict[str, Checkpoint]: ...
