@@ -14,6 +14,9 @@ Settings (``QLDBSTREAM_HANDLER_AUDIT__<KEY>``):
 ``tables``     comma-separated table names to keep (empty: all)      empty
 ``data``       ``true`` to include the document's data as Ion text   ``false``
 =============  ===================================================  ==========================
+
+Written on :class:`~qldbstream.api.Router`: one revision route (filtered by ``tables``) that
+buffers the line; ``flush`` writes the buffer.
 """
 
 from __future__ import annotations
@@ -21,22 +24,20 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from qldbstream.api.handler import Handler, HandlerContext
-from qldbstream.api.router import operation_of
-from qldbstream.core.decode import JournalRecord, RevisionDetails
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError, HandlerContext, RevisionDetails, Router, operation_of
 
 __all__ = ["AuditLogHandler"]
 
 
-class AuditLogHandler(Handler):
-    name = "audit"
+class AuditLogHandler(Router):
+    """Appends one JSON line per verified revision of the chosen tables (see the module)."""
 
     def __init__(self, settings: Mapping[str, str] | None = None) -> None:
+        super().__init__("audit")
         own = dict(settings or {})
         unknown = set(own) - {"path", "tables", "data"}
         if unknown:
@@ -52,17 +53,14 @@ class AuditLogHandler(Handler):
         self.include_data = flag == "true"
         #: key -> line; keyed so that a batch redelivered after a failed flush is not written twice
         self._pending: dict[str, str] = {}
-
-    def wants(self, record: JournalRecord) -> bool:
-        return isinstance(record, RevisionDetails) and (
-            self.tables is None or record.table_name in self.tables
+        self.add_revision_handler(
+            self.on_revision, table=sorted(self.tables) if self.tables else None, name="audit-line"
         )
 
-    def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
-        for record in records:
-            assert isinstance(record, RevisionDetails)
-            line = self._line(record)
-            self._pending[line["key"]] = json.dumps(line, sort_keys=True)
+    def on_revision(self, revision: RevisionDetails, ctx: HandlerContext) -> None:
+        """Buffer the revision's line (written in :meth:`flush`)."""
+        line = self._line(revision)
+        self._pending[line["key"]] = json.dumps(line, sort_keys=True)
 
     def _line(self, r: RevisionDetails) -> dict[str, Any]:
         line: dict[str, Any] = {

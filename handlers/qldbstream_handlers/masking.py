@@ -22,11 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qldbstream.api.handler import Handler, HandlerContext, SetupContext
-from qldbstream.core.decode import JournalRecord
-from qldbstream.core.errors import ConfigurationError
-from qldbstream.core.masking import Masker, masked_copy
-from qldbstream.io.sealers import masking_from_settings
+from qldbstream.api import ConfigurationError, Handler, HandlerContext, JournalRecord, SetupContext
+from qldbstream.api.masking import Masker, masked_copy, masking_from_settings
 
 __all__ = ["MaskingHandler", "parse_masking_settings"]
 

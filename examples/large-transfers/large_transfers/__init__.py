@@ -21,9 +21,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from qldbstream import Router
-from qldbstream.api.handler import HandlerContext
-from qldbstream.core.decode import RevisionDetails
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError, HandlerContext, RevisionDetails
 
 __all__ = ["LargeTransfers", "create"]
 

@@ -19,7 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError
 
 __all__ = [
     "Aggregate",

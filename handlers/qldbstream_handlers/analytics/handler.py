@@ -38,10 +38,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from qldbstream.api.handler import BatchItemError, Handler, HandlerContext, SetupContext
-from qldbstream.api.metrics import Metrics, NullMetrics
-from qldbstream.core.decode import ControlRecord, JournalRecord, RevisionDetails
-from qldbstream.core.errors import ConfigurationError, PoisonRecordError
+from qldbstream.api import (
+    BatchItemError,
+    ConfigurationError,
+    ControlRecord,
+    Handler,
+    HandlerContext,
+    JournalRecord,
+    Metrics,
+    NullMetrics,
+    PoisonRecordError,
+    RevisionDetails,
+    SetupContext,
+)
 from qldbstream_handlers.analytics.engine import Bounds, WindowEngine, merge_parts
 from qldbstream_handlers.analytics.query import Query
 from qldbstream_handlers.analytics.results import Emission, Pane, Retraction
@@ -73,6 +82,9 @@ class AnalyticsHandler(Handler):
     the Python API passes ``queries``, ``sinks`` and ``state`` instead::
 
         AnalyticsHandler(queries=[TRANSACTION_VELOCITY], sinks=[DynamoDBSink(client, "velocity")])
+
+    Not a :class:`~qldbstream.api.Router`: every record feeds the window engines of the queries it
+    matches and the results are emitted per batch (and on CONTROL), so it routes by query, itself.
     """
 
     name = "analytics"
@@ -119,7 +131,7 @@ class AnalyticsHandler(Handler):
     def _client(self, service: str) -> Any:
         if self._clients is not None:
             return self._clients(service)
-        from qldbstream.io.clients import aws_client
+        from qldbstream.api.aws import aws_client
 
         cfg = self.config
         return aws_client(

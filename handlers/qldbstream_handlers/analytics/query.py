@@ -25,9 +25,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from qldbstream.api.router import operation_of
-from qldbstream.core.decode import RevisionDetails
-from qldbstream.core.errors import ConfigurationError, PoisonRecordError
+from qldbstream.api import ConfigurationError, PoisonRecordError, RevisionDetails, operation_of
 from qldbstream_handlers.analytics.aggregates import Aggregate, Kind, count, count_distinct, sum_of
 from qldbstream_handlers.analytics.windows import Duration, Tumbling, Window, duration_ms
 from qldbstream_handlers.times import epoch_ms

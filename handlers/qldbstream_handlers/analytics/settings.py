@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError
 from qldbstream_handlers.analytics.aggregates import parse_aggregates
 from qldbstream_handlers.analytics.query import OPERATIONS, TRANSACTION_VELOCITY, Query, parse_where
 from qldbstream_handlers.analytics.windows import Duration, duration_ms, parse_window

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from qldbstream.core.errors import HaltShardError
+from qldbstream.api import HaltShardError
 
 __all__ = ["DynamoDBStateStore", "InMemoryStateStore", "StateStore", "decode_state", "encode_state"]
 

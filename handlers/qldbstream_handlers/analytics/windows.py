@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError
 
 __all__ = ["Duration", "Hopping", "Session", "Tumbling", "Window", "duration_ms", "parse_window"]
 

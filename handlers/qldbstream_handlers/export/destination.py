@@ -14,8 +14,7 @@ import json
 import re
 from collections.abc import Iterator
 
-from qldbstream.pipeline.checkpoint import Checkpoint, sequence_key
-from qldbstream.pipeline.dlq import DeadLetter
+from qldbstream.api.ports import Checkpoint, DeadLetter, sequence_key
 from qldbstream_handlers.export.storage import Storage
 
 __all__ = ["DestinationCheckpointStore", "ErrorPrefixDeadLetterQueue"]

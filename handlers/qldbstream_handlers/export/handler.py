@@ -31,10 +31,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from qldbstream.api.handler import Handler, HandlerContext, SetupContext
-from qldbstream.api.metrics import Metrics, NullMetrics
-from qldbstream.core.decode import JournalRecord, RevisionDetails
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import (
+    ConfigurationError,
+    Handler,
+    HandlerContext,
+    JournalRecord,
+    Metrics,
+    NullMetrics,
+    RevisionDetails,
+    SetupContext,
+)
 from qldbstream_handlers.export.layout import file_name, flush_stem, partition_function
 from qldbstream_handlers.export.manifest import ExportIndex, Flush, Key
 from qldbstream_handlers.export.options import ExportOptions
@@ -84,7 +90,11 @@ class _Buffer:
 
 
 class ExportHandler(Handler):
-    """``ExportHandler(settings)`` (plugin form) or ``ExportHandler(storage=..., options=...)``."""
+    """``ExportHandler(settings)`` (plugin form) or ``ExportHandler(storage=..., options=...)``.
+
+    Not a :class:`~qldbstream.api.Router`: rows are buffered per partition and written as files in
+    ``flush``, and its filter (tables and a time range) is the whole of its routing.
+    """
 
     name = "export"
     #: every verified revision is a row, whatever order it comes in: an older version delivered

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError
 from qldbstream_handlers.export.schema import Position, arrow_schema
 
 __all__ = ["FORMATS", "Format", "file_name", "flush_stem", "partition_function"]

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError
 from qldbstream_handlers.export.layout import Format, partition_function
 
 __all__ = ["ExportOptions", "parse_time"]

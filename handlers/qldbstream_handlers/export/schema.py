@@ -38,9 +38,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from qldbstream.api.router import operation_of
-from qldbstream.core.decode import RevisionDetails
-from qldbstream.core.qldb_hash import dot
+from qldbstream.api import RevisionDetails, dot, operation_of
 
 if TYPE_CHECKING:
     import pyarrow as pa

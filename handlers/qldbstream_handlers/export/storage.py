@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError
 
 __all__ = ["LocalStorage", "S3Storage", "Storage", "open_storage"]
 
@@ -135,7 +135,7 @@ def open_storage(
         if not bucket:
             raise ConfigurationError(f"{target!r}: an S3 destination is s3://BUCKET[/PREFIX]")
         if client is None:
-            from qldbstream.io.clients import aws_client
+            from qldbstream.api.aws import aws_client
 
             client = aws_client("s3", endpoint_url=endpoint_url, region_name=region)
         return S3Storage(client, bucket, prefix)

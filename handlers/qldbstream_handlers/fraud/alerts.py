@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from qldbstream.core.errors import RetryableError
+from qldbstream.api import RetryableError
 from qldbstream_handlers.fraud.events import EventKey
 
 __all__ = [

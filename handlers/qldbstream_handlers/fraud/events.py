@@ -30,8 +30,7 @@ from typing import Any
 
 from amazon.ion.core import IonType
 
-from qldbstream.core.decode import RevisionDetails
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError, RevisionDetails
 from qldbstream_handlers.times import epoch_ms
 
 __all__ = [

@@ -51,10 +51,18 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from qldbstream.api.handler import Handler, HandlerContext, SetupContext
-from qldbstream.api.metrics import Metrics, NullMetrics
-from qldbstream.core.decode import ControlRecord, JournalRecord, RevisionDetails
-from qldbstream.core.errors import ConfigurationError, RetryableError
+from qldbstream.api import (
+    ConfigurationError,
+    ControlRecord,
+    Handler,
+    HandlerContext,
+    JournalRecord,
+    Metrics,
+    NullMetrics,
+    RetryableError,
+    RevisionDetails,
+    SetupContext,
+)
 from qldbstream_handlers.fraud.alerts import (
     Alert,
     AlertBus,
@@ -94,7 +102,12 @@ Rule = WindowRule | SequenceRule
 
 
 class FraudHandler(Handler):
-    """See the module docstring. ``settings`` is the handler's own settings dict."""
+    """See the module docstring. ``settings`` is the handler's own settings dict.
+
+    Not a :class:`~qldbstream.api.Router`: it scores a batch as a whole (windows and sequences
+    over every insert of the batch, state read once per batch, alerts published in ``flush``)
+    and takes CONTROL ``COMPLETED`` too, so per-record routes would not fit.
+    """
 
     name = "fraud"
     #: every insert is a transaction to evaluate, also one that arrives after its update
@@ -202,7 +215,7 @@ class FraudHandler(Handler):
     def _client(self, service: str) -> Any:
         if self._clients is not None:
             return self._clients(service)
-        from qldbstream.io.clients import aws_client
+        from qldbstream.api.aws import aws_client
 
         return aws_client(service, region_name=self.settings.region, endpoint_url=self.settings.endpoint_url)
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError
 from qldbstream_handlers.fraud.events import (
     EventKey,
     TransactionEvent,

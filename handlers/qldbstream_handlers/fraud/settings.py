@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError
 from qldbstream_handlers.fraud.events import FieldMap, parse_duration_ms
 from qldbstream_handlers.fraud.rules import HighValueRule, Limit, SequenceRule, WindowRule, parse_pattern
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from qldbstream.core.errors import ConfigurationError, RetryableError
+from qldbstream.api import ConfigurationError, RetryableError
 from qldbstream_handlers.fraud.events import EventKey, TransactionEvent
 
 __all__ = [

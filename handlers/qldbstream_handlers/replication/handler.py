@@ -42,13 +42,20 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qldbstream.api.handler import Handler, HandlerContext, SetupContext
-from qldbstream.api.metrics import Metrics, NullMetrics
-from qldbstream.core.decode import ControlRecord, JournalRecord, RevisionDetails
-from qldbstream.core.dedupe import dedupe_key
-from qldbstream.core.errors import ConfigurationError, RetryableError
-from qldbstream.core.replica import masked_record_bytes, seal_record
-from qldbstream.io.sealers import KmsSealer
+from qldbstream.api import (
+    ConfigurationError,
+    ControlRecord,
+    Handler,
+    HandlerContext,
+    JournalRecord,
+    Metrics,
+    NullMetrics,
+    RetryableError,
+    RevisionDetails,
+    SetupContext,
+    dedupe_key,
+)
+from qldbstream.api.masking import KmsSealer, masked_record_bytes, seal_record
 from qldbstream_handlers.replication.health import TargetHealth
 from qldbstream_handlers.replication.rounds import Outgoing, plan_rounds
 from qldbstream_handlers.replication.settings import Mode, ReplicationSettings, TargetConfig
@@ -80,7 +87,7 @@ _TIMEOUTS = {"connect_timeout": 5, "read_timeout": 30}
 
 def default_client(config: TargetConfig) -> KinesisClient:
     """A boto3 Kinesis client for the target's region and endpoint, with bounded retries."""
-    from qldbstream.io.clients import aws_client
+    from qldbstream.api.aws import aws_client
 
     client: KinesisClient = aws_client(
         "kinesis", region_name=config.region, endpoint_url=config.endpoint, config_options=_TIMEOUTS
@@ -90,7 +97,7 @@ def default_client(config: TargetConfig) -> KinesisClient:
 
 def default_kms_client(config: TargetConfig) -> Any:
     """A boto3 KMS client for the target's region and endpoint, with bounded retries."""
-    from qldbstream.io.clients import aws_client
+    from qldbstream.api.aws import aws_client
 
     return aws_client(
         "kms", region_name=config.region, endpoint_url=config.endpoint, config_options=_TIMEOUTS
@@ -161,7 +168,11 @@ class Lane:
 
 
 class ReplicationHandler(Handler):
-    """Republishes verified revisions (and optionally block summaries / CONTROL) to target streams."""
+    """Republishes verified revisions (and optionally block summaries / CONTROL) to target streams.
+
+    Not a :class:`~qldbstream.api.Router`: a batch is planned and written whole (KPL aggregates
+    per target shard, in rounds), not record by record; its filter is by record type and table.
+    """
 
     name = "replication"
 

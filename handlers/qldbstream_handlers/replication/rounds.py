@@ -20,8 +20,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qldbstream.core.aggregate import MAX_RECORD_BYTES, pack
-from qldbstream.io.kinesis_writer import PutEntry
+from qldbstream.api.kinesis import MAX_RECORD_BYTES, PutEntry, pack
 
 __all__ = ["Outgoing", "Round", "ShardMap", "plan_rounds"]
 

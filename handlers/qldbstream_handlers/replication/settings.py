@@ -38,8 +38,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from qldbstream.core.decode import RecordType
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError, RecordType
 
 __all__ = ["Mode", "ReplicationSettings", "TargetConfig"]
 

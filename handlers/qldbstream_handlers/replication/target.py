@@ -20,8 +20,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from qldbstream.api.metrics import Metrics, NullMetrics
-from qldbstream.io.kinesis_writer import put_records
+from qldbstream.api import Metrics, NullMetrics
+from qldbstream.api.kinesis import put_records
 from qldbstream_handlers.replication.health import TargetHealth
 from qldbstream_handlers.replication.rounds import Round, ShardMap
 from qldbstream_handlers.replication.settings import TargetConfig

@@ -13,7 +13,7 @@ after its class (``ValueError``), like a Lambda function's ``errorType``.
 
 from __future__ import annotations
 
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError
 
 __all__ = [
     "ALL",

@@ -30,8 +30,7 @@ from typing import Any, Protocol
 
 from amazon.ion.core import IonType
 
-from qldbstream.api.router import operation_of
-from qldbstream.core.decode import RevisionDetails
+from qldbstream.api import RevisionDetails, operation_of
 
 __all__ = ["AlertBook", "AlertLike", "alert_event", "execution_name", "revision_event", "to_json"]
 

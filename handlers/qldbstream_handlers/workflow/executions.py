@@ -24,8 +24,8 @@ from typing import Any, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
-from qldbstream.core.errors import HaltShardError, PoisonRecordError, RetryableError
-from qldbstream.pipeline.reliability import Disposition, classify
+from qldbstream.api import HaltShardError, PoisonRecordError, RetryableError
+from qldbstream.api.aws import is_retryable
 
 __all__ = ["DoneMarkers", "DynamoDBDoneMarkers", "InMemoryDoneMarkers", "StepFunctionsStarter"]
 
@@ -103,11 +103,11 @@ class StepFunctionsStarter:
                 return "already-started"
             if code in ("InvalidExecutionInput", "InvalidName"):
                 raise PoisonRecordError(f"Step Functions refused execution {name}: {exc}") from exc
-            if classify(exc) is Disposition.RETRY_THEN_HALT or code == "ExecutionLimitExceeded":
+            if is_retryable(exc) or code == "ExecutionLimitExceeded":
                 raise RetryableError(f"Step Functions: {exc}") from exc
             raise HaltShardError(f"cannot start executions of {self.state_machine_arn}: {exc}") from exc
         except Exception as exc:
-            if classify(exc) is Disposition.RETRY_THEN_HALT:
+            if is_retryable(exc):
                 raise RetryableError(f"Step Functions: {exc!r}") from exc
             raise
         return "started"

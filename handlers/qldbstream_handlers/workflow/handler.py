@@ -29,14 +29,22 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from qldbstream.api.handler import BatchItemError, Handler, HandlerContext, SetupContext
-from qldbstream.api.metrics import Metrics, NullMetrics
-from qldbstream.api.router import operation_of
-from qldbstream.core.decode import JournalRecord, RevisionDetails
-from qldbstream.core.errors import ConfigurationError, PoisonRecordError, RetryableError
-from qldbstream.pipeline.reliability import Disposition, classify
+from qldbstream.api import (
+    ConfigurationError,
+    HandlerContext,
+    JournalRecord,
+    Metrics,
+    NullMetrics,
+    Operation,
+    PoisonRecordError,
+    RetryableError,
+    RevisionDetails,
+    Router,
+    SetupContext,
+)
+from qldbstream.api.aws import is_retryable
 from qldbstream_handlers.workflow import example
 from qldbstream_handlers.workflow.definition import load_definition
 from qldbstream_handlers.workflow.events import (
@@ -69,8 +77,13 @@ class WorkflowFailedError(PoisonRecordError):
         self.execution = execution
 
 
-class WorkflowHandler(Handler):
-    """See the module docstring; ``settings`` is the handler's own settings dict."""
+class WorkflowHandler(Router):
+    """See the module docstring; ``settings`` is the handler's own settings dict.
+
+    A :class:`~qldbstream.api.Router` with one revision route (the ``tables`` and ``operations``
+    settings are its filters): each revision starts or runs one execution, and the router names
+    the revision that failed.
+    """
 
     name = "workflow"
 
@@ -86,7 +99,14 @@ class WorkflowHandler(Handler):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__("workflow")
         self.settings = s = WorkflowSettings.parse(settings or {})
+        self.add_revision_handler(
+            self.on_revision,
+            table=None if s.tables is None else sorted(s.tables),
+            operation=None if s.operations is None else cast("list[Operation]", sorted(s.operations)),
+            name=self.name,
+        )
         self._client_factory = clients or self._boto3_client
         self._clients: dict[str, Any] = {}
         self._bus = bus
@@ -154,7 +174,7 @@ class WorkflowHandler(Handler):
         return target
 
     def _boto3_client(self, service: str) -> Any:
-        from qldbstream.io.clients import aws_client
+        from qldbstream.api.aws import aws_client
 
         return aws_client(service, region_name=self.settings.region, endpoint_url=self.settings.endpoint_url)
 
@@ -183,24 +203,15 @@ class WorkflowHandler(Handler):
             self._unsubscribe()
             self._unsubscribe = None
 
-    def wants(self, record: JournalRecord) -> bool:
-        if not isinstance(record, RevisionDetails):
-            return False
-        s = self.settings
-        if s.tables is not None and record.table_name not in s.tables:
-            return False
-        return s.operations is None or operation_of(record) in s.operations
-
     def handle_batch(self, records: Sequence[JournalRecord], ctx: HandlerContext) -> None:
         self.metrics = ctx.metrics
-        for index, record in enumerate(records):
-            assert isinstance(record, RevisionDetails)
-            alerts = self.alerts.for_revision(record.document_id, record.version)
-            event = revision_event(record, alerts)
-            try:
-                self.execute(execution_name(record.document_id, record.version), event, trigger="revision")
-            except Exception as exc:
-                raise BatchItemError(index, exc, self.name) from exc
+        super().handle_batch(records, ctx)
+
+    def on_revision(self, revision: RevisionDetails, ctx: HandlerContext) -> None:
+        """Start (or run) the revision's execution, with the alerts raised for it so far."""
+        alerts = self.alerts.for_revision(revision.document_id, revision.version)
+        event = revision_event(revision, alerts)
+        self.execute(execution_name(revision.document_id, revision.version), event, trigger="revision")
 
     # --- alerts --------------------------------------------------------------------------
     def on_alert(self, alert: AlertLike) -> None:
@@ -238,7 +249,7 @@ class WorkflowHandler(Handler):
 
     def _failure(self, execution: Execution) -> Exception:
         original = execution.failure.original if execution.failure is not None else None
-        if original is not None and classify(original) is Disposition.RETRY_THEN_HALT:
+        if original is not None and is_retryable(original):
             what = f"{execution.error}: {execution.cause}"
             return RetryableError(f"workflow execution {execution.name} failed transiently: {what}")
         return WorkflowFailedError(execution)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from qldbstream.core.errors import ConfigurationError
+from qldbstream.api import ConfigurationError
 
 __all__ = ["WorkflowSettings"]
 
