@@ -10,6 +10,7 @@ the ports it needs), ``io`` (Kinesis, DynamoDB, SQS, S3, files, metrics backends
 (settings and plugins, assembled once), ``runtimes`` (Lambda, the worker, the KCL) and ``cli``.
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
@@ -24,14 +25,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 def __getattr__(name: str) -> object:
     # Lazy: `import qldbstream` (and so the Lambda handler's cold start) does not pay for the API.
-    from qldbstream import api
-
+    # import_module, not `from qldbstream import api`: that form asks this very function for
+    # `api` while the submodule is not imported yet, and would recurse.
+    if name.startswith("__") or name == "api":
+        raise AttributeError(f"module 'qldbstream' has no attribute {name!r}")
+    api = importlib.import_module("qldbstream.api")
     if name in api.__all__:
         return getattr(api, name)
     raise AttributeError(f"module 'qldbstream' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    from qldbstream import api
-
+    api = importlib.import_module("qldbstream.api")
     return [*api.__all__, "__version__"]

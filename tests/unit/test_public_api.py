@@ -140,6 +140,18 @@ def test_opt_in_modules_are_documented(module: str) -> None:
             assert (value.__doc__ or "").strip(), f"{module}.{name} has no docstring"
 
 
+def test_from_qldbstream_import_works_in_a_fresh_interpreter() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from qldbstream import Router, dot; import qldbstream; "
+        "print(Router.__name__, 'Handler' in dir(qldbstream))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["Router", "True"]
+
+
 def test_the_opt_in_modules_stay_out_of_the_api_import() -> None:
     import subprocess
     import sys
