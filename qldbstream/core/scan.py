@@ -22,16 +22,15 @@ from qldbstream.core.ion.binary import (
     T_SYMBOL,
     T_TIMESTAMP,
     DuplicateFieldError,
-    RecordView,
     header,
     iter_list,
-    parse_record,
     read_uint,
     read_varuint,
     struct_slots,
 )
 from qldbstream.core.ion.check import check_value
 from qldbstream.core.ion.hash import ion_hash_at
+from qldbstream.core.ion.symbols import RecordView, parse_record
 from qldbstream.core.journal import DELETED, LIVE, REDACTED, BlockSummary, Slot
 from qldbstream.core.qldb_hash import HASH_LENGTH, dot, merkle_root
 

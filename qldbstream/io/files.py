@@ -28,7 +28,8 @@ from typing import Any
 
 from qldbstream.core.deaggregate import KPL_MAGIC
 from qldbstream.core.errors import InputError, MalformedIonError, MalformedKinesisRecordError
-from qldbstream.core.ion.binary import IVM, parse_record
+from qldbstream.core.ion.binary import IVM
+from qldbstream.core.ion.symbols import parse_record
 from qldbstream.core.records import KinesisRecord, Position
 from qldbstream.io.lambda_event import kinesis_record, records_from_event
 

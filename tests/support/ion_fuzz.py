@@ -36,8 +36,9 @@ from qldbstream.core.errors import (
     MalformedRecordError,
     UnknownRecordTypeError,
 )
-from qldbstream.core.ion.binary import header, parse_record, read_varuint
+from qldbstream.core.ion.binary import header, read_varuint
 from qldbstream.core.ion.hash import ion_hash_at, ion_hash_bytes
+from qldbstream.core.ion.symbols import parse_record
 from qldbstream.core.scan import scan_record
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "qldb-real"

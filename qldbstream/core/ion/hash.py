@@ -40,11 +40,11 @@ from qldbstream.core.ion.binary import (
     T_TIMESTAMP,
     Symbols,
     header,
-    parse_record,
     read_int,
     read_varint,
     read_varuint,
 )
+from qldbstream.core.ion.symbols import parse_record
 
 __all__ = ["HashFunction", "ion_hash", "ion_hash_at", "ion_hash_bytes", "serialize_at"]
 
@@ -375,7 +375,7 @@ def ion_hash_at(
     """``H(value)`` of the value at ``pos`` in an already-parsed record.
 
     ``cache`` maps symbol IDs to their serialization; pass the record's
-    :attr:`SymbolTable.serialized <qldbstream.core.ion.binary.SymbolTable.serialized>` to share it.
+    :attr:`SymbolTable.serialized <qldbstream.core.ion.symbols.SymbolTable.serialized>` to share it.
     """
     return h(_ser(buf, pos, end, symbols, h, {} if cache is None else cache)[0])
 
