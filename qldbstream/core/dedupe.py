@@ -160,6 +160,8 @@ class SharedDedupeStore(DedupeStore, Protocol):
 
 
 def dedupe_key(record: JournalRecord) -> str:
+    """A record's identity, the key de-duplication marks done: ``rev#<documentId>#<version>``,
+    ``block#<strandId>#<sequenceNo>`` or ``control#<streamArn>#<type>``."""
     if isinstance(record, RevisionDetails):
         return f"rev#{record.document_id}#{record.version}"
     if isinstance(record, BlockSummary):

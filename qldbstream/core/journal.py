@@ -32,6 +32,8 @@ __all__ = [
 
 
 class RecordType(StrEnum):
+    """A journal record's ``recordType``: ``CONTROL``, ``BLOCK_SUMMARY`` or ``REVISION_DETAILS``."""
+
     CONTROL = "CONTROL"
     BLOCK_SUMMARY = "BLOCK_SUMMARY"
     REVISION_DETAILS = "REVISION_DETAILS"
@@ -148,6 +150,9 @@ class ControlRecord(JournalRecord):
 
 
 class RevisionSummary:
+    """One entry of a block summary's ``revisionSummaries``: a revision's hash and document id
+    (``None`` for a revision that belongs to no document, e.g. a DDL statement's)."""
+
     __slots__ = ("document_id", "hash")
 
     def __init__(self, hash_: bytes, document_id: str | None) -> None:
