@@ -137,7 +137,7 @@ def core_import_offences(path: Path, root: Path = ROOT) -> list[str]:
             ok = top in CORE_STDLIB or top in extra or any(_within(module, p) for p in CORE_THIRD_PARTY)
         if not ok:
             offences.append(f"{_rel(path, root)}:{line}: imports {module}")
-    return sorted(set(offences), key=lambda o: int(o.split(":")[1]))
+    return sorted(set(offences), key=lambda o: (int(o.split(":")[1]), o))
 
 
 def _receiver(node: ast.expr) -> str | None:
