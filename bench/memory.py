@@ -22,12 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qldbstream_tools.simulate import DeliveryOptions, SimulationConfig, Workload, simulate
+
 from qldbstream.api.router import Router
 from qldbstream.core.records import KinesisRecord
+from qldbstream.io.dlq import DirectoryDeadLetterQueue
 from qldbstream.pipeline.batch import Pipeline
-from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
 from qldbstream.pipeline.stores import InMemoryDedupeStore
-from qldbstream.simulate import DeliveryOptions, SimulationConfig, Workload, simulate
 
 
 def rss_mb() -> float:

@@ -27,12 +27,13 @@ from qldbstream.core.masking import Masker, Sealer
 from qldbstream.core.masking_text import MaskingMetrics
 from qldbstream.io.anchors import load_anchors
 from qldbstream.io.clients import aws_client
+from qldbstream.io.dlq import DirectoryDeadLetterQueue, SqsDeadLetterQueue
 from qldbstream.io.logs import configure_logging
 from qldbstream.io.masking_logs import MaskingLogFilter, install_log_masking, remove_log_masking
 from qldbstream.io.metrics import build_metrics
 from qldbstream.io.sealers import AesGcmSealer, masking_from_settings
 from qldbstream.pipeline.batch import Pipeline
-from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue, SqsDeadLetterQueue
+from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue
 from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore
 
 __all__ = ["App", "NoDeadLetterQueue"]

@@ -86,16 +86,16 @@ RUNTIMES: dict[str, Runtime] = {
 
 #: component -> the functions (or "Class.*" for every method) whose calls belong to it
 COMPONENTS: dict[str, tuple[str, ...]] = {
-    "dlq-write": ("qldbstream.pipeline.dlq:SqsDeadLetterQueue.put",),
+    "dlq-write": ("qldbstream.io.dlq:SqsDeadLetterQueue.put",),
     "dlq-read": (
-        "qldbstream.pipeline.dlq:SqsDeadLetterQueue.receive",
-        "qldbstream.pipeline.dlq:SqsDeadLetterQueue.delete",
+        "qldbstream.io.dlq:SqsDeadLetterQueue.receive",
+        "qldbstream.io.dlq:SqsDeadLetterQueue.delete",
     ),
     # the payload bucket of dead letters over 256 KiB (dlq_payload_bucket)
     "dlq-payload": (
-        "qldbstream.pipeline.dlq:SqsDeadLetterQueue._store_payload",
-        "qldbstream.pipeline.dlq:SqsDeadLetterQueue._read_payload",
-        "qldbstream.pipeline.dlq:SqsDeadLetterQueue._drop_payload",
+        "qldbstream.io.dlq:SqsDeadLetterQueue._store_payload",
+        "qldbstream.io.dlq:SqsDeadLetterQueue._read_payload",
+        "qldbstream.io.dlq:SqsDeadLetterQueue._drop_payload",
     ),
     "dedupe-table": ("qldbstream.io.dynamodb:DynamoDBDedupeStore.*",),
     "checkpoint-table": ("qldbstream.io.dynamodb:DynamoDBCheckpointStore.*",),

@@ -21,7 +21,7 @@ from qldbstream.app.assembly import App
 from qldbstream.app.config import Settings, load_settings
 from qldbstream.core.errors import ConfigurationError
 from qldbstream.io.clients import DEFAULT_MAX_ATTEMPTS, aws_client, client_config
-from qldbstream.pipeline.dlq import SqsDeadLetterQueue
+from qldbstream.io.dlq import SqsDeadLetterQueue
 
 PACKAGE = Path(__file__).resolve().parents[2] / "qldbstream"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qldbstream_tools.simulate import Simulation
 
 from qldbstream.api.handler import HandlerContext
 from qldbstream.api.metrics import InMemoryMetrics
@@ -25,12 +26,11 @@ from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import BlockSummary, RevisionDetails, decode
 from qldbstream.core.dedupe import LatePolicy
 from qldbstream.core.errors import ConfigurationError, HaltShardError, RetryableError
+from qldbstream.io.dlq import DirectoryDeadLetterQueue
 from qldbstream.io.lambda_event import kinesis_record
-from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
 from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore
 from qldbstream.runtimes import aws_lambda
 from qldbstream.runtimes.aws_lambda import BatchFailedError, LambdaHandler, TumblingWindow, make_handler
-from qldbstream.simulate import Simulation
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import simulation
 

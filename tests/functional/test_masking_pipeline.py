@@ -17,8 +17,8 @@ from qldbstream.app.assembly import App
 from qldbstream.app.config import Settings, load_settings
 from qldbstream.core.decode import RevisionDetails
 from qldbstream.core.errors import ConfigurationError, PoisonRecordError
+from qldbstream.io.dlq import DirectoryDeadLetterQueue
 from qldbstream.pipeline.batch import Pipeline
-from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
 from tests.functional.test_pipeline import MemoryDLQ
 from tests.support.streams import kinesis_records, simulation
 

@@ -15,8 +15,8 @@ from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import JournalRecord, RevisionDetails, decode
 from qldbstream.core.dedupe import LatePolicy
 from qldbstream.core.errors import RetryableError
+from qldbstream.io.dlq import DirectoryDeadLetterQueue
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings, VerificationAction
-from qldbstream.pipeline.dlq import DirectoryDeadLetterQueue
 from qldbstream.pipeline.reliability import RetryPolicy
 from qldbstream.pipeline.stores import InMemoryDedupeStore
 from tests.support.fakes import FakeTime, MemoryDLQ

@@ -16,15 +16,12 @@ import pytest
 from qldbstream.core.deaggregate import KPL_MAGIC
 from qldbstream.core.errors import HaltShardError, PoisonRecordError
 from qldbstream.core.records import KinesisRecord, UserRecord
+from qldbstream.io.dlq import PAYLOAD_POINTER_CLASS, PAYLOAD_SIZE_ATTRIBUTE, SQS_MAX_BYTES, SqsDeadLetterQueue
 from qldbstream.pipeline.dlq import (
-    PAYLOAD_POINTER_CLASS,
-    PAYLOAD_SIZE_ATTRIBUTE,
-    SQS_MAX_BYTES,
     DeadLetter,
     DeadLetterPayloadError,
     DeadLetterTooLargeError,
     DeadLetterWriteError,
-    SqsDeadLetterQueue,
     envelope_for,
 )
 from tests.support.aws import client

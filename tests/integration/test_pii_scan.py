@@ -25,22 +25,23 @@ from typing import Any
 
 import pytest
 from amazon.ion import simpleion
+from qldbstream_tools.demo.aws import create_resources, drain_queue
+from qldbstream_tools.demo.options import HANDLERS, DemoNames, worker_environ
+from qldbstream_tools.simulate import DeliveryOptions, SimulationConfig, Workload, parse_tamper, simulate
+from qldbstream_tools.simulate.bankdata import INSERT_CUSTOMER
+from qldbstream_tools.simulate.session import TransactionBuilder
 
 from qldbstream.api.handler import HandlerContext
 from qldbstream.api.router import Router
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.errors import PoisonRecordError
 from qldbstream.core.records import KinesisRecord
-from qldbstream.demo.aws import create_resources, drain_queue
-from qldbstream.demo.options import HANDLERS, DemoNames, worker_environ
+from qldbstream.io.dlq import DirectoryDeadLetterQueue, SqsDeadLetterQueue
 from qldbstream.io.kinesis_reader import read_stream
 from qldbstream.io.kinesis_writer import PutEntry, put_records
 from qldbstream.io.logs import JsonFormatter
 from qldbstream.io.metrics import EmfMetrics, PrometheusMetrics
-from qldbstream.pipeline.dlq import DeadLetter, DirectoryDeadLetterQueue, SqsDeadLetterQueue
-from qldbstream.simulate import DeliveryOptions, SimulationConfig, Workload, parse_tamper, simulate
-from qldbstream.simulate.bankdata import INSERT_CUSTOMER
-from qldbstream.simulate.session import TransactionBuilder
+from qldbstream.pipeline.dlq import DeadLetter
 from tests.support.aws import REGION, client
 from tests.support.servers import MotoServer
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from qldbstream_tools.simulate import Simulation
 
 from qldbstream.api.handler import BatchItemError, Handler, HandlerContext
 from qldbstream.api.metrics import InMemoryMetrics
@@ -34,10 +35,11 @@ from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import JournalRecord, RevisionDetails, decode
 from qldbstream.core.errors import ConfigurationError, InputError
 from qldbstream.core.records import KinesisRecord
+from qldbstream.io.dlq import SQS_MAX_BYTES, DirectoryDeadLetterQueue
 from qldbstream.io.dynamodb import DynamoDBDedupeStore
 from qldbstream.io.kinesis_writer import PutEntry, put_records
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
-from qldbstream.pipeline.dlq import SQS_MAX_BYTES, DeadLetter, DeadLetterQueue, DirectoryDeadLetterQueue
+from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue
 from qldbstream.pipeline.reliability import RetryPolicy
 from qldbstream.pipeline.stores import InMemoryDedupeStore
 from qldbstream.runtimes.replay import (
@@ -47,7 +49,6 @@ from qldbstream.runtimes.replay import (
     read_range,
     replay_dead_letters,
 )
-from qldbstream.simulate import Simulation
 from tests.support.aws import client, kinesis_stream
 from tests.support.servers import LocalServer, MotoServer
 from tests.support.streams import kinesis_records, simulation

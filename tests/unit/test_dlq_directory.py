@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from qldbstream.core.records import Position
-from qldbstream.pipeline.dlq import DeadLetter, DirectoryDeadLetterQueue
+from qldbstream.io.dlq import DirectoryDeadLetterQueue
+from qldbstream.pipeline.dlq import DeadLetter
 
 
 def full_letter(**changes: object) -> DeadLetter:
