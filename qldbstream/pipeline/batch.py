@@ -39,18 +39,17 @@ from qldbstream.core.admit import Admission
 from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate
 from qldbstream.core.decode import BlockSummary, ControlRecord, JournalRecord, RevisionDetails, decode
 from qldbstream.core.dedupe import DedupeStore, LatePolicy, Planner
-from qldbstream.pipeline.stores import InMemoryDedupeStore
 from qldbstream.core.entries import Entry, UnverifiableRecordError
 from qldbstream.core.errors import DeaggregationError, PoisonRecordError
 from qldbstream.core.gate import OWN_BLOCK_CHECKS, Delivery, GateStore
-from qldbstream.pipeline.stores import InMemoryGateStore
 from qldbstream.core.masking import Masker, Sealer, seal_envelope
 from qldbstream.core.order import JournalOrder
 from qldbstream.core.records import KinesisRecord, UserRecord
 from qldbstream.core.verify import Failure, Verifier
 from qldbstream.io.tracing import span
 from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue, envelope_for
-from qldbstream.pipeline.reliability import CircuitBreaker, Disposition, RetryPolicy, classify
+from qldbstream.pipeline.reliability import CircuitBreaker, Disposition, RetryPolicy, classify, retry
+from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore
 
 __all__ = ["BatchResult", "Pipeline", "PipelineSettings", "VerificationAction"]
 
@@ -179,6 +178,8 @@ class Pipeline:
         self.metrics = metrics or NullMetrics()
         self.clock = clock
         self.sleep = sleep
+        #: epoch seconds: iterator age, dead letters' failure times
+        self.wall_clock = wall_clock
         self.allow_hold = allow_hold
         self.masker = masker
         self.sealer = sealer
@@ -291,7 +292,7 @@ class Pipeline:
         newest = records[-1].approximate_arrival_timestamp if records else None
         if newest is not None:
             self.metrics.gauge(
-                "iterator_age_ms", max(0.0, (time.time() - newest) * 1000), shard=shard_id or ""
+                "iterator_age_ms", max(0.0, (self.wall_clock() - newest) * 1000), shard=shard_id or ""
             )
         # 1. deaggregate, decode, verify; poison to the DLQ
         with span("verify", shard=shard_id or "", records=len(records)):
@@ -573,6 +574,7 @@ class Pipeline:
             version=version,
             block_sequence_no=seq,
             verification_failures=[f.as_dict() for f in failures or []],
+            now=self.wall_clock(),
         )
         try:  # sealing (KMS) inside: a key that cannot be reached holds the checkpoint too
             if self.masker is not None and self.sealer is not None:
@@ -598,29 +600,29 @@ class Pipeline:
         """A handler hook outside record delivery (a tumbling window closing), retried with the
         pipeline's retry policy while the deadline allows; raises the last error when no retry is
         left (the runtime then fails the invocation, and Lambda retries it)."""
-        retry, margin = self.settings.retry, self.settings.deadline_margin
-        attempt = 1
-        while True:
-            try:
-                call()
-                return
-            except Exception as exc:
-                usable = None if deadline is None else deadline - margin
-                delay = retry.next_delay(attempt, self.clock(), usable)
-                log.warning(
-                    "%s of %s failed (attempt %d) for shard %s: %r",
-                    what,
-                    handler.name,
-                    attempt,
-                    shard,
-                    exc,
-                    extra={"shardId": shard, "handler": handler.name},
-                )
-                if delay is None:
-                    self.metrics.incr("hook_failures", handler=handler.name, hook=what)
-                    raise
-                self.sleep(delay)
-                attempt += 1
+
+        def on_failure(exc: Exception, attempt: int, delay: float | None) -> None:
+            log.warning(
+                "%s of %s failed (attempt %d) for shard %s: %r",
+                what,
+                handler.name,
+                attempt,
+                shard,
+                exc,
+                extra={"shardId": shard, "handler": handler.name},
+            )
+            if delay is None:
+                self.metrics.incr("hook_failures", handler=handler.name, hook=what)
+
+        retry(
+            call,
+            self.settings.retry,
+            retryable=lambda exc: True,
+            sleep=self.sleep,
+            clock=self.clock,
+            deadline=self._usable_deadline(deadline),
+            on_failure=on_failure,
+        )
 
     def dead_letter(self, stage: str, error: BaseException, record: KinesisRecord) -> bool:
         """Dead-letter a record that never reached the pipeline's stages (a runtime's malformed input,
@@ -815,7 +817,7 @@ class Pipeline:
             for e in order[pos:failing]:
                 e.hstate[name] = "done"
             pos = failing
-            first_failure = first_failure or time.time()
+            first_failure = first_failure or self.wall_clock()
             disposition = classify(cause, retryable=retryable, poison=poison)
             entry = order[pos]
             log.warning(
@@ -876,18 +878,19 @@ class Pipeline:
         return None
 
     def _flush(self, handler: Handler, ctx: HandlerContext, deadline: float | None) -> None:
-        attempt = 1
-        while True:
-            try:
-                handler.flush(ctx)
-                return
-            except Exception as exc:
-                delay = self.settings.retry.next_delay(attempt, self.clock(), self._usable_deadline(deadline))
-                log.warning("flush of %s failed (attempt %d): %r", handler.name, attempt, exc)
-                if delay is None:
-                    raise _Halt(f"flush of {handler.name} failed: {exc!r}") from exc
-                self.sleep(delay)
-                attempt += 1
+        def on_failure(exc: Exception, attempt: int, delay: float | None) -> None:
+            log.warning("flush of %s failed (attempt %d): %r", handler.name, attempt, exc)
+
+        retry(
+            lambda: handler.flush(ctx),
+            self.settings.retry,
+            retryable=lambda exc: True,
+            sleep=self.sleep,
+            clock=self.clock,
+            deadline=self._usable_deadline(deadline),
+            on_failure=on_failure,
+            give_up=lambda exc, attempts: _Halt(f"flush of {handler.name} failed: {exc!r}"),
+        )
 
     def _usable_deadline(self, deadline: float | None) -> float | None:
         return None if deadline is None else deadline - self.settings.deadline_margin
