@@ -14,16 +14,14 @@ from qldbstream.app.assembly import App, NoDeadLetterQueue
 from qldbstream.core.errors import ConfigurationError, InputError
 from qldbstream.pipeline.batch import Pipeline
 from qldbstream.pipeline.dlq import DeadLetterQueue
-from qldbstream.runtimes.replay import (
+from qldbstream.runtimes.lambda_failures import (
     FileLambdaFailures,
     LambdaFailureSource,
-    Replayer,
-    ReplayReport,
     SqsLambdaFailures,
     read_range,
-    replay_dead_letters,
     replay_lambda_failures,
 )
+from qldbstream.runtimes.replay import Replayer, ReplayReport, replay_dead_letters
 
 __all__ = ["register", "run"]
 

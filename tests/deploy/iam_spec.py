@@ -103,8 +103,8 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     # the one method that queries the gate table's index (parked-by-time): its resource is the index ARN,
     # so the other gate operations are not granted on the index
     "gate-index": ("qldbstream.io.gate_dynamodb:DynamoDBGateStore._oldest",),
-    "stream-read": ("qldbstream.io.shards:StreamShards.*", "qldbstream.runtimes.replay:read_range"),
-    "lambda-failures": ("qldbstream.runtimes.replay:SqsLambdaFailures.*",),
+    "stream-read": ("qldbstream.io.shards:StreamShards.*", "qldbstream.runtimes.lambda_failures:read_range"),
+    "lambda-failures": ("qldbstream.runtimes.lambda_failures:SqsLambdaFailures.*",),
     "dlq-seal": ("qldbstream.io.sealers:KmsSealer.seal",),
     "dlq-unseal": ("qldbstream.io.sealers:KmsSealer.open",),
 }

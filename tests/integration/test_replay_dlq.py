@@ -42,13 +42,8 @@ from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue
 from qldbstream.pipeline.reliability import RetryPolicy
 from qldbstream.pipeline.stores import InMemoryDedupeStore
-from qldbstream.runtimes.replay import (
-    LambdaFailure,
-    Replayer,
-    parse_lambda_failures,
-    read_range,
-    replay_dead_letters,
-)
+from qldbstream.runtimes.lambda_failures import LambdaFailure, parse_lambda_failures, read_range
+from qldbstream.runtimes.replay import Replayer, replay_dead_letters
 from tests.support.aws import client, kinesis_stream
 from tests.support.servers import LocalServer, MotoServer
 from tests.support.streams import kinesis_records, simulation
