@@ -11,10 +11,10 @@ NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildca
 
 .PHONY: demo test lint format unit bench venv node native kcl kcl-image-check clean
 
-$(STAMP): pyproject.toml handlers/pyproject.toml
+$(STAMP): pyproject.toml handlers/pyproject.toml tools/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./handlers
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./handlers -e ./tools
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 
 def generate(path: Path, transactions: int, aggregate: bool, seed: int) -> dict[str, object]:
-    from qldbstream.simulate import DeliveryOptions, SimulationConfig, Workload, simulate
+    from qldbstream_tools.simulate import DeliveryOptions, SimulationConfig, Workload, simulate
 
     sim = simulate(
         SimulationConfig(

@@ -1,7 +1,7 @@
 """``qldbstream demo`` end to end on the embedded local AWS (moto in-process on 127.0.0.1).
 
 The expectations here are computed from the simulator again, independently of the demo's own
-checks (``qldbstream.demo.truth``): what was planted, how often the tampered record was delivered,
+checks (``qldbstream_tools.demo.truth``): what was planted, how often the tampered record was delivered,
 how many revisions every handler must hold, the velocity windows, the bursts.
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qldbstream_tools.cli.demo import render_report
+from qldbstream_tools.demo import DemoOptions, DemoProgress, run_demo, simulation
+from qldbstream_tools.simulate import Simulation
 from rich.console import Console
 
 from qldbstream.cli import main
-from qldbstream.cli.demo import render_report
-from qldbstream.demo import DemoOptions, DemoProgress, run_demo, simulation
-from qldbstream.simulate import Simulation
 
 USER_RECORDS = 'qldbstream_records_in_total{stage="user"}'
 #: small, with duplicates and reordering over three shards; the seed plants bursts and a wire

@@ -25,8 +25,7 @@ from typing import Any
 import pytest
 from amazon.ion import simpleion
 from aws_kinesis_agg.deaggregator import deaggregate_records
-
-from qldbstream.simulate import (
+from qldbstream_tools.simulate import (
     DeliveryOptions,
     Failure,
     Simulation,
@@ -35,6 +34,7 @@ from qldbstream.simulate import (
     parse_tamper,
     simulate,
 )
+
 from tests.support.oracles import import_ionhash, reference_dot
 
 #: every test here runs with both scanners: pure Python and the compiled extension

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from qldbstream_tools.simulate import Simulation
 
 from qldbstream.api.handler import HandlerContext
 from qldbstream.api.metrics import InMemoryMetrics
@@ -33,7 +34,6 @@ from qldbstream.io.kinesis_reader import LATEST, StartPosition
 from qldbstream.io.shards import covered
 from qldbstream.pipeline.checkpoint import Checkpoint, InMemoryCheckpointStore
 from qldbstream.runtimes.worker import Worker, WorkerOptions
-from qldbstream.simulate import Simulation
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import simulation
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from qldbstream_tools.simulate import Simulation
+
 from qldbstream.api.handler import Handler, HandlerContext
 from qldbstream.api.metrics import InMemoryMetrics
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import ControlRecord, JournalRecord, RevisionDetails, decode
 from qldbstream.core.dedupe import dedupe_key
-from qldbstream.simulate import Simulation
 from tests.support.streams import kinesis_records
 
 Batch = tuple[str, list[JournalRecord]]

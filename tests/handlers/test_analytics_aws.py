@@ -23,9 +23,9 @@ from qldbstream_handlers.analytics import (
 )
 from qldbstream_handlers.analytics.state import decode_state, encode_state
 from qldbstream_handlers.export.storage import S3Storage
+from qldbstream_tools.simulate import Simulation
 
 from qldbstream.core.errors import HaltShardError
-from qldbstream.simulate import Simulation
 from tests.handlers.test_analytics_bank import (
     Expected,
     expected_velocity,

@@ -28,6 +28,7 @@ from qldbstream_handlers.analytics import (
     WindowResult,
 )
 from qldbstream_handlers.export.storage import LocalStorage
+from qldbstream_tools.simulate import Simulation
 
 from qldbstream.api.handler import HandlerContext, SetupContext
 from qldbstream.api.metrics import InMemoryMetrics
@@ -35,7 +36,6 @@ from qldbstream.core.dedupe import LatePolicy
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.stores import InMemoryDedupeStore
-from qldbstream.simulate import Simulation
 from tests.functional.test_pipeline import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records, simulation
 

@@ -26,12 +26,12 @@ from qldbstream_handlers.analytics import (
     Retraction,
     WindowResult,
 )
+from qldbstream_tools.simulate import Simulation
 
 from qldbstream.api.handler import HandlerContext, SetupContext
 from qldbstream.api.metrics import InMemoryMetrics
 from qldbstream.core.decode import JournalRecord
 from qldbstream.runtimes.aws_lambda import TumblingWindow
-from qldbstream.simulate import Simulation
 from tests.handlers.messy import (
     Batch,
     Delivery,

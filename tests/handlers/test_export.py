@@ -30,6 +30,8 @@ from qldbstream_handlers.export import (
     arrow_schema,
 )
 from qldbstream_handlers.export.manifest import Flush
+from qldbstream_tools.simulate import LedgerRevision, Simulation
+from qldbstream_tools.simulate.values import ion_text
 
 from qldbstream.api.handler import HandlerContext, SetupContext
 from qldbstream.api.metrics import InMemoryMetrics
@@ -41,8 +43,6 @@ from qldbstream.core.errors import ConfigurationError
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import BatchResult, Pipeline, PipelineSettings
 from qldbstream.pipeline.stores import InMemoryDedupeStore
-from qldbstream.simulate import LedgerRevision, Simulation
-from qldbstream.simulate.values import ion_text
 from tests.functional.test_pipeline import FakeTime
 from tests.support.streams import batches, kinesis_records, simulation
 

@@ -19,6 +19,7 @@ from qldbstream_handlers.export import (
     LocalStorage,
     S3Storage,
 )
+from qldbstream_tools.simulate import Simulation
 
 import qldbstream.cli.command as cli
 from qldbstream.app.assembly import App
@@ -26,7 +27,6 @@ from qldbstream.app.config import Settings
 from qldbstream.core.dedupe import LatePolicy
 from qldbstream.io.kinesis_writer import PutEntry, put_records
 from qldbstream.runtimes.worker import Worker, WorkerOptions
-from qldbstream.simulate import Simulation
 from tests.handlers.test_export import Crash, CrashingStorage, check_rows, read
 from tests.support.aws import REGION, client, kinesis_stream
 from tests.support.servers import MotoServer

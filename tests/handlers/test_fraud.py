@@ -29,6 +29,14 @@ from qldbstream_handlers.fraud import (
     parse_conditions,
     parse_window_rule,
 )
+from qldbstream_tools.simulate import (
+    DeliveryOptions,
+    Simulation,
+    SimulationConfig,
+    Workload,
+    WorkloadMix,
+    simulate,
+)
 
 from qldbstream.api.handler import HandlerContext
 from qldbstream.api.metrics import InMemoryMetrics
@@ -39,7 +47,6 @@ from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.reliability import RetryPolicy
 from qldbstream.pipeline.stores import InMemoryDedupeStore
-from qldbstream.simulate import DeliveryOptions, Simulation, SimulationConfig, Workload, WorkloadMix, simulate
 from tests.functional.test_pipeline import FakeTime, MemoryDLQ
 from tests.support.streams import batches, kinesis_records
 

@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 from qldbstream_handlers.fraud import Alert, AlertBus, FraudHandler, InMemoryStateStore
+from qldbstream_tools.simulate import DeliveryOptions as Options
+from qldbstream_tools.simulate import Simulation, SimulationConfig, Workload, WorkloadMix, simulate
 
 from qldbstream.api.handler import HandlerContext
 from qldbstream.api.metrics import InMemoryMetrics
 from qldbstream.core.decode import ControlRecord, JournalRecord
 from qldbstream.runtimes.aws_lambda import TumblingWindow
-from qldbstream.simulate import DeliveryOptions as Options
-from qldbstream.simulate import Simulation, SimulationConfig, Workload, WorkloadMix, simulate
 from tests.handlers.messy import (
     Batch,
     Delivery,

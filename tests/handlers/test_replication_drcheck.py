@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from qldbstream_tools.simulate import Simulation
 
 from qldbstream.cli import main
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import RevisionDetails, decode
 from qldbstream.io.kinesis_writer import PutEntry, create_stream, put_records
-from qldbstream.simulate import Simulation
 from tests.support.aws import REGION, client
 from tests.support.servers import LocalServer
 from tests.support.streams import simulation

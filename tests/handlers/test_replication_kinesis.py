@@ -21,6 +21,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from qldbstream_handlers.replication import ReplicationHandler, ShardMap
+from qldbstream_tools.simulate import Simulation
 
 from qldbstream.api.metrics import InMemoryMetrics
 from qldbstream.cli.dr_check import Copy, compare, scan
@@ -32,7 +33,6 @@ from qldbstream.io.kinesis_writer import PutEntry, create_stream, put_records
 from qldbstream.pipeline.batch import BatchResult, Pipeline, PipelineSettings
 from qldbstream.pipeline.reliability import RetryPolicy
 from qldbstream.pipeline.stores import InMemoryDedupeStore
-from qldbstream.simulate import Simulation
 from tests.support.aws import REGION, client
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.servers import LocalServer

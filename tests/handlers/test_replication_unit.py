@@ -140,7 +140,7 @@ def test_aggregated_rounds_round_trip_and_route_each_user_record_to_its_own_shar
 
 
 def test_shard_map_uses_the_kinesis_hash_rule() -> None:
-    from qldbstream.simulate import shard_for
+    from qldbstream_tools.simulate import shard_for
 
     shard_map = ShardMap.uniform(5)
     for pk in ("a", "doc-1", "Kb3Xf0aS1Bn2yQ7w9UcD4e", "x" * 200):

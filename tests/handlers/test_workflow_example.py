@@ -20,11 +20,11 @@ from qldbstream_handlers.fraud import Alert, AlertBus, FraudHandler
 from qldbstream_handlers.workflow import WorkflowHandler
 from qldbstream_handlers.workflow.example import ComplianceUnavailable, ExampleServices
 from qldbstream_handlers.workflow.example.tasks import compliance_rule
+from qldbstream_tools.simulate import Simulation, WorkloadMix
 
 from qldbstream.api.metrics import InMemoryMetrics
 from qldbstream.pipeline.batch import Pipeline
 from qldbstream.pipeline.stores import InMemoryDedupeStore
-from qldbstream.simulate import Simulation, WorkloadMix
 from tests.support.aws import client
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.servers import MotoServer

@@ -41,6 +41,8 @@ from typing import Any, TypeVar
 
 import pytest
 from botocore.exceptions import ClientError
+from qldbstream_tools.simulate import Simulation
+from qldbstream_tools.simulate.output import put_to_stream
 
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import decode
@@ -49,8 +51,6 @@ from qldbstream.core.records import KinesisRecord
 from qldbstream.io.dynamodb import DynamoDBDedupeStore
 from qldbstream.io.gate_dynamodb import DynamoDBGateStore
 from qldbstream.io.kinesis_writer import PutResult, create_stream
-from qldbstream.simulate import Simulation
-from qldbstream.simulate.output import put_to_stream
 from tests.integration.kcl_worker_sink import create_sink_table, effect_key, read_sink
 from tests.support.aws import client, wait_until_active
 from tests.support.kcl import FAST_TEST_PROPERTIES, JVM_OPTIONS, KclDaemon, stop_all

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qldbstream_tools.simulate import DeliveryOptions, Simulation, SimulationConfig, Workload, simulate
 
 from qldbstream.api.handler import Handler, HandlerContext
 from qldbstream.api.metrics import InMemoryMetrics
@@ -36,7 +37,6 @@ from qldbstream.io.kinesis_reader import read_stream
 from qldbstream.io.kinesis_writer import PutEntry, put_records
 from qldbstream.pipeline.checkpoint import Checkpoint
 from qldbstream.runtimes.worker import ShardStatus, Worker, WorkerOptions
-from qldbstream.simulate import DeliveryOptions, Simulation, SimulationConfig, Workload, simulate
 from tests.support.aws import REGION, client, kinesis_stream, wait_until_active
 from tests.support.fakes import MemoryDLQ
 from tests.support.servers import REPO_ROOT, LocalServer, MotoServer

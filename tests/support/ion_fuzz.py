@@ -69,7 +69,7 @@ def real_records(directory: Path = FIXTURES) -> list[bytes]:
 
 def simulated_records(transactions: int = 60, seed: int = 5) -> list[bytes]:
     """Simulated records of every kind (live, deleted, redacted revisions; blocks)."""
-    from qldbstream.simulate import DeliveryOptions, SimulationConfig, Workload, simulate
+    from qldbstream_tools.simulate import DeliveryOptions, SimulationConfig, Workload, simulate
 
     sim = simulate(
         SimulationConfig(

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from qldbstream.core.records import KinesisRecord
-from qldbstream.simulate import (
+from qldbstream_tools.simulate import (
     DeliveryOptions,
     Simulation,
     SimulationConfig,
@@ -14,6 +13,8 @@ from qldbstream.simulate import (
     parse_tamper,
     simulate,
 )
+
+from qldbstream.core.records import KinesisRecord
 
 
 def simulation(

@@ -35,6 +35,7 @@ from amazon.ion.core import IonType, OffsetTZInfo, Timestamp, TimestampPrecision
 from amazon.ion.simple_types import IonPyDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from qldbstream_tools.simulate import DeliveryOptions, SimulationConfig, Workload, parse_tamper, simulate
 
 from qldbstream.core.aggregate import aggregate
 from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate, parse_aggregate
@@ -49,7 +50,6 @@ from qldbstream.core.ion.binary import IVM
 from qldbstream.core.ion.hash import ion_hash_bytes
 from qldbstream.core.scan import scan_record
 from qldbstream.io.files import read_file
-from qldbstream.simulate import DeliveryOptions, SimulationConfig, Workload, parse_tamper, simulate
 from tests.unit.test_ion_hash_oracle import ion_values
 from tests.unit.test_ion_hash_vectors import _final_digest, _load_vectors, _source_binary
 

@@ -24,13 +24,8 @@ import pytest
 from amazon.ion import simpleion
 from amazon.ion.core import IonType, TimestampPrecision
 from amazon.ion.simple_types import IonPyNull
-
-from qldbstream.cli import simulate as simulate_command
-from qldbstream.core.deaggregate import KPL_MAGIC, parse_aggregate
-from qldbstream.core.errors import ConfigurationError, InputError
-from qldbstream.core.ion.hash import ion_hash
-from qldbstream.core.qldb_hash import dot, merkle_root
-from qldbstream.simulate import (
+from qldbstream_tools.cli import simulate as simulate_command
+from qldbstream_tools.simulate import (
     AUTO,
     BlockTarget,
     DeliveryOptions,
@@ -47,8 +42,13 @@ from qldbstream.simulate import (
     shard_for,
     simulate,
 )
-from qldbstream.simulate.delivery import sequence_number
-from qldbstream.simulate.values import BASE62
+from qldbstream_tools.simulate.delivery import sequence_number
+from qldbstream_tools.simulate.values import BASE62
+
+from qldbstream.core.deaggregate import KPL_MAGIC, parse_aggregate
+from qldbstream.core.errors import ConfigurationError, InputError
+from qldbstream.core.ion.hash import ion_hash
+from qldbstream.core.qldb_hash import dot, merkle_root
 
 ID = re.compile(rf"^[{BASE62}]{{22}}$")
 
@@ -123,7 +123,7 @@ def test_identical_across_processes_whatever_the_hash_seed() -> None:
     """Nothing depends on set/dict hashing order or the interpreter run (PYTHONHASHSEED)."""
     code = (
         "import io, hashlib\n"
-        "from qldbstream.simulate import *\n"
+        "from qldbstream_tools.simulate import *\n"
         "s = simulate(SimulationConfig(seed=6, workload=Workload(transactions=40, redactions=2, deletes=2),"
         " delivery=DeliveryOptions(shards=3, duplicate_rate=0.2, reorder_window=2),"
         " tampers=(parse_tamper('block=9:blockHash'),)))\n"
@@ -919,7 +919,7 @@ def real_s1() -> list[Any]:
 
 
 def test_the_hash_rules_reproduce_real_qldb_values() -> None:
-    from qldbstream.simulate.journal import revision_hash, statement_digest
+    from qldbstream_tools.simulate.journal import revision_hash, statement_digest
 
     wallet = simpleion.loads((REAL / "wallet_revisions.ion").read_text(), single_value=False)
     for record in wallet:

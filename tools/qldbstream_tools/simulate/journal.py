@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 from qldbstream.core.ion.hash import ion_hash
 from qldbstream.core.qldb_hash import dot, merkle_root
-from qldbstream.simulate.model import Op, Statement, Transaction
-from qldbstream.simulate.values import IonValue, base62_id, timestamp_ms
+from qldbstream_tools.simulate.model import Op, Statement, Transaction
+from qldbstream_tools.simulate.values import IonValue, base62_id, timestamp_ms
 
 __all__ = [
     "REDACTION_INFO",

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from qldbstream.simulate.model import DocumentWrite, RedactionRequest, Statement, Transaction
-from qldbstream.simulate.values import IonValue
+from qldbstream_tools.simulate.model import DocumentWrite, RedactionRequest, Statement, Transaction
+from qldbstream_tools.simulate.values import IonValue
 
 if TYPE_CHECKING:
-    from qldbstream.simulate.bank import Bank
+    from qldbstream_tools.simulate.bank import Bank
 
 __all__ = ["Document", "TransactionBuilder"]
 

@@ -1,8 +1,8 @@
 """An embedded local AWS for the demo: moto's server, in this process, on 127.0.0.1.
 
 One endpoint serves Kinesis, DynamoDB, SQS, S3 and CloudWatch, with no account and no Docker.
-Needs the ``demo`` extra (``pip install 'qldbstream[demo]'``). Credentials are dummies that
-only this endpoint accepts; nothing here can reach real AWS.
+Needs moto, a dependency of qldbstream-tools (``pip install -e ./tools`` in a checkout). Credentials
+are dummies that only this endpoint accepts; nothing here can reach real AWS.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class LocalAws:
             from moto.server import ThreadedMotoServer
         except ImportError:
             raise ConfigurationError(
-                "the embedded local AWS needs moto: pip install 'qldbstream[demo]'"
+                "the embedded local AWS needs moto, a dependency of qldbstream-tools: pip install -e ./tools"
             ) from None
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         # ThreadedMotoServer defaults to 0.0.0.0: bind to loopback only, on a free port.

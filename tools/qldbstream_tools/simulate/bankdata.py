@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from decimal import Decimal
 
-from qldbstream.simulate.values import IonType, IonValue, date, symbol, timestamp_ms, typed_null
+from qldbstream_tools.simulate.values import IonType, IonValue, date, symbol, timestamp_ms, typed_null
 
 __all__ = [
     "BURST_MERCHANTS",

@@ -2,7 +2,7 @@
 
 A :class:`Transaction` is one QLDB transaction as an application ran it: the PartiQL statements
 in order (text with ``?`` placeholders and the parameter values sent), and the final state of
-every document it wrote. QLDB turns it into one journal block (:mod:`qldbstream.simulate.journal`).
+every document it wrote. QLDB turns it into one journal block (:mod:`qldbstream_tools.simulate.journal`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from qldbstream.simulate.values import IonValue
+from qldbstream_tools.simulate.values import IonValue
 
 __all__ = ["DocumentWrite", "Op", "RedactionRequest", "Statement", "Transaction"]
 

@@ -5,6 +5,10 @@ Drives the standalone worker (:mod:`qldbstream.runtimes.worker`) with one handle
 becomes a row; records that fail verification or cannot be written go under the error prefix with
 the reason. Checkpoints live in the destination (``_export/``), so running the same command again
 after a crash or Ctrl-C resumes where it stopped, without duplicate rows.
+
+A sub-command of ``qldbstream`` contributed by this distribution (entry-point group
+``qldbstream.commands``): it lives here, beside the handler it drives, so the core never imports
+the handlers.
 """
 
 from __future__ import annotations
@@ -22,9 +26,8 @@ from typing import TYPE_CHECKING, Any
 from qldbstream.core.errors import ConfigurationError, InputError, QldbStreamError
 
 if TYPE_CHECKING:
-    from qldbstream_handlers.export import ExportHandler, ExportOptions, Storage
-
     from qldbstream.runtimes.worker import ShardStatus, Worker
+    from qldbstream_handlers.export import ExportHandler, ExportOptions, Storage
 
 __all__ = ["register", "run"]
 
@@ -146,10 +149,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--poll-interval must be positive")
     try:
         import pyarrow  # noqa: F401
-        import qldbstream_handlers.export  # noqa: F401
-    except ImportError as exc:
+    except ImportError:
         raise ConfigurationError(
-            f"qldbstream export needs the qldbstream-handlers package and pyarrow ({exc.name} is missing)"
+            "qldbstream export writes Parquet and needs pyarrow: pip install pyarrow"
         ) from None
     options = _options(args)
     try:
@@ -161,19 +163,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace, options: ExportOptions) -> int:
-    from qldbstream_handlers.export import (
-        DestinationCheckpointStore,
-        ErrorPrefixDeadLetterQueue,
-        ExportHandler,
-        open_storage,
-    )
-
     from qldbstream.app.assembly import App
     from qldbstream.app.config import load_settings
     from qldbstream.core.dedupe import LatePolicy
     from qldbstream.io.kinesis_reader import TRIM_HORIZON, StartPosition
     from qldbstream.pipeline.batch import VerificationAction
     from qldbstream.runtimes.worker import Worker, WorkerOptions
+    from qldbstream_handlers.export import (
+        DestinationCheckpointStore,
+        ErrorPrefixDeadLetterQueue,
+        ExportHandler,
+        open_storage,
+    )
 
     env = dict(os.environ)
     for flag, name in (("stream", "STREAM_NAME"), ("endpoint_url", "ENDPOINT_URL"), ("region", "REGION")):

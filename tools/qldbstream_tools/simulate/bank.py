@@ -33,8 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from decimal import Decimal
 
-from qldbstream.simulate import bankdata
-from qldbstream.simulate.bankdata import (
+from qldbstream_tools.simulate import bankdata
+from qldbstream_tools.simulate.bankdata import (
     BURST_MERCHANTS,
     CHANNELS,
     CURRENCIES,
@@ -51,11 +51,11 @@ from qldbstream.simulate.bankdata import (
     UPDATE_BALANCE_ACTIVITY,
     UPDATE_CUSTOMER_CONTACT,
 )
-from qldbstream.simulate.ledger import AccountTransaction, Burst
-from qldbstream.simulate.model import RedactionRequest, Transaction
-from qldbstream.simulate.redaction import RedactionPool
-from qldbstream.simulate.session import Document, TransactionBuilder
-from qldbstream.simulate.values import (
+from qldbstream_tools.simulate.ledger import AccountTransaction, Burst
+from qldbstream_tools.simulate.model import RedactionRequest, Transaction
+from qldbstream_tools.simulate.redaction import RedactionPool
+from qldbstream_tools.simulate.session import Document, TransactionBuilder
+from qldbstream_tools.simulate.values import (
     IonValue,
     base62_id,
     epoch_ms,
@@ -63,7 +63,7 @@ from qldbstream.simulate.values import (
     symbol,
     timestamp_ms,
 )
-from qldbstream.simulate.workload import TABLES, Workload
+from qldbstream_tools.simulate.workload import TABLES, Workload
 
 __all__ = ["Bank"]
 

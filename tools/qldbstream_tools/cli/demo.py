@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qldbstream.core.errors import InputError
-from qldbstream.demo import DemoOptions, DemoProgress, DemoResult, Progress, run_demo
+from qldbstream_tools.demo import DemoOptions, DemoProgress, DemoResult, Progress, run_demo
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

@@ -26,9 +26,9 @@ on an embedded local AWS (moto in this process, on 127.0.0.1: no account, no Doc
 every step and after every poll of a shard while the worker runs.
 """
 
-from qldbstream.demo.checks import Check
-from qldbstream.demo.options import HANDLERS, DemoOptions
-from qldbstream.demo.runner import DemoProgress, DemoResult, Progress, run_demo, simulation
+from qldbstream_tools.demo.checks import Check
+from qldbstream_tools.demo.options import HANDLERS, DemoOptions
+from qldbstream_tools.demo.runner import DemoProgress, DemoResult, Progress, run_demo, simulation
 
 __all__ = [
     "HANDLERS",

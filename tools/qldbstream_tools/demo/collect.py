@@ -1,7 +1,7 @@
 """Reading back what the worker and its handlers produced: files under the output directory and
 what they wrote to the local AWS (SQS, SNS via an SQS inbox, DynamoDB, the replica stream).
 
-Each reader returns plain data; :mod:`qldbstream.demo.checks` compares it with the ground truth.
+Each reader returns plain data; :mod:`qldbstream_tools.demo.checks` compares it with the ground truth.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def read_export(directory: Path) -> ExportFiles:
 
 @dataclass
 class ReadBack:
-    """What the report shows besides the :class:`~qldbstream.demo.checks.Observed` data."""
+    """What the report shows besides the :class:`~qldbstream_tools.demo.checks.Observed` data."""
 
     dead_letter_files: list[str]
     audit_lines: int

@@ -1,4 +1,4 @@
-"""The demo, step by step (see :mod:`qldbstream.demo` for the overview)."""
+"""The demo, step by step (see :mod:`qldbstream_tools.demo` for the overview)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qldbstream.core.errors import ConfigurationError, InputError
-from qldbstream.demo.aws import DemoResources, create_resources, drain_queue, local_credentials, scan_table
-from qldbstream.demo.checks import Check, Observed, evaluate
-from qldbstream.demo.collect import (
+from qldbstream_tools.demo.aws import (
+    DemoResources,
+    create_resources,
+    drain_queue,
+    local_credentials,
+    scan_table,
+)
+from qldbstream_tools.demo.checks import Check, Observed, evaluate
+from qldbstream_tools.demo.collect import (
     BatchRecorder,
     ReadBack,
     RouteRecorder,
@@ -26,17 +32,17 @@ from qldbstream.demo.collect import (
     read_velocity_items,
     read_velocity_parquet,
 )
-from qldbstream.demo.options import DemoNames, DemoOptions, worker_environ
-from qldbstream.demo.report import build_report
-from qldbstream.demo.scrape import MetricsEndpoint, Scrape, TeeMetrics
-from qldbstream.demo.truth import GroundTruth
+from qldbstream_tools.demo.options import DemoNames, DemoOptions, worker_environ
+from qldbstream_tools.demo.report import build_report
+from qldbstream_tools.demo.scrape import MetricsEndpoint, Scrape, TeeMetrics
+from qldbstream_tools.demo.truth import GroundTruth
 
 if TYPE_CHECKING:
     from qldbstream_handlers.fraud import Alert
 
     from qldbstream.app.assembly import App
     from qldbstream.runtimes.worker import ShardStatus, WorkerReport
-    from qldbstream.simulate import Simulation
+    from qldbstream_tools.simulate import Simulation
 
 __all__ = [
     "DEMO_BURST_WINDOW_MS",
@@ -97,7 +103,10 @@ def _requirements() -> None:
     import importlib.util
 
     for module, what in (
-        ("moto", "the embedded local AWS needs moto: pip install 'qldbstream[demo]'"),
+        (
+            "moto",
+            "the embedded local AWS needs moto, a dependency of qldbstream-tools: pip install -e ./tools",
+        ),
         ("qldbstream_handlers", "the demo runs the built-in handlers: pip install -e ./handlers"),
         ("pyarrow", "the export and velocity handlers write Parquet: pip install pyarrow"),
     ):
@@ -117,7 +126,7 @@ def _output(options: DemoOptions) -> Path:
 
 def simulation(options: DemoOptions) -> Simulation:
     """The demo's simulated ledger for these options (deterministic: same options, same bytes)."""
-    from qldbstream.simulate import (
+    from qldbstream_tools.simulate import (
         DeliveryOptions,
         SimulationConfig,
         Workload,
@@ -239,7 +248,7 @@ class _Observer:
 
 def run_demo(options: DemoOptions | None = None, progress: Progress | None = None) -> DemoResult:
     """Run the whole demo (see the package docstring) and return its report and checks."""
-    from qldbstream.demo.localaws import LocalAws
+    from qldbstream_tools.demo.localaws import LocalAws
 
     options = options or DemoOptions()
     _requirements()

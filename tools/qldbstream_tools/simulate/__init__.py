@@ -14,7 +14,7 @@ the Kinesis records (:attr:`Simulation.deliveries`), the journal records before 
 
 Example::
 
-    from qldbstream.simulate import SimulationConfig, Workload, DeliveryOptions, parse_tamper, simulate
+    from qldbstream_tools.simulate import SimulationConfig, Workload, DeliveryOptions, parse_tamper, simulate
 
     sim = simulate(SimulationConfig(
         seed=7,
@@ -33,10 +33,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from qldbstream.simulate.bank import Bank
-from qldbstream.simulate.delivery import Delivery, DeliveryOptions, deliver, shard_for
-from qldbstream.simulate.journal import Journal, build_journal
-from qldbstream.simulate.ledger import (
+from qldbstream_tools.simulate.bank import Bank
+from qldbstream_tools.simulate.delivery import Delivery, DeliveryOptions, deliver, shard_for
+from qldbstream_tools.simulate.journal import Journal, build_journal
+from qldbstream_tools.simulate.ledger import (
     AccountTransaction,
     Burst,
     DocumentState,
@@ -44,9 +44,9 @@ from qldbstream.simulate.ledger import (
     LedgerRedaction,
     LedgerRevision,
 )
-from qldbstream.simulate.output import EventSource, lambda_events, write_jsonl
-from qldbstream.simulate.stream import StreamRecord, build_records
-from qldbstream.simulate.tamper import (
+from qldbstream_tools.simulate.output import EventSource, lambda_events, write_jsonl
+from qldbstream_tools.simulate.stream import StreamRecord, build_records
+from qldbstream_tools.simulate.tamper import (
     AUTO,
     BlockTarget,
     KplTarget,
@@ -57,9 +57,9 @@ from qldbstream.simulate.tamper import (
     apply_tampers,
     parse_tamper,
 )
-from qldbstream.simulate.values import base62_id, epoch_ms
-from qldbstream.simulate.verdicts import CHECKS, ExpectedVerdicts, Failure, TamperReport
-from qldbstream.simulate.workload import Workload, WorkloadMix
+from qldbstream_tools.simulate.values import base62_id, epoch_ms
+from qldbstream_tools.simulate.verdicts import CHECKS, ExpectedVerdicts, Failure, TamperReport
+from qldbstream_tools.simulate.workload import Workload, WorkloadMix
 
 __all__ = [
     "AUTO",
@@ -131,7 +131,7 @@ class Simulation:
         return [r for r in self.records if r.record_type == record_type]
 
     def lambda_events(self, batch_size: int = 100) -> Iterator[dict[str, Any]]:
-        """Lambda Kinesis events (see :mod:`qldbstream.simulate.output`)."""
+        """Lambda Kinesis events (see :mod:`qldbstream_tools.simulate.output`)."""
         return lambda_events(self.deliveries, self.config.source, batch_size)
 
     def write_jsonl(self, out: IO[str], batch_size: int = 100) -> int:
@@ -162,6 +162,7 @@ class Simulation:
 
 def _rng(seed: int, stream: str) -> random.Random:
     """An independent seeded generator per concern, so delivery knobs never change the journal."""
+    # the package's name before it moved to qldbstream-tools: the same seed still gives the same bytes
     return random.Random(f"qldbstream.simulate/{seed}/{stream}")
 
 

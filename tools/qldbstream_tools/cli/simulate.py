@@ -117,7 +117,7 @@ def register(sub: Any) -> None:
 
 
 def _mix(text: str | None) -> Any:
-    from qldbstream.simulate import WorkloadMix
+    from qldbstream_tools.simulate import WorkloadMix
 
     if not text:
         return WorkloadMix()
@@ -157,8 +157,14 @@ def _start(text: str | None) -> datetime | None:
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    """The :class:`~qldbstream.simulate.SimulationConfig` the arguments describe."""
-    from qldbstream.simulate import DeliveryOptions, EventSource, SimulationConfig, Workload, parse_tamper
+    """The :class:`~qldbstream_tools.simulate.SimulationConfig` the arguments describe."""
+    from qldbstream_tools.simulate import (
+        DeliveryOptions,
+        EventSource,
+        SimulationConfig,
+        Workload,
+        parse_tamper,
+    )
 
     workload = Workload(
         transactions=args.transactions,
@@ -211,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         Decimal(args.duplicates)
     except InvalidOperation:  # pragma: no cover - argparse already made it a float
         raise ConfigurationError("--duplicates must be a number") from None
-    from qldbstream.simulate import simulate
+    from qldbstream_tools.simulate import simulate
 
     sim = simulate(build_config(args))
     if args.output is not None:
@@ -247,7 +253,7 @@ def _put(sim: Any, args: argparse.Namespace) -> str:
 
     from qldbstream.io.clients import aws_client
     from qldbstream.io.kinesis_writer import create_stream
-    from qldbstream.simulate.output import put_to_stream
+    from qldbstream_tools.simulate.output import put_to_stream
 
     try:
         client = aws_client("kinesis", endpoint_url=args.endpoint_url, region_name=args.region)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from qldbstream.demo.options import DemoNames
+from qldbstream_tools.demo.options import DemoNames
 
 __all__ = ["DemoResources", "create_resources", "drain_queue", "local_credentials", "scan_table"]
 

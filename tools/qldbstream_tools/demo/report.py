@@ -11,16 +11,16 @@ from collections import Counter
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from qldbstream.demo.checks import Check, Observed
-from qldbstream.demo.collect import ReadBack
-from qldbstream.demo.options import HANDLERS, DemoNames, DemoOptions
-from qldbstream.demo.truth import GroundTruth
+from qldbstream_tools.demo.checks import Check, Observed
+from qldbstream_tools.demo.collect import ReadBack
+from qldbstream_tools.demo.options import HANDLERS, DemoNames, DemoOptions
+from qldbstream_tools.demo.truth import GroundTruth
 
 if TYPE_CHECKING:
     from qldbstream_handlers.fraud import Alert
 
-    from qldbstream.demo.runner import _Run
-    from qldbstream.simulate import Simulation
+    from qldbstream_tools.demo.runner import _Run
+    from qldbstream_tools.simulate import Simulation
 
 __all__ = ["SHOWN_WINDOWS", "build_report", "describe_alert"]
 

@@ -26,8 +26,8 @@ from amazon.ion import simpleion
 
 from qldbstream.core.ion.hash import ion_hash
 from qldbstream.core.qldb_hash import dot, merkle_root
-from qldbstream.simulate.fields import set_path
-from qldbstream.simulate.journal import (
+from qldbstream_tools.simulate.fields import set_path
+from qldbstream_tools.simulate.journal import (
     REDACTION_INFO,
     REVISIONS_ROOT,
     TRANSACTION_INFO,
@@ -36,7 +36,7 @@ from qldbstream.simulate.journal import (
     Revision,
     revision_hash,
 )
-from qldbstream.simulate.values import IonValue, timestamp_ms
+from qldbstream_tools.simulate.values import IonValue, timestamp_ms
 
 __all__ = [
     "RecordType",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.simulate.model import RedactionRequest
+from qldbstream_tools.simulate.model import RedactionRequest
 
 __all__ = ["RedactionPool"]
 

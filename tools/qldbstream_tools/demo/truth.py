@@ -1,6 +1,6 @@
 """What the demo must find, computed from the simulator's ground truth - never hard-coded.
 
-Everything here is a pure function of the :class:`~qldbstream.simulate.Simulation`: the failures
+Everything here is a pure function of the :class:`~qldbstream_tools.simulate.Simulation`: the failures
 the tamper plants (:attr:`Simulation.expected`), the revisions the ledger committed, the bursts
 and high-value payments the bank planted (:attr:`Simulation.ledger`). A revision named by a
 planted V2/V3 failure is *dead* (it must go to the DLQ and reach no handler); so is every revision
@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from qldbstream.core.gate import VOUCHING_CHECKS
-from qldbstream.simulate import Burst, Simulation
+from qldbstream_tools.simulate import Burst, Simulation
 
 __all__ = [
     "BURST_MIN_PAYMENTS",
@@ -146,7 +146,7 @@ def _forged(sim: Simulation) -> frozenset[RevisionKey]:
     """REVISION_DETAILS records that differ from what the journal wrote (a tamper changed them)."""
     from amazon.ion import simpleion
 
-    from qldbstream.simulate.stream import revision_details
+    from qldbstream_tools.simulate.stream import revision_details
 
     journal = sim.journal
     out = set()

@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from qldbstream.demo.collect import VelocityWindow
-from qldbstream.demo.scrape import USER_RECORDS, Scrape
-from qldbstream.demo.truth import BURST_MIN_PAYMENTS, HIGH_VALUE_MIN, FailureKey, GroundTruth
 from qldbstream.pipeline.dlq import DeadLetter
+from qldbstream_tools.demo.collect import VelocityWindow
+from qldbstream_tools.demo.scrape import USER_RECORDS, Scrape
+from qldbstream_tools.demo.truth import BURST_MIN_PAYMENTS, HIGH_VALUE_MIN, FailureKey, GroundTruth
 
 if TYPE_CHECKING:
     from qldbstream_handlers.fraud import Alert
@@ -67,7 +67,7 @@ class Observed:
 
     @property
     def found_failures(self) -> set[FailureKey]:
-        from qldbstream.demo.truth import failure_key
+        from qldbstream_tools.demo.truth import failure_key
 
         found = {
             failure_key(f["check"], f.get("blockSequenceNo"), f.get("documentId"))

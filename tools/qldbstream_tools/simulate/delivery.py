@@ -2,7 +2,7 @@
 
 * **Aggregated** (QLDB's default): one KPL aggregate per block - the BLOCK_SUMMARY, then its
   REVISION_DETAILS in ``revisionSummaries`` order - with each user record's partition key the
-  hex of its hash (:mod:`qldbstream.simulate.stream`), no explicit hash keys, and an arbitrary
+  hex of its hash (:mod:`qldbstream_tools.simulate.stream`), no explicit hash keys, and an arbitrary
   outer partition key (a seeded random 64-hex value, as in the 2021 real sample). A block too
   big for one Kinesis record is split by :func:`qldbstream.core.aggregate.pack`. CONTROL records go
   as plain records [INF: no real one has been published].
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from qldbstream.core.aggregate import pack
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.simulate.stream import StreamRecord
+from qldbstream_tools.simulate.stream import StreamRecord
 
 __all__ = ["Delivery", "DeliveryOptions", "deliver", "shard_for", "shard_id"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-from qldbstream.simulate.model import Op
-from qldbstream.simulate.values import IonValue, ion_text
+from qldbstream_tools.simulate.model import Op
+from qldbstream_tools.simulate.values import IonValue, ion_text
 
 __all__ = [
     "AccountTransaction",

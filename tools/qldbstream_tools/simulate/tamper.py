@@ -28,7 +28,7 @@ its precision, a bool flips, a typed null gets a value. ``=ION_TEXT`` sets the g
 ``revision.hash`` and patches the block's summary entry. ``+rehash-block`` (those, and block
 ``transactionInfo``/``redactionInfo``/``revisionSummaries[i].hash``): the forger also
 recomputes ``entriesHashList``, ``entriesHash`` and ``blockHash`` (and the partition keys).
-What each tamper makes fail is in :mod:`qldbstream.simulate.verdicts`.
+What each tamper makes fail is in :mod:`qldbstream_tools.simulate.verdicts`.
 
 Examples::
 
@@ -47,11 +47,11 @@ from typing import Final, Literal
 from amazon.ion import simpleion
 
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.simulate.fields import MISSING, format_path, get_path, mutate, parse_path, set_path
-from qldbstream.simulate.journal import Journal
-from qldbstream.simulate.stream import StreamRecord, rehash_block, rehash_revision
-from qldbstream.simulate.values import IonValue, ion_text
-from qldbstream.simulate.verdicts import Failure, TamperReport, block_failures, revision_failures
+from qldbstream_tools.simulate.fields import MISSING, format_path, get_path, mutate, parse_path, set_path
+from qldbstream_tools.simulate.journal import Journal
+from qldbstream_tools.simulate.stream import StreamRecord, rehash_block, rehash_revision
+from qldbstream_tools.simulate.values import IonValue, ion_text
+from qldbstream_tools.simulate.verdicts import Failure, TamperReport, block_failures, revision_failures
 
 __all__ = [
     "AUTO",

@@ -50,7 +50,7 @@ field                                              as is                       `
 =================================================  ==========================  ===================
 
 * V6 on a statement *with* parameters can only be checked when the parameters are known out of
-  band (:attr:`qldbstream.simulate.ledger.Ledger.statement_parameters`); such failures carry
+  band (:attr:`qldbstream_tools.simulate.ledger.Ledger.statement_parameters`); such failures carry
   ``requiresParameters: true``. Statements without parameters are checkable from the stream.
 * V3 is anchored on the summary entry; for a hash-only (system) entry there is nothing to join,
   so only V4 fails when its hash changes.

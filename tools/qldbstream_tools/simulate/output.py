@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.simulate.delivery import Delivery
+from qldbstream_tools.simulate.delivery import Delivery
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient

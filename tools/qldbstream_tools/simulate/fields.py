@@ -11,7 +11,7 @@ from amazon.ion.core import TimestampPrecision
 from amazon.ion.simple_types import IonPyNull
 
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.simulate.values import (
+from qldbstream_tools.simulate.values import (
     BASE62,
     IonType,
     IonValue,
