@@ -65,13 +65,10 @@ raises :class:`~qldbstream.core.errors.ConfigurationError`; any other ``ClientEr
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
-from decimal import Decimal
 from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -79,6 +76,22 @@ from typing import TYPE_CHECKING, Any
 from qldbstream.core.errors import ConfigurationError, RetryableError
 from qldbstream.core.gate import BlockKey, BlockVerdict, Link, ParkedRecord
 from qldbstream.io.dynamodb import BATCH_GET_LIMIT, CREATE_TIMEOUT, Item, _create_table, _Table
+from qldbstream.io.gate_items import (
+    EXPIRY_BUCKETS,
+    PARKED_ATTRIBUTES,
+    PARKED_SK_PREFIX,
+    VERDICT_ATTRIBUTES,
+    VERDICT_SK,
+    attribute_names,
+    block_pk,
+    block_verdict,
+    dynamo_number,
+    item_size,
+    parked_item,
+    parked_record,
+    parked_sk,
+    verdict_item,
+)
 from qldbstream.pipeline.reliability import RetryPolicy
 
 if TYPE_CHECKING:
@@ -98,25 +111,10 @@ __all__ = [
 DEFAULT_TTL = 14 * 24 * 3600.0
 #: The global secondary index that orders parked records by ``parkedAt``.
 EXPIRY_INDEX = "parked-by-time"
-#: How many index partitions parked records are spread over (changing it strands parked records).
-EXPIRY_BUCKETS = 16
 #: The largest parked item this store writes (DynamoDB's limit is 400 KB, 409,600 bytes).
 MAX_PARKED_ITEM_BYTES = 350 * 1024
-#: DynamoDB's limit on a sort key's length (bytes).
-_MAX_SORT_KEY_BYTES = 1024
-
-_VERDICT = "verdict"
-_PARKED = "parked#"
 _KEY_SCHEMA = [("pk", "HASH"), ("sk", "RANGE")]
 _INDEX_SCHEMA = [("bucket", "HASH"), ("parkedAt", "RANGE")]
-_VERDICT_ATTRIBUTES = (
-    *("pk", "sk", "strandId", "sequenceNo", "blockHash", "previousBlockHash", "transactionId"),
-    *("failed", "entries", "tables", "link", "ttl"),
-)
-_PARKED_ATTRIBUTES = (
-    *("pk", "sk", "strandId", "sequenceNo", "data", "shardId", "sequenceNumber", "subSequenceNumber"),
-    *("partitionKey", "streamArn", "arrival", "source", "parkedAt", "kind", "ttl"),
-)
 #: A put that only creates an item, or replaces one whose ``ttl`` has passed.
 _ABSENT = "attribute_not_exists(#pk) OR #ttl <= :now"
 
@@ -138,50 +136,6 @@ class ParkedRecordTooLarge(ValueError):
         self.record = record
         self.size = size
         self.limit = limit
-
-
-def item_size(item: Item) -> int:
-    """The size DynamoDB charges for ``item`` (attribute names plus values), as documented."""
-    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
-
-
-def _value_size(value: dict[str, Any]) -> int:
-    ((kind, v),) = value.items()
-    if kind == "S":
-        return len(str(v).encode())
-    if kind == "B":
-        return len(v)
-    if kind == "N":
-        return min(21, (len(str(v).lstrip("-").replace(".", "").strip("0")) + 1) // 2 + 1)
-    if kind == "L":
-        return 3 + sum(1 + _value_size(e) for e in v)
-    if kind == "M":
-        return 3 + sum(1 + len(k.encode()) + _value_size(e) for k, e in v.items())
-    return 1  # BOOL, NULL
-
-
-def _num(x: float) -> str:
-    """A float as a DynamoDB number, positional (no exponent), exactly as ``repr`` rounds it."""
-    return format(Decimal(repr(float(x))), "f")
-
-
-def _pk(key: BlockKey) -> str:
-    return f"block#{key[0]}#{key[1]}"
-
-
-def _sk(record_id: str) -> str:
-    sk = _PARKED + record_id
-    if len(sk.encode()) > _MAX_SORT_KEY_BYTES:
-        sk = _PARKED + "sha256:" + hashlib.sha256(record_id.encode()).hexdigest()
-    return sk
-
-
-def _bucket(record_id: str) -> str:
-    return f"{zlib.crc32(record_id.encode()) % EXPIRY_BUCKETS:02d}"
-
-
-def _names(attributes: Sequence[str]) -> dict[str, str]:
-    return {f"#a{i}": name for i, name in enumerate(attributes)}
 
 
 class DynamoDBGateStore:
@@ -270,55 +224,16 @@ class DynamoDBGateStore:
     def _live(self, item: Item, now: float) -> bool:
         return "ttl" not in item or float(item["ttl"]["N"]) > now
 
-    def _verdict_item(self, verdict: BlockVerdict) -> Item:
-        item: Item = {
-            "pk": {"S": _pk(verdict.key)},
-            "sk": {"S": _VERDICT},
-            "strandId": {"S": verdict.strand_id},
-            "sequenceNo": {"N": str(verdict.sequence_no)},
-            "blockHash": {"B": verdict.block_hash},
-            "previousBlockHash": {"B": verdict.previous_hash},
-            "transactionId": {"S": verdict.transaction_id},
-            "failed": {"S": verdict.failed},
-            "entries": {"L": [{"M": {"h": {"B": h}, "d": {"S": doc}}} for h, doc in verdict.entries.items()]},
-            "link": {"S": verdict.link.value},
-            "ttl": self._expires(),
-        }
-        if verdict.tables is not None:
-            item["tables"] = {
-                "M": {
-                    doc: {"L": [{"S": name}, {"S": table_id}]}
-                    for doc, (name, table_id) in verdict.tables.items()
-                }
-            }
-        return item
-
-    @staticmethod
-    def _verdict(item: Item) -> BlockVerdict:
-        tables = item.get("tables")
-        return BlockVerdict(
-            item["strandId"]["S"],
-            int(item["sequenceNo"]["N"]),
-            bytes(item["blockHash"]["B"]),
-            bytes(item["previousBlockHash"]["B"]),
-            item["transactionId"]["S"],
-            item["failed"]["S"],
-            {bytes(e["M"]["h"]["B"]): e["M"]["d"]["S"] for e in item["entries"]["L"]},
-            None
-            if tables is None
-            else {doc: (t["L"][0]["S"], t["L"][1]["S"]) for doc, t in tables["M"].items()},
-            Link(item["link"]["S"]),
-        )
-
     def blocks(self, keys: Sequence[BlockKey]) -> dict[BlockKey, BlockVerdict]:
         wanted = dict.fromkeys(keys)  # BatchGetItem refuses duplicate keys
         if not wanted:
             return {}
         items = self.table.batch_get(
-            [{"pk": {"S": _pk(key)}, "sk": {"S": _VERDICT}} for key in wanted], _names(_VERDICT_ATTRIBUTES)
+            [{"pk": {"S": block_pk(key)}, "sk": {"S": VERDICT_SK}} for key in wanted],
+            attribute_names(VERDICT_ATTRIBUTES),
         )
         now = self.clock()
-        verdicts = (self._verdict(item) for item in items if self._live(item, now))
+        verdicts = (block_verdict(item) for item in items if self._live(item, now))
         return {v.key: v for v in verdicts}
 
     def _get_verdict(self, key: BlockKey) -> BlockVerdict | None:
@@ -327,24 +242,24 @@ class DynamoDBGateStore:
             partial(
                 self.table.client.get_item,
                 TableName=self.table.name,
-                Key={"pk": {"S": _pk(key)}, "sk": {"S": _VERDICT}},
+                Key={"pk": {"S": block_pk(key)}, "sk": {"S": VERDICT_SK}},
                 ConsistentRead=True,
             ),
         )
         item = response.get("Item")
         if item is None or not self._live(item, self.clock()):
             return None
-        return self._verdict(item)
+        return block_verdict(item)
 
     def put_block(self, verdict: BlockVerdict) -> BlockVerdict:
         """Store ``verdict`` unless a live one is stored for its block; return the stored one."""
-        item = self._verdict_item(verdict)
+        item = verdict_item(verdict, self._expires())
         for _ in range(3):  # only an expiry between the put and the read makes a second round
             if self.table.put(
                 Item=item,
                 ConditionExpression=_ABSENT,
                 ExpressionAttributeNames={"#pk": "pk", "#ttl": "ttl"},
-                ExpressionAttributeValues={":now": {"N": _num(self.clock())}},
+                ExpressionAttributeValues={":now": {"N": dynamo_number(self.clock())}},
             ):
                 return verdict
             stored = self._get_verdict(verdict.key)
@@ -358,63 +273,18 @@ class DynamoDBGateStore:
     def set_link(self, key: BlockKey, link: Link) -> None:
         """Set a stored, live verdict's link unless it is ``broken`` (absent verdicts are ignored)."""
         self.table.update(
-            Key={"pk": {"S": _pk(key)}, "sk": {"S": _VERDICT}},
+            Key={"pk": {"S": block_pk(key)}, "sk": {"S": VERDICT_SK}},
             UpdateExpression="SET #link = :link",
             ConditionExpression="attribute_exists(#pk) AND #link <> :broken AND #ttl > :now",
             ExpressionAttributeNames={"#pk": "pk", "#link": "link", "#ttl": "ttl"},
             ExpressionAttributeValues={
                 ":link": {"S": link.value},
                 ":broken": {"S": Link.BROKEN.value},
-                ":now": {"N": _num(self.clock())},
+                ":now": {"N": dynamo_number(self.clock())},
             },
         )
 
     # --- parked records ----------------------------------------------------------------------
-
-    def _parked_item(self, record: ParkedRecord, expires: dict[str, str]) -> Item:
-        item: Item = {
-            "pk": {"S": _pk(record.key)},
-            "sk": {"S": _sk(record.id)},
-            "strandId": {"S": record.key[0]},
-            "sequenceNo": {"N": str(record.key[1])},
-            "data": {"B": record.data},
-            "sequenceNumber": {"S": record.sequence_number},
-            "subSequenceNumber": {"N": str(record.sub_sequence_number)},
-            "partitionKey": {"S": record.partition_key},
-            "source": {"S": record.source},
-            "parkedAt": {"N": _num(record.parked_at)},
-            "kind": {"S": record.kind},
-            "bucket": {"S": _bucket(record.id)},
-            "ttl": expires,
-        }
-        if record.shard_id is not None:
-            item["shardId"] = {"S": record.shard_id}
-        if record.stream_arn is not None:
-            item["streamArn"] = {"S": record.stream_arn}
-        if record.arrival is not None:
-            item["arrival"] = {"N": _num(record.arrival)}
-        return item
-
-    @staticmethod
-    def _parked(item: Item) -> ParkedRecord:
-        def optional(name: str) -> str | None:
-            value = item.get(name)
-            return None if value is None else str(value["S"])
-
-        arrival = item.get("arrival")
-        return ParkedRecord(
-            (item["strandId"]["S"], int(item["sequenceNo"]["N"])),
-            bytes(item["data"]["B"]),
-            optional("shardId"),
-            item["sequenceNumber"]["S"],
-            int(item["subSequenceNumber"]["N"]),
-            item["partitionKey"]["S"],
-            optional("streamArn"),
-            None if arrival is None else float(arrival["N"]),
-            item["source"]["S"],
-            float(item["parkedAt"]["N"]),
-            item["kind"]["S"],
-        )
 
     def park(self, records: Sequence[ParkedRecord]) -> None:
         """Park each record unless a live record with its id is parked already (that one keeps its
@@ -422,7 +292,7 @@ class DynamoDBGateStore:
         expires = self._expires()
         items = []
         for record in records:
-            item = self._parked_item(record, expires)
+            item = parked_item(record, expires)
             size = item_size(item)
             if size > MAX_PARKED_ITEM_BYTES:
                 raise ParkedRecordTooLarge(record, size, MAX_PARKED_ITEM_BYTES)
@@ -432,7 +302,7 @@ class DynamoDBGateStore:
                 Item=item,
                 ConditionExpression=_ABSENT,
                 ExpressionAttributeNames={"#pk": "pk", "#ttl": "ttl"},
-                ExpressionAttributeValues={":now": {"N": _num(self.clock())}},
+                ExpressionAttributeValues={":now": {"N": dynamo_number(self.clock())}},
             )
 
     def parked(self, key: BlockKey) -> list[ParkedRecord]:
@@ -440,15 +310,15 @@ class DynamoDBGateStore:
         items = self.table.query(
             KeyConditionExpression="#pk = :pk AND begins_with(#sk, :parked)",
             ExpressionAttributeNames={"#pk": "pk", "#sk": "sk"},
-            ExpressionAttributeValues={":pk": {"S": _pk(key)}, ":parked": {"S": _PARKED}},
+            ExpressionAttributeValues={":pk": {"S": block_pk(key)}, ":parked": {"S": PARKED_SK_PREFIX}},
             ConsistentRead=True,
         )
         now = self.clock()
-        return [self._parked(item) for item in items if self._live(item, now)]
+        return [parked_record(item) for item in items if self._live(item, now)]
 
     def unpark(self, key: BlockKey, ids: Sequence[str]) -> None:
-        sks = dict.fromkeys(_sk(i) for i in ids)  # BatchWriteItem refuses duplicates
-        self.table.batch_delete([{"pk": {"S": _pk(key)}, "sk": {"S": sk}} for sk in sks])
+        sks = dict.fromkeys(parked_sk(i) for i in ids)  # BatchWriteItem refuses duplicates
+        self.table.batch_delete([{"pk": {"S": block_pk(key)}, "sk": {"S": sk}} for sk in sks])
 
     def _oldest(self, bucket: int, parked_before: float, page: int) -> Iterator[tuple[float, str, str]]:
         """(parkedAt, pk, sk) of one bucket's records parked before ``parked_before``, oldest first."""
@@ -457,7 +327,7 @@ class DynamoDBGateStore:
         names = {"#b": "bucket"}
         if not math.isinf(parked_before):
             condition += " AND #at < :before"
-            values[":before"] = {"N": _num(parked_before)}
+            values[":before"] = {"N": dynamo_number(parked_before)}
             names["#at"] = "parkedAt"
         for item in self.table.query(
             IndexName=EXPIRY_INDEX,
@@ -475,7 +345,7 @@ class DynamoDBGateStore:
             return []
         page = min(limit, 1000)
         oldest = heapq.merge(*(self._oldest(b, parked_before, page) for b in range(EXPIRY_BUCKETS)))
-        projection = _names(_PARKED_ATTRIBUTES)
+        projection = attribute_names(PARKED_ATTRIBUTES)
         found: list[ParkedRecord] = []
         while len(found) < limit:
             chunk = dict.fromkeys(
@@ -487,7 +357,7 @@ class DynamoDBGateStore:
             now = self.clock()
             found.extend(
                 record
-                for record in (self._parked(item) for item in items if self._live(item, now))
+                for record in (parked_record(item) for item in items if self._live(item, now))
                 if record.parked_at < parked_before
             )
         found.sort(key=lambda r: (r.parked_at, r.id))
