@@ -2,6 +2,6 @@
 
 ``aws_lambda`` (a Kinesis event source mapping batch → a partial batch response), ``worker``
 (``qldbstream run``: polls every shard, checkpoints in DynamoDB), ``kcl`` and ``kcl_daemon``
-(a record processor under the KCL MultiLangDaemon) and ``replay`` (dead letters and Lambda's
-on-failure destinations driven through the pipeline again).
+(a record processor under the KCL MultiLangDaemon), ``replay`` (dead letters) and
+``lambda_failures`` (Lambda's on-failure destinations), driven through the pipeline again.
 """
