@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from qldbstream.cli.verify_render import render_report
 from qldbstream.core.errors import InputError, PoisonRecordError
 from qldbstream.core.proof import parse_block_address, parse_digest, parse_proof, verify_proof
 from qldbstream.core.records import KinesisRecord
@@ -213,5 +214,5 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        report.render(Console())
+        render_report(report, Console())
     return 0 if report.ok else 1

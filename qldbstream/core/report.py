@@ -24,7 +24,7 @@ from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate
 from qldbstream.core.decode import BlockAddress, BlockSummary, RevisionDetails, decode
 from qldbstream.core.errors import DeaggregationError, PoisonRecordError
 from qldbstream.core.records import KinesisRecord
-from qldbstream.core.verify import CHECKS, INFERRED_CHECKS, Failure, Verifier
+from qldbstream.core.verify import INFERRED_CHECKS, Failure, Verifier
 
 __all__ = ["VerificationReport", "verify_records"]
 
@@ -104,100 +104,6 @@ class VerificationReport:
             "proofs": self.proofs,
             "notes": self.notes,
         }
-
-    def render(self, console: Any) -> None:
-        """Print a readable summary with rich (per record type, per check, failures, gaps)."""
-        from rich.table import Table
-
-        verdict = "[bold green]ALL VERIFIED[/]" if self.ok else "[bold red]VERIFICATION FAILED[/]"
-        types = ", ".join(f"{n} {t}" for t, n in sorted(self.record_types.items()))
-        console.print(
-            f"{verdict}  {self.records} user records in {self.kinesis_records} Kinesis records: {types}",
-            soft_wrap=True,
-        )
-        table = Table(title="Checks", title_justify="left")
-        for col in ("check", "what", "passed", "failed", "skipped"):
-            table.add_column(col, justify="right" if col in ("passed", "failed", "skipped") else "left")
-        for check in CHECKS:
-            passed, failed, skipped = self.verifier.tally.counts[check]
-            if passed or failed or skipped:
-                style = "red" if failed else ""
-                table.add_row(check, CHECK_NAMES[check], str(passed), str(failed), str(skipped), style=style)
-        console.print(table)
-        if self.failures:
-            console.print(f"[bold red]Failures ({len(self.failures) + self.omitted_failures}):[/]")
-            for f in self.failures[:50]:
-                where = f.position.describe()
-                subject = f" document {f.document_id}" if f.document_id else ""
-                subject += f" v{f.version}" if f.version is not None else ""
-                block = f" block {f.block_sequence_no}" if f.block_sequence_no is not None else ""
-                console.print(
-                    f"  {f.check}{subject}{block} at {where}: {f.message}",
-                    markup=False,
-                    highlight=False,
-                    soft_wrap=True,
-                )
-                if f.expected is not None:
-                    console.print(
-                        f"      expected {f.expected}\n      actual   {f.actual}",
-                        markup=False,
-                        soft_wrap=True,
-                    )
-            if len(self.failures) > 50:
-                console.print(f"  … {len(self.failures) - 50 + self.omitted_failures} more (use --json)")
-        if self.errors:
-            console.print(f"[bold red]Unreadable records ({len(self.errors)}):[/]")
-            for e in self.errors[:50]:
-                pos = e["position"] or {}
-                console.print(
-                    f"  {e['type']} at {_where(pos)}: {e['message']}",
-                    markup=False,
-                    highlight=False,
-                    soft_wrap=True,
-                )
-        if self.gaps:
-            console.print(f"[yellow]Incomplete ({len(self.gaps)}): not failures; the input may be partial[/]")
-            for g in self.gaps[:20]:
-                console.print("  " + _gap_text(g), markup=False, soft_wrap=True)
-        for p in self.proofs:
-            mark = (
-                "[green]passed[/]"
-                if p["passed"]
-                else "[red]FAILED[/]"
-                if p["passed"] is False
-                else "not checked"
-            )
-            console.print(
-                f"V10 {p['source']}: {mark} - the proof folds to {p['computed']}"
-                + (f", the digest is {p['digest']}" if p.get("digest") else "")
-                + (f" ({p['message']})" if p.get("message") else ""),
-                soft_wrap=True,
-            )
-        for note in self.notes:
-            console.print(f"[dim]note: {note}[/]")
-
-
-def _where(pos: dict[str, Any]) -> str:
-    parts = [str(pos.get("source"))]
-    if pos.get("shardId"):
-        parts.append(f"shard {pos['shardId']}")
-    if pos.get("sequenceNumber"):
-        parts.append(f"sequence number {pos['sequenceNumber']}")
-    return ", ".join(parts)
-
-
-def _gap_text(g: dict[str, Any]) -> str:
-    if g["kind"] == "missing-blocks":
-        return f"strand {g['strandId']}: blocks {g['fromSequenceNo']}..{g['toSequenceNo']} not received"
-    if g["kind"] == "missing-revision":
-        return (
-            f"block {g['blockSequenceNo']}: revision of document {g['documentId']} "
-            f"({g['revisionHash']}) not received"
-        )
-    return (
-        f"revision of document {g['documentId']} in block {g['blockSequenceNo']}: "
-        "its block summary not received"
-    )
 
 
 def verify_records(

@@ -64,10 +64,8 @@ CORE_STDLIB = frozenset(
 )
 #: third-party packages the core may import: the Ion library and the compiled hot path
 CORE_THIRD_PARTY = ("amazon.ion", "qldbstream_native")
-#: module -> further packages it alone may import, and why (not I/O: the caller passes the console)
-CORE_EXCEPTIONS = {
-    "qldbstream/core/report.py": {"rich": "VerificationReport.render draws on a console passed in"}
-}
+#: module -> further packages it alone may import, and why (none today)
+CORE_EXCEPTIONS: dict[str, dict[str, str]] = {}
 
 #: ``<receiver>.<method>()`` calls that read the clock, and the receivers they are forbidden on
 CLOCK_CALLS = {
