@@ -131,7 +131,7 @@ class App:
         spec = self.settings.dedupe_store
         if spec == "memory":
             return InMemoryDedupeStore(ttl=self.settings.dedupe_ttl_seconds, clock=time.time)
-        from qldbstream.io.dynamodb import DynamoDBDedupeStore
+        from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
 
         store = DynamoDBDedupeStore(
             self.client("dynamodb"), spec.split(":", 1)[1], ttl=self.settings.dedupe_ttl_seconds

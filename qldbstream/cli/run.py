@@ -21,7 +21,7 @@ from qldbstream.core.errors import ConfigurationError, InputError, QldbStreamErr
 if TYPE_CHECKING:
     from qldbstream.app.assembly import App
     from qldbstream.app.config import Settings
-    from qldbstream.io.dynamodb import DynamoDBCheckpointStore
+    from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore
     from qldbstream.runtimes.worker import ShardStatus, Worker
 
 __all__ = ["register", "run", "stop_on_signals"]
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _store(app: App, *, create: bool) -> DynamoDBCheckpointStore:
     """The settings' DynamoDB checkpoint table (created first with ``create``)."""
-    from qldbstream.io.dynamodb import DynamoDBCheckpointStore
+    from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore
 
     client, table = app.client("dynamodb"), app.settings.checkpoint_table
     if create:

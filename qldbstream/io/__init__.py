@@ -2,7 +2,8 @@
 
 Kinesis (``kinesis_reader``, ``shards``, ``kinesis_writer``), Lambda events (``lambda_event``),
 files and saved QLDB API output (``files``, ``qldb_api``, ``anchors``), DynamoDB stores
-(``dynamodb``, ``gate_dynamodb`` with its items in ``gate_items``), boto3 clients (``clients``),
+(``dedupe_dynamodb``, ``checkpoint_dynamodb``, ``gate_dynamodb`` with its items in
+``gate_items``; their table calls in ``dynamodb_table``), boto3 clients (``clients``),
 metrics backends (``metrics``), logs (``logs``, ``masking_logs``) and tracing (``tracing``).
 ``aws_errors`` says which AWS errors are transient; it is imported with the package, so the
 pipeline's ``classify`` knows them.

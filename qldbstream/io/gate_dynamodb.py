@@ -58,7 +58,7 @@ item expires is gone without a dead letter.
 record whose item would exceed :data:`MAX_PARKED_ITEM_BYTES` (350 KiB) with
 :class:`ParkedRecordTooLarge` before it writes anything; the caller dead-letters that record.
 
-Errors are those of :mod:`qldbstream.io.dynamodb`: throttling, 5xx and connection errors are
+Errors are those of :mod:`qldbstream.io.dynamodb_table`: throttling, 5xx and connection errors are
 retried with backoff and then raise :class:`~qldbstream.core.errors.RetryableError`; a missing table
 raises :class:`~qldbstream.core.errors.ConfigurationError`; any other ``ClientError`` propagates.
 """
@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any
 
 from qldbstream.core.errors import ConfigurationError, RetryableError
 from qldbstream.core.gate import BlockKey, BlockVerdict, Link, ParkedRecord
-from qldbstream.io.dynamodb import BATCH_GET_LIMIT, CREATE_TIMEOUT, Item, _create_table, _Table
+from qldbstream.io.dynamodb_table import BATCH_GET_LIMIT, CREATE_TIMEOUT, Item, _create_table, _Table
 from qldbstream.io.gate_items import (
     EXPIRY_BUCKETS,
     PARKED_ATTRIBUTES,

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from qldbstream.core.gate import BlockKey, BlockVerdict, Link, ParkedRecord
-from qldbstream.io.dynamodb import Item
+from qldbstream.io.dynamodb_table import Item
 
 __all__ = [
     "EXPIRY_BUCKETS",

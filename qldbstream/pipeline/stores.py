@@ -3,7 +3,7 @@
 The ports themselves are Protocols in the core (:class:`~qldbstream.core.dedupe.DedupeStore`,
 :class:`~qldbstream.core.dedupe.SharedDedupeStore`, :class:`~qldbstream.core.gate.GateStore`):
 the core's planners are typed against them and the core never imports the pipeline. Their
-DynamoDB versions live in :mod:`qldbstream.io.dynamodb` and :mod:`qldbstream.io.gate_dynamodb`;
+DynamoDB versions live in :mod:`qldbstream.io.dedupe_dynamodb` and :mod:`qldbstream.io.gate_dynamodb`;
 the checkpoint store's port and in-memory version are in :mod:`qldbstream.pipeline.checkpoint`.
 These hold state for one process: the standalone worker, one-off runs, Lambda-local state, tests.
 """

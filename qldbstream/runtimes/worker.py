@@ -242,7 +242,7 @@ class Worker:
                 "no stream to read: set stream_name (QLDBSTREAM_STREAM_NAME or --stream)"
             )
         if store is None:
-            from qldbstream.io.dynamodb import DynamoDBCheckpointStore
+            from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore
 
             store = DynamoDBCheckpointStore(app.client("dynamodb"), s.checkpoint_table)
         options = options or WorkerOptions.from_settings(s)

@@ -72,7 +72,7 @@ RUNTIMES: dict[str, Runtime] = {
     "standalone": Runtime(
         ("qldbstream.cli.run:run",),
         excluded={
-            "qldbstream.io.dynamodb:DynamoDBCheckpointStore.create_table": (
+            "qldbstream.io.checkpoint_dynamodb:DynamoDBCheckpointStore.create_table": (
                 "only with --create-table; the template creates the checkpoint table and its task command "
                 "does not pass the flag"
             ),
@@ -97,8 +97,8 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
         "qldbstream.io.dlq:SqsDeadLetterQueue._read_payload",
         "qldbstream.io.dlq:SqsDeadLetterQueue._drop_payload",
     ),
-    "dedupe-table": ("qldbstream.io.dynamodb:DynamoDBDedupeStore.*",),
-    "checkpoint-table": ("qldbstream.io.dynamodb:DynamoDBCheckpointStore.*",),
+    "dedupe-table": ("qldbstream.io.dedupe_dynamodb:DynamoDBDedupeStore.*",),
+    "checkpoint-table": ("qldbstream.io.checkpoint_dynamodb:DynamoDBCheckpointStore.*",),
     "gate-table": ("qldbstream.io.gate_dynamodb:DynamoDBGateStore.*",),
     # the one method that queries the gate table's index (parked-by-time): its resource is the index ARN,
     # so the other gate operations are not granted on the index

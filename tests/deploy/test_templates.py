@@ -18,7 +18,8 @@ import pytest
 from qldbstream.api import metrics as qmetrics
 from qldbstream.app.config import Settings, load_settings
 from qldbstream.core.gate import Delivery
-from qldbstream.io.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore
+from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore
+from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
 from qldbstream.io.gate_dynamodb import DEFAULT_TTL, EXPIRY_INDEX, DynamoDBGateStore
 from tests.deploy.callgraph import CodeIndex
 from tests.deploy.cfn import evaluate, failed_rules

@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from qldbstream.io.dynamodb import DynamoDBDedupeStore
+from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
 from qldbstream.io.gate_dynamodb import DynamoDBGateStore
 from qldbstream.io.kinesis_writer import PutEntry, create_stream, put_records
 from tests.support.aws import REGION, client

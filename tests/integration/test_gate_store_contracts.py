@@ -22,7 +22,7 @@ import pytest
 
 from qldbstream.core.errors import ConfigurationError
 from qldbstream.core.gate import BlockKey, BlockVerdict, GateStore, Link, ParkedRecord
-from qldbstream.io.dynamodb import DynamoDBDedupeStore
+from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
 from qldbstream.io.gate_dynamodb import (
     EXPIRY_INDEX,
     MAX_PARKED_ITEM_BYTES,

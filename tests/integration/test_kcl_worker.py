@@ -48,7 +48,7 @@ from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import decode
 from qldbstream.core.errors import DeaggregationError
 from qldbstream.core.records import KinesisRecord
-from qldbstream.io.dynamodb import DynamoDBDedupeStore
+from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
 from qldbstream.io.gate_dynamodb import DynamoDBGateStore
 from qldbstream.io.kinesis_writer import PutResult, create_stream
 from tests.integration.kcl_worker_sink import create_sink_table, effect_key, read_sink

@@ -234,7 +234,7 @@ def run_ledger(moto: MotoServer, output: Path, *, masking: bool) -> tuple[dict[s
     from qldbstream_handlers.fraud import default_bus
 
     from qldbstream.app.assembly import App
-    from qldbstream.io.dynamodb import DynamoDBCheckpointStore
+    from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore
     from qldbstream.runtimes.worker import Worker, WorkerOptions
 
     aws = _Aws(moto.endpoint)

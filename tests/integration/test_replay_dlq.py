@@ -35,8 +35,8 @@ from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import JournalRecord, RevisionDetails, decode
 from qldbstream.core.errors import ConfigurationError, InputError
 from qldbstream.core.records import KinesisRecord
+from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
 from qldbstream.io.dlq import SQS_MAX_BYTES, DirectoryDeadLetterQueue
-from qldbstream.io.dynamodb import DynamoDBDedupeStore
 from qldbstream.io.kinesis_writer import PutEntry, put_records
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue

@@ -25,7 +25,8 @@ from qldbstream.core.decode import RevisionDetails
 from qldbstream.core.dedupe import Claim, ClaimResult, DedupeStore, LatePolicy, Watermark
 from qldbstream.core.errors import RetryableError
 from qldbstream.io.aws_errors import classify
-from qldbstream.io.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore, position_key
+from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore, position_key
+from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings
 from qldbstream.pipeline.checkpoint import Checkpoint, CheckpointStore, InMemoryCheckpointStore
 from qldbstream.pipeline.reliability import Disposition, RetryPolicy

@@ -32,7 +32,8 @@ from qldbstream.app.config import Settings
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import JournalRecord, RevisionDetails
 from qldbstream.core.dedupe import LatePolicy
-from qldbstream.io.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore
+from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore
+from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
 from qldbstream.io.kinesis_reader import read_stream
 from qldbstream.io.kinesis_writer import PutEntry, put_records
 from qldbstream.pipeline.checkpoint import Checkpoint

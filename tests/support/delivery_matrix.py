@@ -823,7 +823,7 @@ def _run_lambda(
     ddb = client("dynamodb", dynamodb_endpoint)
     suffix = uuid.uuid4().hex[:10]
     gate_table, dedupe_table = f"matrix-gate-{suffix}", f"matrix-dedupe-{suffix}"
-    from qldbstream.io.dynamodb import DynamoDBDedupeStore
+    from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
     from qldbstream.io.gate_dynamodb import DynamoDBGateStore
 
     DynamoDBGateStore.create_table(ddb, gate_table)

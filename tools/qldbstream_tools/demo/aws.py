@@ -61,8 +61,9 @@ class DemoResources:
 
 def create_resources(aws: Any, names: DemoNames, shards: int) -> DemoResources:
     """Streams (source, and the replica in the second region), tables, the alert queue, the topic."""
+    from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore
     from qldbstream.io.clients import aws_client
-    from qldbstream.io.dynamodb import DynamoDBCheckpointStore, DynamoDBDedupeStore
+    from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
     from qldbstream.io.kinesis_writer import create_stream
 
     create_stream(aws.client("kinesis"), names.stream, shards)

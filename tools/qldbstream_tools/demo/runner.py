@@ -344,7 +344,7 @@ def _run_worker(
 
     from qldbstream.api.handler import HandlerContext
     from qldbstream.app.assembly import App
-    from qldbstream.io.dynamodb import DynamoDBCheckpointStore
+    from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore
     from qldbstream.runtimes.worker import Worker, WorkerOptions
 
     environ = worker_environ(
