@@ -17,7 +17,9 @@ and the Lambda adapter:
 * **the record to report** (Lambda's batch item failure): the first unfinished record, or the first
   one parked in memory when the gate's store is not durable (another container could not deliver
   it);
-* **an exception from the pipeline** (a store that is down) is a halt at the first record.
+* **an exception from the pipeline** (a store that is down) is a halt at the first record;
+* **the wait for the breakers** (:func:`breaker_wait`): a halted shard is not tried again before
+  every open circuit breaker of the pipeline lets a trial through.
 
 CONTROL ``COMPLETED`` (the end of a bounded QLDB stream) is found by the pipeline while it decodes
 (``Pipeline.process(..., stop_at_completed=True)`` stops the batch there and sets
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from qldbstream.core.records import KinesisRecord
     from qldbstream.pipeline.batch import BatchResult, Pipeline
 
-__all__ = ["ShardPolicy", "Step", "stuck_record"]
+__all__ = ["ShardPolicy", "Step", "breaker_wait", "stuck_record"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,11 @@ class ShardPolicy:
     def stuck_for_good(self, limit: int, seconds: float) -> bool:
         """Halted ``limit`` times in a row, for at least ``seconds``."""
         return self.halts >= limit and self.clock() - self.halted_since >= seconds
+
+
+def breaker_wait(pipeline: Pipeline) -> float:
+    """Seconds until every open circuit breaker of ``pipeline`` lets a trial through (0: none is open)."""
+    return max((b.retry_after() for b in pipeline.breakers.values()), default=0.0)
 
 
 def stuck_record(

@@ -9,7 +9,7 @@ import pytest
 
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import BatchResult
-from qldbstream.pipeline.shard_policy import ShardPolicy, stuck_record
+from qldbstream.pipeline.shard_policy import ShardPolicy, breaker_wait, stuck_record
 
 
 class Clock:
@@ -126,3 +126,21 @@ def test_the_record_lambda_reports(durable: bool) -> None:
     else:  # parked in this container's memory: Lambda must deliver it again
         assert stuck is batch[1] and result.finished == 1 and "in memory" in result.halt_reason
     assert stuck_record(BatchResult("s", 4, finished=4), batch, durable_gate=False) is None
+
+
+def test_the_breaker_wait_is_the_longest_wait_of_the_open_breakers() -> None:
+    class Breaker:
+        def __init__(self, wait: float) -> None:
+            self.wait = wait
+
+        def retry_after(self) -> float:
+            return self.wait
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.breakers: dict[str, Breaker] = {}
+
+    pipe = Pipe()
+    assert breaker_wait(pipe) == 0.0  # type: ignore[arg-type]  # no breaker: no wait
+    pipe.breakers = {"a": Breaker(0.0), "b": Breaker(4.5), "c": Breaker(2.0)}
+    assert breaker_wait(pipe) == 4.5  # type: ignore[arg-type]
