@@ -22,7 +22,7 @@ from qldbstream.app.config import Settings, load_settings
 from qldbstream.app.plugins import load_handlers
 from qldbstream.core.dedupe import DedupeStore
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.core.gate import GateStore
+from qldbstream.core.gate_store import GateStore
 from qldbstream.core.masking import Masker, Sealer
 from qldbstream.core.masking_text import MaskingMetrics
 from qldbstream.io.anchors import load_anchors

@@ -26,17 +26,8 @@ from collections.abc import Callable, Mapping
 from qldbstream.core.decode import BlockSummary, RevisionDetails
 from qldbstream.core.entries import Batch, Caps, Entry
 from qldbstream.core.errors import DecodeError
-from qldbstream.core.gate import (
-    OWN_BLOCK_CHECKS,
-    WAIT,
-    BlockKey,
-    BlockVerdict,
-    Delivery,
-    GateStore,
-    Judgement,
-    ParkedRecord,
-    Verdict,
-)
+from qldbstream.core.gate import OWN_BLOCK_CHECKS, WAIT, BlockKey, BlockVerdict, Delivery, Judgement, Verdict
+from qldbstream.core.gate_store import GateStore, ParkedRecord
 from qldbstream.core.order import JournalOrder
 from qldbstream.core.release import Releases
 from qldbstream.core.scan import block_documents

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails
 from qldbstream.core.errors import PoisonRecordError
-from qldbstream.core.gate import BlockKey, BlockVerdict, GateStore, Judgement, ParkedRecord
+from qldbstream.core.gate import BlockKey, BlockVerdict, Judgement
+from qldbstream.core.gate_store import GateStore, ParkedRecord
 from qldbstream.core.records import UserRecord
 from qldbstream.core.verify import Failure
 

@@ -21,14 +21,13 @@ from qldbstream.core.gate import (
     BlockKey,
     BlockVerdict,
     Delivery,
-    GateStore,
     Judgement,
     Link,
-    ParkedRecord,
     Verdict,
     judge_block,
     judge_revision,
 )
+from qldbstream.core.gate_store import GateStore, ParkedRecord
 from qldbstream.core.order import JournalOrder
 from qldbstream.core.verify import Verifier
 

@@ -1,6 +1,6 @@
 """The delivery gate's store on DynamoDB: block verdicts and parked records shared by every worker.
 
-:class:`DynamoDBGateStore` is a durable :class:`~qldbstream.core.gate.GateStore` on **one table**,
+:class:`DynamoDBGateStore` is a durable :class:`~qldbstream.core.gate_store.GateStore` on **one table**,
 partition key ``pk`` (S), sort key ``sk`` (S); a block's verdict and the records waiting for it
 share a partition, so one strongly consistent ``Query`` reads everything parked for a block:
 
@@ -25,7 +25,7 @@ share a partition, so one strongly consistent ``Query`` reads everything parked 
                                                             (S), ``bucket`` (S), ``ttl`` (N)
 ==================================  ======================  ==========================================
 
-``<record id>`` is :attr:`~qldbstream.core.gate.ParkedRecord.id` (``sha256:<hex>`` of it in the rare
+``<record id>`` is :attr:`~qldbstream.core.gate_store.ParkedRecord.id` (``sha256:<hex>`` of it in the rare
 case it would not fit DynamoDB's 1024-byte sort key). ``shardId``, ``streamArn`` and ``arrival``
 are absent when they are ``None``. Hashes and data are binary (B) attributes, not base64.
 
@@ -74,7 +74,8 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from qldbstream.core.errors import ConfigurationError, RetryableError
-from qldbstream.core.gate import BlockKey, BlockVerdict, Link, ParkedRecord
+from qldbstream.core.gate import BlockKey, BlockVerdict, Link
+from qldbstream.core.gate_store import ParkedRecord
 from qldbstream.io.dynamodb_table import BATCH_GET_LIMIT, CREATE_TIMEOUT, Item, _create_table, _Table
 from qldbstream.io.gate_items import (
     EXPIRY_BUCKETS,
@@ -139,7 +140,8 @@ class ParkedRecordTooLarge(ValueError):
 
 
 class DynamoDBGateStore:
-    """A durable :class:`~qldbstream.core.gate.GateStore` on one DynamoDB table (see the module docstring).
+    """A durable :class:`~qldbstream.core.gate_store.GateStore` on one DynamoDB table (see the module
+    docstring).
 
     ``ttl`` is how long items live (seconds); ``clock`` (epoch seconds) decides what has expired;
     ``retry`` and ``sleep`` bound the retries of throttled calls.

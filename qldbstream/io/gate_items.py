@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from qldbstream.core.gate import BlockKey, BlockVerdict, Link, ParkedRecord
+from qldbstream.core.gate import BlockKey, BlockVerdict, Link
+from qldbstream.core.gate_store import ParkedRecord
 from qldbstream.io.dynamodb_table import Item
 
 __all__ = [

@@ -41,7 +41,8 @@ from qldbstream.core.decode import BlockSummary, ControlRecord, JournalRecord, R
 from qldbstream.core.dedupe import DedupeStore, LatePolicy, Planner
 from qldbstream.core.entries import Entry, UnverifiableRecordError
 from qldbstream.core.errors import DeaggregationError, PoisonRecordError
-from qldbstream.core.gate import OWN_BLOCK_CHECKS, Delivery, GateStore
+from qldbstream.core.gate import OWN_BLOCK_CHECKS, Delivery
+from qldbstream.core.gate_store import GateStore
 from qldbstream.core.masking import Masker, Sealer, seal_envelope
 from qldbstream.core.order import JournalOrder
 from qldbstream.core.records import KinesisRecord, UserRecord

@@ -1,7 +1,7 @@
 """The in-memory versions of the core's store ports: the de-duplication store and the gate store.
 
 The ports themselves are Protocols in the core (:class:`~qldbstream.core.dedupe.DedupeStore`,
-:class:`~qldbstream.core.dedupe.SharedDedupeStore`, :class:`~qldbstream.core.gate.GateStore`):
+:class:`~qldbstream.core.dedupe.SharedDedupeStore`, :class:`~qldbstream.core.gate_store.GateStore`):
 the core's planners are typed against them and the core never imports the pipeline. Their
 DynamoDB versions live in :mod:`qldbstream.io.dedupe_dynamodb` and :mod:`qldbstream.io.gate_dynamodb`;
 the checkpoint store's port and in-memory version are in :mod:`qldbstream.pipeline.checkpoint`.
@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from qldbstream.core.dedupe import DOCUMENT_LOCK, Claim, ClaimResult, Watermark
-from qldbstream.core.gate import BlockKey, BlockVerdict, Link, ParkedRecord
+from qldbstream.core.gate import BlockKey, BlockVerdict, Link
+from qldbstream.core.gate_store import ParkedRecord
 
 __all__ = ["InMemoryDedupeStore", "InMemoryGateStore"]
 

@@ -1,4 +1,4 @@
-"""One contract for every delivery-gate store (:class:`~qldbstream.core.gate.GateStore`): in memory
+"""One contract for every delivery-gate store (:class:`~qldbstream.core.gate_store.GateStore`): in memory
 and DynamoDB.
 
 The DynamoDB store runs against the session's moto server on 127.0.0.1, one fresh table per test;
@@ -21,7 +21,8 @@ from typing import Any, cast
 import pytest
 
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.core.gate import BlockKey, BlockVerdict, GateStore, Link, ParkedRecord
+from qldbstream.core.gate import BlockKey, BlockVerdict, Link
+from qldbstream.core.gate_store import GateStore, ParkedRecord
 from qldbstream.io.dedupe_dynamodb import DynamoDBDedupeStore
 from qldbstream.io.gate_dynamodb import (
     EXPIRY_INDEX,
