@@ -12,10 +12,10 @@ remembers ``shard_ended``). A checkpoint found in the store wins over the start 
 worker polls one shard at a time in one thread, at most 5 ``GetRecords`` calls per second per shard,
 and shares one :class:`~qldbstream.pipeline.batch.Pipeline` between all shards.
 
-Modes (:class:`WorkerOptions`): *continuous* (``TRIM_HORIZON``/``LATEST``, runs until stopped),
-*catch-up* (``AT_TIMESTAMP``, then continues), *bounded export* (``end_time``: a shard stops at its
-first record that arrived at or after ``end_time``, or after a CONTROL ``COMPLETED`` record; the
-run ends when every shard is done). :meth:`Worker.run` can also stop once caught up or idle.
+Modes (:class:`~qldbstream.runtimes.worker_options.WorkerOptions`): continuous, catch-up, bounded
+export. :meth:`Worker.run` can also stop once caught up or idle (:mod:`~qldbstream.runtimes.worker_until`).
+A shard's unfinished work and its checkpoints: :mod:`~qldbstream.runtimes.worker_shard`; what the
+worker reports: :mod:`~qldbstream.runtimes.worker_report`.
 
 What happens next on errors: a halted batch (breaker open, DLQ or sink down, an unexpected error in
 the pipeline) leaves the checkpoint where it is and the shard is read again from it after a growing
@@ -32,153 +32,32 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from qldbstream.api.handler import Handler
 from qldbstream.api.metrics import Metrics, NullMetrics
-from qldbstream.core.errors import ConfigurationError, InputError
+from qldbstream.core.errors import ConfigurationError
 from qldbstream.core.records import KinesisRecord
-from qldbstream.io.aws_errors import classify
-from qldbstream.io.kinesis_reader import LATEST, MIN_POLL_SPACING, TRIM_HORIZON, StartPosition, kinesis_retry
+from qldbstream.io.kinesis_reader import MIN_POLL_SPACING, kinesis_retry
 from qldbstream.io.shards import Shard, StreamShards
 from qldbstream.pipeline.batch import BatchResult, Pipeline
 from qldbstream.pipeline.checkpoint import Checkpoint, CheckpointStore
-from qldbstream.pipeline.reliability import AdaptiveBatchSize, Disposition, RetryPolicy
-from qldbstream.pipeline.shard_policy import ShardPolicy
+from qldbstream.pipeline.reliability import AdaptiveBatchSize, RetryPolicy
+from qldbstream.pipeline.runtime_duties import gauge_lag, iterator_age_ms, release_shard
+from qldbstream.pipeline.shard_policy import ShardPolicy, breaker_wait
+from qldbstream.runtimes.worker_options import WorkerOptions
+from qldbstream.runtimes.worker_report import ShardStatus, StopReason, WorkerReport
+from qldbstream.runtimes.worker_shard import ShardCheckpoints, ShardWork, transient
+from qldbstream.runtimes.worker_until import caught_up, stuck, watermark
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
 
     from qldbstream.app.assembly import App
-    from qldbstream.app.config import Settings
 
 __all__ = ["ShardStatus", "Worker", "WorkerOptions", "WorkerReport"]
 
 log = logging.getLogger("qldbstream.worker")
-
-StopReason = Literal["stopped", "finished", "caught-up", "idle", "halted"]
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """How the worker reads: start and end, batch sizes, polling, backoff, the checkpoint key.
-
-    ``stop_at_completed`` (default: when ``end_time`` is set) ends a shard after a CONTROL
-    ``COMPLETED`` record, and then every other shard at its tip. ``halt_backoff`` is the first
-    wait (seconds) before a halted shard is read again; it doubles up to ``halt_backoff_cap``.
-    ``checkpoint_key`` names the stream in the checkpoint store (default: the stream name).
-    """
-
-    start: StartPosition = TRIM_HORIZON
-    end_time: datetime | None = None
-    stop_at_completed: bool | None = None
-    batch_min: int = 10
-    batch_max: int = 500
-    batch_target_ms: int = 100
-    poll_interval: float = 1.0
-    halt_backoff: float = 1.0
-    halt_backoff_cap: float = 30.0
-    checkpoint_key: str | None = None
-    #: ``run(until_caught_up=True)`` returns ``"halted"`` once a shard halted this many times in a
-    #: row, for at least ``halt_limit_seconds``, while every other shard is caught up
-    halt_limit: int = 10
-    halt_limit_seconds: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.end_time is not None and self.end_time.tzinfo is None:
-            raise ConfigurationError("end_time needs a time zone, e.g. 2024-01-01T00:00:00Z")
-        if not 1 <= self.batch_min <= self.batch_max <= 10_000:
-            raise ConfigurationError(
-                "batch sizes need 1 <= batch_min <= batch_max <= 10000 (GetRecords Limit)"
-            )
-        if self.poll_interval <= 0 or self.halt_backoff <= 0 or self.halt_backoff_cap < self.halt_backoff:
-            raise ConfigurationError(
-                "poll_interval and halt_backoff must be positive, the cap >= the backoff"
-            )
-
-    @property
-    def stops_at_completed(self) -> bool:
-        return self.end_time is not None if self.stop_at_completed is None else self.stop_at_completed
-
-    @classmethod
-    def from_settings(cls, s: Settings, **overrides: object) -> WorkerOptions:
-        """Start position, end time and batch sizes from the settings; the key is ``app/stream``."""
-        if s.start_position == "LATEST":
-            if s.start_time is not None:
-                raise ConfigurationError("start_time contradicts start_position LATEST")
-            start = LATEST
-        elif s.start_time is not None:
-            start = StartPosition.at_timestamp(s.start_time)
-        else:
-            start = TRIM_HORIZON
-        values: dict[str, object] = {
-            "start": start,
-            "end_time": s.end_time,
-            "batch_min": s.batch_min,
-            "batch_max": s.batch_max,
-            "batch_target_ms": s.batch_target_ms,
-            "checkpoint_key": f"{s.application_name}/{s.stream_name}",
-            **overrides,
-        }
-        return cls(**values)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True, slots=True)
-class ShardStatus:
-    """Where one shard stands: for progress displays, ``qldbstream run`` and tests."""
-
-    shard_id: str
-    parents: tuple[str, ...]
-    records_read: int
-    user_records: int
-    millis_behind_latest: int | None
-    #: Now minus the ``ApproximateArrivalTimestamp`` of the last record read (0 at the tip).
-    iterator_age_ms: float | None
-    #: The last checkpoint saved: (sequence number, sub-sequence number).
-    checkpoint: tuple[str, int] | None
-    batch_limit: int
-    finished: bool
-    #: Why reading it stopped: ``shard-end``, ``end-time``, ``completed``, ``window-over``, ...
-    end_reason: str | None
-    #: Why its last batch halted ("" when it did not).
-    halt_reason: str
-
-
-@dataclass(frozen=True)
-class WorkerReport:
-    """Why :meth:`Worker.run` returned, and where every shard stands."""
-
-    reason: StopReason
-    shards: dict[str, ShardStatus]
-
-    @property
-    def records(self) -> int:
-        return sum(s.records_read for s in self.shards.values())
-
-
-@dataclass
-class _Work:
-    """The worker's side of one shard: checkpoint, unfinished work, halts, batch size."""
-
-    batch: AdaptiveBatchSize
-    #: its halts and what follows a batch (qldbstream.pipeline.shard_policy, shared by the runtimes)
-    policy: ShardPolicy
-    checkpoint: tuple[str, int] | None = None
-    unsaved: Checkpoint | None = None
-    #: Records read but not finished and not to be re-read (held back by the reorder policy).
-    pending: bool = False
-    user_records: int = 0
-    iterator_age_ms: float | None = None
-    started: bool = False
-    released: bool = False
-    #: A transient failure outside the pipeline (Kinesis, the store), for the backoff.
-    failures: int = 0
-
-    @property
-    def idle(self) -> bool:
-        """Nothing read is waiting: no held-back records, no unsaved checkpoint."""
-        return not self.pending and self.unsaved is None
 
 
 @dataclass(eq=False)
@@ -220,8 +99,9 @@ class Worker:
         self._halt_backoff = RetryPolicy(
             base_delay=o.halt_backoff, max_delay=o.halt_backoff_cap, rng=self.rng
         )
-        self._work: dict[str, _Work] = {}
+        self._work: dict[str, ShardWork] = {}
         self._last_records = 0.0
+        self.checkpoints = ShardCheckpoints(self.store, self.key, self.metrics, self._work_for)
 
     @classmethod
     def from_app(
@@ -294,7 +174,7 @@ class Worker:
                 if all(s.finished for s in graph.values()):
                     reason = "finished"
                     break
-                if until_caught_up and self._caught_up():
+                if until_caught_up and caught_up(self.shards, self._work_for):
                     if self._sync():
                         continue
                     if self._waiting():  # the input is read: what still waits can be decided now
@@ -302,7 +182,7 @@ class Worker:
                         continue
                     reason = "caught-up"
                     break
-                if until_caught_up and self._stuck():
+                if until_caught_up and stuck(self.shards, self._work_for, self.options):
                     reason = "halted"
                     break
                 if max_idle is not None and self.clock() - self._last_records >= max_idle:
@@ -323,7 +203,7 @@ class Worker:
         finally:
             for shard_id, work in self._work.items():
                 if work.unsaved is not None:
-                    self._last_save(work)
+                    self.checkpoints.last_save(work)
                 if work.started and not work.released:
                     self._release(shard_id, work)
         log.info("worker for stream %s returns: %s", self.stream_name, reason)
@@ -331,28 +211,14 @@ class Worker:
 
     def _start(self) -> None:
         self.shards.describe()
-        saved = self.store.all(self.key)
-        self.shards.resume = {
-            cp.shard_id: (cp.sequence_number, cp.sub_sequence_number)
-            for cp in saved.values()
-            if cp.sequence_number is not None and not cp.shard_ended
-        }
-        self.shards.ended = frozenset(cp.shard_id for cp in saved.values() if cp.shard_ended)
-        self.shards.sync(initial=True)
-        for shard_id, shard in self.shards.shards.items():
-            work = self._work_for(shard_id)
-            cp = saved.get(shard_id)
-            if cp is not None and cp.sequence_number is not None:
-                work.checkpoint = (cp.sequence_number, cp.sub_sequence_number)
-            if shard.resume is not None:
-                log.info("shard %s resumes at its checkpoint %s/%d", shard_id, *shard.resume)
+        self.checkpoints.resume(self.shards)
 
     def _sync(self) -> bool:
         """``ListShards`` while running: a transient failure is logged and tried again later."""
         try:
             return self.shards.sync()
         except Exception as exc:
-            if not _transient(exc):
+            if not transient(exc):
                 raise
             log.warning(
                 "stream %s: listing the shards failed (%r); trying again later", self.stream_name, exc
@@ -360,7 +226,7 @@ class Worker:
             self.shards.next_sync_at = self.clock() + self._halt_backoff.max_delay
             return True
 
-    def _work_for(self, shard_id: str) -> _Work:
+    def _work_for(self, shard_id: str) -> ShardWork:
         work = self._work.get(shard_id)
         if work is None:
             o = self.options
@@ -369,34 +235,15 @@ class Worker:
             policy = ShardPolicy(
                 shard_id, o.halt_backoff, o.halt_backoff_cap, self.clock, self._breaker_wait, self.rng
             )
-            work = self._work[shard_id] = _Work(batch, policy)
+            work = self._work[shard_id] = ShardWork(batch, policy)
         return work
-
-    def _caught_up(self) -> bool:
-        return all(
-            s.finished or (s.caught_up and not s.exhausted and self._work_for(s.shard_id).idle)
-            for s in self.shards.shards.values()
-        )
-
-    def _stuck(self) -> bool:
-        """Every shard is caught up or finished, except shards halted again and again."""
-        o = self.options
-        halted = [
-            s
-            for s in self.shards.shards.values()
-            if self._work_for(s.shard_id).policy.stuck_for_good(o.halt_limit, o.halt_limit_seconds)
-        ]
-        others = [s for s in self.shards.shards.values() if s not in halted]
-        return bool(halted) and all(
-            s.finished or (s.caught_up and self._work_for(s.shard_id).idle) for s in others
-        )
 
     def _waiting(self) -> bool:
         return any(self.pipeline.waiting(shard_id) for shard_id in self.shards.shards)
 
     def _drain(self) -> None:
         result = self.pipeline.drain()
-        self._save_others(result)
+        self.checkpoints.save_others(result)
         if self._waiting():  # a DLQ or sink failure: try again after a poll interval
             self._sleep(self.options.poll_interval)
 
@@ -407,14 +254,14 @@ class Worker:
         work.started = True
         try:
             if work.unsaved is not None:
-                self._save(work.unsaved, work)
+                self.checkpoints.save(work.unsaved, work)
             elif shard.exhausted:
                 self._finish_shard(shard, work)
             else:
                 self._poll(shard, work)
             work.failures = 0
         except Exception as exc:
-            if not _transient(exc):
+            if not transient(exc):
                 raise
             delay = getattr(exc, "retry_after", None) or self._halt_backoff.delay(work.failures + 1)
             work.failures += 1
@@ -423,19 +270,16 @@ class Worker:
         if self.on_progress is not None:
             self.on_progress(self._status(shard))
 
-    def _poll(self, shard: Shard, work: _Work) -> None:
+    def _poll(self, shard: Shard, work: ShardWork) -> None:
         fetch = self.shards.fetch(shard, work.batch.size)
         now = self.clock()
         records = fetch.records
         sid = shard.shard_id
-        if fetch.millis_behind_latest is not None:
-            self.metrics.gauge("stream_lag_ms", fetch.millis_behind_latest, shard=sid)
         if shard.last_arrival is not None and records:
-            work.iterator_age_ms = max(0.0, (now - shard.last_arrival) * 1000)
+            work.iterator_age_ms = iterator_age_ms(now, shard.last_arrival)
         elif shard.caught_up:
             work.iterator_age_ms = 0.0
-        if work.iterator_age_ms is not None:
-            self.metrics.gauge("iterator_age_ms", work.iterator_age_ms, shard=sid)
+        gauge_lag(self.metrics, sid, fetch.millis_behind_latest, work.iterator_age_ms)
         shard.next_poll_at = now + (self.options.poll_interval if shard.caught_up else MIN_POLL_SPACING)
         if records:
             self._last_records = now
@@ -454,8 +298,8 @@ class Worker:
                 self.shards.stop_at_tip = True  # the QLDB stream is complete: others stop at their tip
             if result.checkpoint is not None:
                 seq, sub = result.checkpoint
-                self._save(Checkpoint(sid, seq, sub), work)
-            self._save_others(result)
+                self.checkpoints.save(Checkpoint(sid, seq, sub), work)
+            self.checkpoints.save_others(result)
             if rewound:
                 return
         elif work.pending or self.pipeline.waiting(sid):
@@ -464,47 +308,22 @@ class Worker:
             result = self._process(sid, [])
             work.pending = result.held > 0
             if result.checkpoint is not None and not result.halted:
-                self._save(Checkpoint(sid, *result.checkpoint), work)
-            self._save_others(result)
+                self.checkpoints.save(Checkpoint(sid, *result.checkpoint), work)
+            self.checkpoints.save_others(result)
         if shard.exhausted:
             self._finish_shard(shard, work)
 
-    def _watermark(self) -> float:
-        """The arrival time up to which every shard has been read (journal order, qldbstream.core.order).
-
-        A shard at its tip, read to its end, or not startable yet (a child: its records arrived after
-        every record of its parents) holds nothing older; a shard not read yet holds anything."""
-        marks = []
-        for s in self.shards.shards.values():
-            if s.finished or s.exhausted or s.caught_up or not self.shards.parents_done(s):
-                continue
-            marks.append(float("-inf") if s.last_arrival is None else s.last_arrival)
-        return min(marks, default=float("inf"))
-
     def _process(self, shard_id: str, records: Sequence[KinesisRecord], **process: Any) -> BatchResult:
-        self.pipeline.watermark = self._watermark()
+        self.pipeline.watermark = watermark(self.shards)
         # an exception (e.g. the de-duplication store is down) is a halt: the batch is read again
         return self._work_for(shard_id).policy.run(self.pipeline, records, **process)
 
     def _breaker_wait(self) -> float:
         """Seconds until every open circuit breaker lets a trial through."""
-        return max((b.retry_after() for b in self.pipeline.breakers.values()), default=0.0)
-
-    def _save_others(self, result: BatchResult) -> None:
-        """Shards whose parked records this batch delivered may checkpoint further now."""
-        for other, (seq, sub) in result.other_checkpoints.items():
-            if other is None or other == result.shard_id:
-                continue
-            work = self._work_for(other)
-            try:
-                self._save(Checkpoint(other, seq, sub), work)
-            except Exception as exc:  # saved with that shard's next step (work.unsaved)
-                if not _transient(exc):
-                    raise
-                log.warning("shard %s: saving its checkpoint failed (%r); trying again later", other, exc)
+        return breaker_wait(self.pipeline)
 
     def _settle(
-        self, shard: Shard, work: _Work, records: Sequence[KinesisRecord], result: BatchResult
+        self, shard: Shard, work: ShardWork, records: Sequence[KinesisRecord], result: BatchResult
     ) -> bool:
         """After a batch: True when the shard is to be read again from its checkpoint."""
         step = work.policy.after(records, result)
@@ -513,13 +332,7 @@ class Worker:
             return False
         delay = step.delay  # 0 when the batch made progress: read the rest again at once
         work.pending = False
-        if result.checkpoint is not None:
-            resume: tuple[str, int] | None = result.checkpoint
-        elif work.checkpoint is not None:
-            resume = work.checkpoint
-        else:
-            first = shard.first_sequence_number
-            resume = None if first is None else (first, -1)
+        resume = work.resume_at(result, shard)
         self.shards.rewind(shard, resume)
         shard.next_poll_at = self.clock() + delay
         if step.halted:
@@ -534,74 +347,31 @@ class Worker:
         )
         return True
 
-    def _finish_shard(self, shard: Shard, work: _Work) -> None:
+    def _finish_shard(self, shard: Shard, work: ShardWork) -> None:
         """An exhausted shard: deliver what is held back, then end it (children may start).
 
         A shard whose records still wait in the pipeline (parked until their block summary comes,
         held by the reorder policy) does not end: its checkpoint is behind them."""
         if work.pending or self.pipeline.waiting(shard.shard_id):
             result = self._process(shard.shard_id, [])
-            self._save_others(result)
+            self.checkpoints.save_others(result)
             if result.checkpoint is not None:
-                self._save(Checkpoint(shard.shard_id, *result.checkpoint), work)
+                self.checkpoints.save(Checkpoint(shard.shard_id, *result.checkpoint), work)
             if result.held or result.halted or self.pipeline.waiting(shard.shard_id):
                 shard.next_poll_at = self.clock() + self.options.poll_interval
                 return
             work.pending = False
         if shard.end_reason == "shard-end":
             seq, sub = work.checkpoint or (None, 0)
-            self._save(Checkpoint(shard.shard_id, seq, sub, shard_ended=True), work)
+            self.checkpoints.save(Checkpoint(shard.shard_id, seq, sub, shard_ended=True), work)
             self.metrics.incr("shards_ended")
             log.info("shard %s ended; its children may start", shard.shard_id)
         self.shards.finish(shard)
         self._release(shard.shard_id, work)
 
-    def _save(self, checkpoint: Checkpoint, work: _Work) -> None:
-        work.unsaved = checkpoint
-        self.store.save(self.key, checkpoint)  # on an error the step backs off; saved next time
-        work.unsaved = None
-        if checkpoint.sequence_number is not None:
-            work.checkpoint = (checkpoint.sequence_number, checkpoint.sub_sequence_number)
-        self.metrics.incr("checkpoints", shard=checkpoint.shard_id)
-
-    def _last_save(self, work: _Work) -> None:
-        """One more try for a checkpoint that could not be saved; if it fails, a restart re-reads more."""
-        assert work.unsaved is not None
-        try:
-            self._save(work.unsaved, work)
-        except Exception:
-            log.exception(
-                "the checkpoint %s could not be saved; those records will be read again", work.unsaved
-            )
-
-    def _release(self, shard_id: str, work: _Work) -> None:
+    def _release(self, shard_id: str, work: ShardWork) -> None:
         work.released = True
-        for handler in self.handlers:
-            try:
-                handler.shard_released(shard_id)
-            except Exception:  # every handler must hear it; the error is logged, not hidden
-                log.exception("handler %s failed in shard_released(%s)", handler.name, shard_id)
+        release_shard(self.handlers, shard_id, log)
 
     def _status(self, shard: Shard) -> ShardStatus:
-        work = self._work_for(shard.shard_id)
-        return ShardStatus(
-            shard.shard_id,
-            shard.parents,
-            shard.records_read,
-            work.user_records,
-            shard.millis_behind_latest,
-            work.iterator_age_ms,
-            work.checkpoint,
-            work.batch.size,
-            shard.finished,
-            shard.end_reason if shard.exhausted else None,
-            work.policy.halt_reason,
-        )
-
-
-def _transient(exc: Exception) -> bool:
-    """Throttling, 5xx, connection errors (:mod:`qldbstream.io.aws_errors`): try again later. Not a
-    missing stream or bad configuration."""
-    if isinstance(exc, InputError | ConfigurationError):
-        return False
-    return classify(exc) is Disposition.RETRY_THEN_HALT
+        return self._work_for(shard.shard_id).status(shard)
