@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from qldbstream.api.handler import Handler, HandlerContext
+from qldbstream.api.metrics import InMemoryMetrics
 from qldbstream.app.config import load_settings
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails, decode, decode_bytes
@@ -245,6 +246,8 @@ def make(
     parent_alive: Callable[[], bool] = lambda: True,
     late_policy: LatePolicy = LatePolicy.DELIVER_LATE,
     gate: InMemoryGateStore | None = None,
+    metrics: InMemoryMetrics | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> tuple[KclRecordProcessor, FakeDaemon]:
     pipeline = Pipeline(
         [sink],
@@ -261,6 +264,8 @@ def make(
         # one record processor per shard: the deployed KCL parks in DynamoDB (durable); in memory a
         # block summary would hold the checkpoint until its revisions came (docs/delivery.md)
         gate_store=gate if gate is not None else DurableGate(),
+        metrics=metrics,
+        wall_clock=wall_clock,
     )
     processor = KclRecordProcessor(
         pipeline,
@@ -269,6 +274,7 @@ def make(
         clock=t.clock,
         sleep=t.sleep,
         parent_alive=parent_alive,
+        wall_clock=wall_clock,
     )
     daemon = FakeDaemon(processor)
     daemon.initialize()
@@ -325,6 +331,32 @@ def test_each_batch_is_checkpointed_at_its_last_user_record_and_every_effect_lan
     )
     assert len(sink.effects) == len(set(sink.effects))
     assert daemon.exit_code is None and daemon.errors.getvalue() == ""
+
+
+class GaugeLog(InMemoryMetrics):
+    """Every gauge set, in order (the processor's own and the pipeline's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set: list[tuple[str, float]] = []
+
+    def gauge(self, name: str, value: float, **dimensions: str) -> None:
+        self.set.append((name, value))
+        super().gauge(name, value, **dimensions)
+
+
+def test_the_lag_gauges_use_the_daemons_lag_and_the_injected_wall_clock() -> None:
+    records, _ = stream(5)
+    newest = records[-1]["approximateArrivalTimestamp"] / 1000
+    metrics, sink, t = GaugeLog(), Sink(), FakeTime()
+    _, daemon = make(sink, t, metrics=metrics, wall_clock=lambda: newest + 2.5)
+    daemon.process(records)
+    daemon.close()
+    ages = [value for name, value in metrics.set if name == "iterator_age_ms"]
+    lags = [value for name, value in metrics.set if name == "stream_lag_ms"]
+    assert lags == [0.0]  # the daemon's millisBehindLatest
+    # the processor's gauge (on arrival) and the pipeline's (per batch): both from the injected clock
+    assert len(ages) >= 2 and ages == pytest.approx([2500.0] * len(ages))
 
 
 def test_a_halted_batch_is_kept_and_retried_by_the_processor_never_checkpointed_past() -> None:
