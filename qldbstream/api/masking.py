@@ -14,7 +14,8 @@ write the masked form too, or seal the original bytes - never the clear values. 
 
 from __future__ import annotations
 
-from qldbstream.core.masking import Masker, Sealer, masked_copy
+from qldbstream.core.masking import Masker, masked_copy
+from qldbstream.core.masking_dlq import Sealer
 from qldbstream.core.replica import masked_record_bytes, seal_record
 from qldbstream.io.sealers import KmsSealer, masking_from_settings
 

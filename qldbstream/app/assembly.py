@@ -23,7 +23,8 @@ from qldbstream.app.plugins import load_handlers
 from qldbstream.core.dedupe import DedupeStore
 from qldbstream.core.errors import ConfigurationError
 from qldbstream.core.gate_store import GateStore
-from qldbstream.core.masking import Masker, Sealer
+from qldbstream.core.masking import Masker
+from qldbstream.core.masking_dlq import Sealer
 from qldbstream.core.masking_text import MaskingMetrics
 from qldbstream.io.anchors import load_anchors
 from qldbstream.io.clients import aws_client

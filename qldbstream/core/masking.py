@@ -1,4 +1,4 @@
-"""Masking sensitive fields of revision data: rules, Ion-typed masking, log and DLQ protection.
+"""Masking sensitive fields of revision data: rules and Ion-typed masking.
 
 **Rules** match field names by regular expression (the whole name, case-insensitive) at any
 depth of a document and say how to mask the value (the seed's ``masking_config``)::
@@ -16,9 +16,11 @@ text). A rule on a struct or list masks every scalar inside it. Nulls stay nulls
 **Where masking applies** (see ``docs/handlers/masking.md``): handlers get a masked copy of each
 revision (:func:`masked_copy`: ``.data`` and ``.ion`` are masked; ``.raw`` stays the original
 bytes, which verification already checked); logs go through
-:class:`qldbstream.io.masking_logs.MaskingLogFilter`; a dead-letter envelope is sealed
-(:func:`seal_envelope`): the raw bytes are encrypted by a :class:`Sealer` so that replay can still
-verify the original, and humans get the masked document and scrubbed messages.
+:class:`qldbstream.io.masking_logs.MaskingLogFilter`; free text and PartiQL statements are masked
+by :mod:`qldbstream.core.masking_text`; a dead-letter envelope is sealed
+(:func:`qldbstream.core.masking_dlq.seal_envelope`): the raw bytes are encrypted by a
+:class:`~qldbstream.core.masking_dlq.Sealer` so that replay can still verify the original, and
+humans get the masked document and scrubbed messages.
 
 Everything here is pure. The sealers themselves (AES-GCM under a key, KMS envelope encryption:
 keys, randomness, a KMS client) and the wiring from settings
@@ -27,7 +29,6 @@ keys, randomness, a KMS client) and the wiring from settings
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import hmac
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from qldbstream.core.errors import ConfigurationError
 
@@ -47,11 +48,8 @@ __all__ = [
     "Masker",
     "MaskingRule",
     "MaskingType",
-    "Sealer",
     "masked_copy",
-    "open_envelope",
     "parse_rules",
-    "seal_envelope",
 ]
 
 
@@ -343,72 +341,4 @@ def _with_field(struct: Any, name: str, value: Any) -> Any:
     out = st.IonPyDict.from_value(struct.ion_type, {}, getattr(struct, "ion_annotations", ()))
     for key, item in struct.iteritems():
         out.add_item(key, value if key == name else item)
-    return out
-
-
-# --- the dead-letter queue -------------------------------------------------------------------------
-
-
-class Sealer(Protocol):
-    """Encrypts the raw bytes of a dead-lettered record so that only replay can read them."""
-
-    def seal(self, data: bytes, context: str) -> dict[str, str]: ...
-    def open(self, sealed: Mapping[str, str], context: str) -> bytes: ...
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-_RAW_FIELDS = ("user_record_data", "kinesis_data")
-
-
-def _context(envelope: Mapping[str, Any], name: str) -> str:
-    parts = ("stream_arn", "shard_id", "sequence_number", "sub_sequence_number")
-    return "|".join(str(envelope.get(p)) for p in parts) + "|" + name
-
-
-def seal_envelope(
-    envelope: Mapping[str, Any], masker: Masker, sealer: Sealer, data: Any = None
-) -> dict[str, Any]:
-    """A dead-letter envelope (its JSON fields) safe for humans: the raw bytes sealed into
-    ``sealed``, the masked document as Ion text in ``masked_data`` (when ``data`` is given), and
-    the error message and traceback scrubbed of the document's sensitive values."""
-    out = dict(envelope)
-    sealed: dict[str, dict[str, str]] = {}
-    for name in _RAW_FIELDS:
-        raw = out.get(name)
-        if raw is not None:
-            # Only the sealer may raise (a KMS outage: the letter cannot be stored yet, the
-            # checkpoint must hold); nothing below does, whatever the document holds.
-            sealed[name] = sealer.seal(base64.b64decode(raw), _context(envelope, name))
-            out[name] = None
-    try:
-        from qldbstream.core.decode import UNREADABLE
-
-        if data is UNREADABLE:
-            raise ValueError("amazon-ion cannot load the document")
-        secrets = masker.secrets(data) if data is not None else []
-        masked_data = masker.masked_text(data) if data is not None else None
-        for name in ("error_message", "traceback"):
-            if isinstance(out.get(name), str):
-                out[name] = masker.mask_text(masker.scrub(out[name], secrets))
-    except Exception as exc:  # the document cannot be masked: withhold what might quote it
-        masked_data = None
-        reason = f"withheld: the document could not be masked ({type(exc).__name__})"
-        out["error_message"] = f"{out.get('error_type') or 'error'} [{reason}]"
-        out["traceback"] = None
-    out["sealed"] = sealed
-    out["masked_data"] = masked_data
-    out["masked"] = True
-    return out
-
-
-def open_envelope(envelope: Mapping[str, Any], sealer: Sealer) -> dict[str, Any]:
-    """The envelope with its raw bytes back (base64) and ``sealed`` emptied, for replay:
-    verification runs on them."""
-    out = dict(envelope)
-    for name, sealed in (envelope.get("sealed") or {}).items():
-        out[name] = _b64(sealer.open(sealed, _context(envelope, name)))
-    out["sealed"] = {}
     return out

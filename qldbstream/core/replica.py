@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qldbstream.core.decode import BlockSummary, JournalRecord, RevisionDetails
-from qldbstream.core.masking import Sealer
+from qldbstream.core.masking_dlq import Sealer
 
 __all__ = [
     "SEALED_MARKER",

@@ -1,7 +1,7 @@
 """The dead-letter sealers, and masking built from settings (see ``docs/handlers/masking.md``).
 
-A :class:`~qldbstream.core.masking.Sealer` encrypts the raw bytes of a dead-lettered record
-(:func:`~qldbstream.core.masking.seal_envelope`) so that only replay can read them:
+A :class:`~qldbstream.core.masking_dlq.Sealer` encrypts the raw bytes of a dead-lettered record
+(:func:`~qldbstream.core.masking_dlq.seal_envelope`) so that only replay can read them:
 :class:`AesGcmSealer` under a static key (``dlq_key``), or :class:`KmsSealer`, envelope encryption
 with a fresh KMS data key (``dlq_kms_key_id``; the KMS client is passed in). These hold keys and
 draw nonces (``os.urandom``), so they live here at the edge; the masking itself is pure
@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from qldbstream.core.errors import ConfigurationError
-from qldbstream.core.masking import DEFAULT_RULES, Masker, Sealer, parse_rules
+from qldbstream.core.masking import DEFAULT_RULES, Masker, parse_rules
+from qldbstream.core.masking_dlq import Sealer
 
 __all__ = ["AesGcmSealer", "KmsSealer", "masking_from_settings"]
 

@@ -43,7 +43,8 @@ from qldbstream.core.entries import Entry, UnverifiableRecordError
 from qldbstream.core.errors import DeaggregationError, PoisonRecordError
 from qldbstream.core.gate import OWN_BLOCK_CHECKS, Delivery
 from qldbstream.core.gate_store import GateStore
-from qldbstream.core.masking import Masker, Sealer, seal_envelope
+from qldbstream.core.masking import Masker
+from qldbstream.core.masking_dlq import Sealer, seal_envelope
 from qldbstream.core.order import JournalOrder
 from qldbstream.core.records import KinesisRecord, UserRecord
 from qldbstream.core.verify import Failure, Verifier

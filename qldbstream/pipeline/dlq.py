@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from qldbstream import __version__
 from qldbstream.core.errors import HaltShardError, InputError
-from qldbstream.core.masking import Sealer, open_envelope
+from qldbstream.core.masking_dlq import Sealer, open_envelope
 from qldbstream.core.records import KinesisRecord, Position, UserRecord
 
 __all__ = [

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qldbstream.core.masking import Sealer
+from qldbstream.core.masking_dlq import Sealer
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import Pipeline
 from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue

@@ -25,16 +25,8 @@ from qldbstream.app.config import load_settings
 from qldbstream.core.deaggregate import deaggregate
 from qldbstream.core.decode import RevisionDetails, decode
 from qldbstream.core.errors import ConfigurationError, PoisonRecordError
-from qldbstream.core.masking import (
-    DEFAULT_RULES,
-    Masker,
-    MaskingRule,
-    MaskingType,
-    masked_copy,
-    open_envelope,
-    parse_rules,
-    seal_envelope,
-)
+from qldbstream.core.masking import DEFAULT_RULES, Masker, MaskingRule, MaskingType, masked_copy, parse_rules
+from qldbstream.core.masking_dlq import open_envelope, seal_envelope
 from qldbstream.io.masking_logs import MaskingLogFilter
 from qldbstream.io.sealers import AesGcmSealer, masking_from_settings
 from qldbstream.pipeline.batch import Pipeline, PipelineSettings

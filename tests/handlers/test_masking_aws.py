@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qldbstream.core.masking import open_envelope, seal_envelope
+from qldbstream.core.masking_dlq import open_envelope, seal_envelope
 from qldbstream.io.sealers import KmsSealer, masking_from_settings
 from tests.handlers.test_masking import KEY, dead_letter_with_pii
 from tests.support.aws import client

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from qldbstream.core.decode import UNREADABLE
-from qldbstream.core.masking import DEFAULT_RULES, Masker, open_envelope, seal_envelope
+from qldbstream.core.masking import DEFAULT_RULES, Masker
+from qldbstream.core.masking_dlq import open_envelope, seal_envelope
 from qldbstream.core.records import Position
 from qldbstream.io.logs import JsonFormatter
 from qldbstream.io.masking_logs import install_log_masking, remove_log_masking
