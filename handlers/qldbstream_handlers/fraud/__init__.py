@@ -15,7 +15,8 @@ The handler plugin ``fraud`` (:class:`FraudHandler`) evaluates, per account and 
 Alerts (:class:`Alert`) have deterministic ids and go to the in-process :data:`default_bus`,
 SQS and/or SNS. Module map: ``events`` (what is kept of a transaction, predicates) → ``rules``
 → ``rcf`` → ``state`` (per-account state and its stores) → ``alerts`` (alert, bus, sinks) →
-``settings`` → ``handler``. See ``docs/handlers/fraud.md``.
+``settings`` → ``persistence`` (loading and saving the handler's state) → ``evaluation`` (the
+watermark, rules and scores) → ``handler``. See ``docs/handlers/fraud.md``.
 """
 
 from qldbstream_handlers.fraud.alerts import (
