@@ -27,12 +27,14 @@ from qldbstream.core.masking import Masker
 from qldbstream.core.masking_dlq import Sealer
 from qldbstream.core.masking_text import MaskingMetrics
 from qldbstream.io.anchors import load_anchors
+from qldbstream.io.aws_errors import is_transient
 from qldbstream.io.clients import aws_client
 from qldbstream.io.dlq import DirectoryDeadLetterQueue, SqsDeadLetterQueue
 from qldbstream.io.logs import configure_logging
 from qldbstream.io.masking_logs import MaskingLogFilter, install_log_masking, remove_log_masking
 from qldbstream.io.metrics import build_metrics
 from qldbstream.io.sealers import AesGcmSealer, masking_from_settings
+from qldbstream.io.tracing import span
 from qldbstream.pipeline.batch import Pipeline
 from qldbstream.pipeline.dlq import DeadLetter, DeadLetterQueue
 from qldbstream.pipeline.stores import InMemoryDedupeStore, InMemoryGateStore
@@ -223,6 +225,8 @@ class App:
             gate_store=self.gate_store,
             journal_order=journal_order and self.settings.order == "journal",
             anchors=self.anchors,
+            tracer=span,
+            transient=is_transient,
         )
 
     def close(self) -> None:

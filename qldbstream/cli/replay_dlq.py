@@ -12,6 +12,8 @@ from typing import Any
 
 from qldbstream.app.assembly import App, NoDeadLetterQueue
 from qldbstream.core.errors import ConfigurationError, InputError
+from qldbstream.io.aws_errors import is_transient
+from qldbstream.io.tracing import span
 from qldbstream.pipeline.batch import Pipeline
 from qldbstream.pipeline.dlq import DeadLetterQueue
 from qldbstream.runtimes.lambda_failures import (
@@ -131,6 +133,8 @@ def _replay(args: argparse.Namespace, app: App) -> ReplayReport:
             allow_hold=False,
             masker=app.masker,
             sealer=app.sealer,
+            tracer=span,
+            transient=is_transient,
         )
 
     replayer = Replayer(pipeline_for, names, app.sealer)

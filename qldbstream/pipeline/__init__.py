@@ -1,8 +1,12 @@
 """The policy that drives the core stages over one shard's batch, for every runtime.
 
-``batch`` (``Pipeline.process(shard, records) -> BatchResult``: the checkpoint rule, handler
-dispatch, dead letters), ``shard_policy`` (what a runtime does after a batch), ``reliability``
-(one retry loop, the circuit breaker, adaptive batch size), ``dlq`` (the dead-letter envelope
-and the queue port), ``checkpoint`` (the checkpoint port). No boto3 here: the runtimes pass in
-the ports' implementations from :mod:`qldbstream.io`.
+``batch`` (``Pipeline.process(shard, records) -> BatchResult``: the main flow, one stage per
+module - ``decode_stage`` (deaggregate, decode, verify), ``gate_stage`` (admit, park, release),
+``delivery`` (per-handler plan, retries, breaker, flush), ``checkpoint_rule``; ``dead_letters``
+writes and seals every dead letter; ``settings`` and ``result`` are what goes in and comes out),
+``shard_policy`` (what a runtime does after a batch), ``reliability`` (one retry loop, the
+circuit breaker, adaptive batch size, the error classification), ``dlq`` (the dead-letter
+envelope and the queue port), ``checkpoint`` (the checkpoint port). No boto3 here: the runtimes
+pass in the ports' implementations, the tracer and the AWS transient-error rule from
+:mod:`qldbstream.io`.
 """

@@ -21,6 +21,7 @@ from qldbstream.core.decode import RevisionDetails, decode
 from qldbstream.core.errors import DecodeError
 from qldbstream.core.records import KinesisRecord
 from qldbstream.core.scan import scan_record
+from qldbstream.pipeline.dead_letters import seal
 from tests.support.fakes import MemoryDLQ
 from tests.support.streams import kinesis_records, simulation
 
@@ -118,6 +119,6 @@ def test_sealing_the_letter_of_a_record_amazon_ion_cannot_load_does_not_raise() 
     assert record.original_ion()["payload"]["revision"]["data"] is UNREADABLE
     pipeline = Pipeline([], dlq=MemoryDLQ(), masker=masker, sealer=sealer)
     letter = envelope_for("handler", ValueError(f"cannot read ssn={ssn}"), kr, user, handler="crm")
-    sealed = pipeline._seal(letter, record)
+    sealed = seal(pipeline, letter, record)
     assert sealed.sealed and sealed.masked_data is None and ssn not in sealed.to_json()
     assert "withheld" in sealed.error_message and sealed.kinesis_record(sealer).data == user.data
