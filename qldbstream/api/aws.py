@@ -13,9 +13,9 @@ does not import it. Why these two are public:
 
 from __future__ import annotations
 
-# importing qldbstream.io also registers the AWS rule (throttling, 5xx) with the classification
+from qldbstream.io.aws_errors import classify  # the pipeline's classification with the AWS rule
 from qldbstream.io.clients import DEFAULT_MAX_ATTEMPTS, aws_client
-from qldbstream.pipeline.reliability import Disposition, classify
+from qldbstream.pipeline.reliability import Disposition
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "aws_client", "is_retryable"]
 

@@ -5,8 +5,6 @@ files and saved QLDB API output (``files``, ``qldb_api``, ``anchors``), DynamoDB
 (``dedupe_dynamodb``, ``checkpoint_dynamodb``, ``gate_dynamodb`` with its items in
 ``gate_items``; their table calls in ``dynamodb_table``), boto3 clients (``clients``),
 metrics backends (``metrics``), logs (``logs``, ``masking_logs``) and tracing (``tracing``).
-``aws_errors`` says which AWS errors are transient; it is imported with the package, so the
-pipeline's ``classify`` knows them.
+``aws_errors`` says which AWS errors are transient: the application passes its rule to the
+pipeline (``App.pipeline``), whose ``classify`` knows no AWS.
 """
-
-from qldbstream.io import aws_errors as aws_errors  # registers the AWS transient-error rule

@@ -1,9 +1,9 @@
 """What AWS errors mean for qldbstream: the one list of throttling and transient error codes.
 
-The pipeline's :func:`~qldbstream.pipeline.reliability.classify` knows no AWS; this module gives
-it the AWS rule (:func:`is_transient`) and registers it there when imported (importing any
-``qldbstream.io`` module does: the package imports this one). Everything in the edges that asks
-"is this AWS error worth a retry" asks here:
+The pipeline's :func:`~qldbstream.pipeline.reliability.classify` knows no AWS; this module has
+the AWS rule (:func:`is_transient`), which the application passes to its pipeline
+(:meth:`qldbstream.app.assembly.App.pipeline`), and :func:`classify` with the rule applied.
+Everything in the edges that asks "is this AWS error worth a retry" asks here:
 
 * :data:`KINESIS_THROTTLING_CODES` - Kinesis's "slow down" codes, the only ones its calls retry in place;
 * :data:`THROTTLING_ERROR_CODES` - "slow down and call again", any service (includes Kinesis's);
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qldbstream.pipeline.reliability import Disposition, register_transient
+from qldbstream.pipeline.reliability import Disposition
 from qldbstream.pipeline.reliability import classify as _classify
 
 __all__ = [
@@ -99,8 +99,5 @@ def classify(
     retryable: tuple[type[BaseException], ...] = (),
     poison: tuple[type[BaseException], ...] = (),
 ) -> Disposition:
-    """:func:`qldbstream.pipeline.reliability.classify` with the AWS rule, whether registered or not."""
+    """:func:`qldbstream.pipeline.reliability.classify` with the AWS rule (:func:`is_transient`)."""
     return _classify(exc, retryable=retryable, poison=poison, transient=is_transient)
-
-
-register_transient(is_transient)

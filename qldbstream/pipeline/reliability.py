@@ -4,7 +4,8 @@ classification that maps an exception to what happens next.
 All are pure: time comes from an injected ``clock`` (``time.monotonic`` is the breaker's default,
 the one use of :mod:`time` here) and nothing here sleeps on its own - :func:`retry`, the one retry
 loop, sleeps through the ``sleep`` its caller injects. Which outside errors are transient is not
-known here: the edges register their rule (:mod:`qldbstream.io.aws_errors`). Defaults are the
+known here: callers pass the rule (``classify(..., transient=...)``; the application's pipeline is
+given :func:`qldbstream.io.aws_errors.is_transient`). Defaults are the
 seed design's (qldb-stream-architecture.md, *backpressure handling*): 5 attempts, 100 ms base,
 60 s cap, ×2; breaker 5 failures, 60 s recovery, 3 half-open trials; batches of 10-500 records
 aiming at 100 ms.
@@ -29,7 +30,6 @@ __all__ = [
     "RetryPolicy",
     "TransientCheck",
     "classify",
-    "register_transient",
     "retry",
 ]
 
@@ -47,15 +47,6 @@ class Disposition(StrEnum):
 
 #: A rule for errors from outside qldbstream (a library's or a cloud's): True when transient.
 TransientCheck = Callable[[BaseException], bool]
-_registered: list[TransientCheck] = []
-
-
-def register_transient(check: TransientCheck) -> None:
-    """Teach :func:`classify` which outside errors are transient (the edges register theirs:
-    :mod:`qldbstream.io.aws_errors` registers AWS's throttling, 5xx and connection errors when
-    imported). Registering the same rule again does nothing."""
-    if check not in _registered:
-        _registered.append(check)
 
 
 def classify(
@@ -69,10 +60,10 @@ def classify(
 
     ``retryable`` and ``poison`` let a handler declare its own transient and permanent errors
     (checked first). Then: qldbstream's own error classes say it directly; connection and
-    timeout errors are transient, and so is what ``transient`` (or, without it, a rule
-    registered with :func:`register_transient`: AWS throttling, 5xx and connection errors)
-    calls transient; anything else (a bug, bad data the handler cannot take) is retried and
-    then dead-lettered, so one bad record cannot stop a shard forever.
+    timeout errors are transient, and so is what the ``transient`` rule calls transient (e.g.
+    :func:`qldbstream.io.aws_errors.is_transient`: AWS throttling, 5xx and connection errors;
+    without a rule, no outside error is); anything else (a bug, bad data the handler cannot
+    take) is retried and then dead-lettered, so one bad record cannot stop a shard forever.
     """
     if poison and isinstance(exc, poison):
         return Disposition.DEAD_LETTER
@@ -84,8 +75,7 @@ def classify(
         return Disposition.HALT
     if isinstance(exc, RetryableError | ConnectionError | TimeoutError):
         return Disposition.RETRY_THEN_HALT
-    checks = (transient,) if transient is not None else _registered
-    if any(check(exc) for check in checks):
+    if transient is not None and transient(exc):
         return Disposition.RETRY_THEN_HALT
     return Disposition.RETRY_THEN_DEAD_LETTER
 

@@ -1,4 +1,4 @@
-"""The AWS rule of the edges: one list of throttling/transient codes, registered with the pipeline."""
+"""The AWS rule of the edges: one list of throttling/transient codes, given to the pipeline."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def test_error_code_and_status_by_duck_typing() -> None:
     assert aws_errors.error_code(ValueError()) == "" and aws_errors.status_code(ValueError()) == 0
 
 
-def test_importing_the_edges_registers_the_rule_with_the_pipelines_classify() -> None:
-    assert aws_errors.is_transient in reliability._registered
-    assert reliability.classify(client_error("KMSThrottlingException")) is Disposition.RETRY_THEN_HALT
-    reliability.register_transient(aws_errors.is_transient)  # again: no second entry
-    assert reliability._registered.count(aws_errors.is_transient) == 1
+def test_the_pipelines_classify_knows_aws_only_through_the_rule_it_is_given() -> None:
+    throttled = client_error("KMSThrottlingException")
+    assert reliability.classify(throttled) is Disposition.RETRY_THEN_DEAD_LETTER
+    assert reliability.classify(throttled, transient=aws_errors.is_transient) is Disposition.RETRY_THEN_HALT
+    assert aws_errors.classify(throttled) is Disposition.RETRY_THEN_HALT
