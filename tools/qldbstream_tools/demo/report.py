@@ -19,7 +19,7 @@ from qldbstream_tools.demo.truth import GroundTruth
 if TYPE_CHECKING:
     from qldbstream_handlers.fraud import Alert
 
-    from qldbstream_tools.demo.runner import _Run
+    from qldbstream_tools.demo.worker_run import _Run
     from qldbstream_tools.simulate import Simulation
 
 __all__ = ["SHOWN_WINDOWS", "build_report", "describe_alert"]

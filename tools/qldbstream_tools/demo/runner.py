@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,25 +21,20 @@ from qldbstream_tools.demo.aws import (
 )
 from qldbstream_tools.demo.checks import Check, Observed, evaluate
 from qldbstream_tools.demo.collect import (
-    BatchRecorder,
     ReadBack,
-    RouteRecorder,
     read_audit,
     read_dead_letters,
     read_export,
     read_velocity_items,
     read_velocity_parquet,
 )
-from qldbstream_tools.demo.options import DemoNames, DemoOptions, worker_environ
+from qldbstream_tools.demo.options import DemoNames, DemoOptions
+from qldbstream_tools.demo.progress import DemoProgress, Progress
 from qldbstream_tools.demo.report import build_report
-from qldbstream_tools.demo.scrape import MetricsEndpoint, Scrape, TeeMetrics
 from qldbstream_tools.demo.truth import GroundTruth
+from qldbstream_tools.demo.worker_run import _Run, _run_worker
 
 if TYPE_CHECKING:
-    from qldbstream_handlers.fraud import Alert
-
-    from qldbstream.app.assembly import App
-    from qldbstream.runtimes.worker import ShardStatus, WorkerReport
     from qldbstream_tools.simulate import Simulation
 
 __all__ = [
@@ -59,30 +52,6 @@ __all__ = [
 DEMO_MIX = {"small_burst": 5.0, "high_value": 4.0, "account_review": 3.0}
 #: A burst's payments within one minute (default four), so that few are cut off by the run's end.
 DEMO_BURST_WINDOW_MS = 60_000
-
-
-@dataclass(frozen=True)
-class DemoProgress:
-    """Where the demo stands; ``shards`` and the counters are filled while the worker runs."""
-
-    stage: str
-    done: int = 0
-    total: int | None = None
-    shards: tuple[ShardStatus, ...] = ()
-    #: Kinesis records put into each shard (what "read" counts up to)
-    put: dict[str, int] = field(default_factory=dict)
-    #: user records through the pipeline (duplicates included), Kinesis records read
-    processed: int = 0
-    kinesis_records: int = 0
-    dead_lettered: int = 0
-    dedupe_hits: int = 0
-    late: int = 0
-    alerts: int = 0
-    scrapes: int = 0
-    elapsed: float = 0.0
-
-
-Progress = Callable[[DemoProgress], None]
 
 
 @dataclass
@@ -157,95 +126,6 @@ def simulation(options: DemoOptions) -> Simulation:
     )
 
 
-def _route_logs(path: Path) -> logging.Handler:
-    """Replace the stderr handler ``App.from_env`` installed with a JSON file handler."""
-    from qldbstream.io.logs import JsonFormatter
-
-    logger = logging.getLogger("qldbstream")
-    for existing in list(logger.handlers):
-        if getattr(existing, "_qldbstream", False):
-            logger.removeHandler(existing)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(JsonFormatter())
-    logger.addHandler(handler)
-    return handler
-
-
-@contextmanager
-def _saved_logging() -> Iterator[None]:
-    """Put the ``qldbstream`` logger back as it was (``App.from_env`` configures it for a process)."""
-    logger = logging.getLogger("qldbstream")
-    saved = (logger.level, list(logger.handlers), logger.propagate)
-    try:
-        yield
-    finally:
-        for handler in logger.handlers:
-            if handler not in saved[1]:
-                handler.close()
-        logger.setLevel(saved[0])
-        logger.handlers[:] = saved[1]
-        logger.propagate = saved[2]
-
-
-class _Observer:
-    """The worker's ``on_progress``: live counters, per-shard maxima, scrapes while it runs."""
-
-    def __init__(
-        self,
-        worker_status: Callable[[], dict[str, ShardStatus]],
-        metrics: MetricsEndpoint,
-        interval: float,
-        progress: Progress | None,
-        started: float,
-        put: dict[str, int],
-    ) -> None:
-        self.put = put
-        self.status = worker_status
-        self.endpoint = metrics
-        self.interval = interval
-        self.progress = progress
-        self.started = started
-        self.max_lag: dict[str, int] = {}
-        self.max_age: dict[str, float] = {}
-        self._last_scrape = 0.0
-        self.scrape_errors: list[str] = []
-
-    def snapshot(self, stage: str) -> DemoProgress:
-        m = self.endpoint.metrics
-        return DemoProgress(
-            stage,
-            shards=tuple(self.status().values()),
-            put=self.put,
-            processed=int(m.total("records_in", stage="user")),
-            kinesis_records=int(m.total("records_in", stage="kinesis")),
-            dead_lettered=int(m.total("dlq_writes")),
-            dedupe_hits=int(m.total("dedupe_hits")),
-            late=int(m.total("late_revisions")),
-            alerts=int(m.total("fraud_alerts")),
-            scrapes=len(self.endpoint.scrapes),
-            elapsed=time.monotonic() - self.started,
-        )
-
-    def __call__(self, shard: ShardStatus) -> None:
-        if shard.millis_behind_latest is not None:
-            self.max_lag[shard.shard_id] = max(
-                self.max_lag.get(shard.shard_id, 0), shard.millis_behind_latest
-            )
-        if shard.iterator_age_ms is not None:
-            self.max_age[shard.shard_id] = max(self.max_age.get(shard.shard_id, 0.0), shard.iterator_age_ms)
-        now = time.monotonic()
-        counted = self.endpoint.metrics.total("records_in", stage="user") > 0
-        first = not any(s.phase == "during" for s in self.endpoint.scrapes)
-        if counted and (first or now - self._last_scrape >= self.interval):
-            self._last_scrape = now
-            try:
-                self.endpoint.scrape("during")  # a GET of /metrics while the worker is mid-run
-            except OSError as exc:  # the metrics check reports the missing scrape; the run goes on
-                self.scrape_errors.append(repr(exc))
-        if self.progress is not None:
-            self.progress(self.snapshot("worker"))
-
-
 def run_demo(options: DemoOptions | None = None, progress: Progress | None = None) -> DemoResult:
     """Run the whole demo (see the package docstring) and return its report and checks."""
     from qldbstream_tools.demo.localaws import LocalAws
@@ -297,109 +177,6 @@ def _put(
         shards.update(r.shard_id for r in results)
         step(what, min(start + 500, len(entries)), len(entries))
     return dict(shards)
-
-
-@dataclass
-class _Run:
-    """What the worker run left behind, for the read-back and the report."""
-
-    report: WorkerReport
-    tally: dict[str, dict[str, int]]
-    metrics: TeeMetrics
-    scrapes: list[Scrape]
-    metrics_url: str
-    observer: _Observer
-    recorder: RouteRecorder
-    bus_alerts: list[Alert]
-    batches: BatchRecorder
-
-
-def _handlers(app: App) -> dict[str, Any]:
-    try:
-        from qldbstream_handlers.analytics import AnalyticsHandler
-        from qldbstream_handlers.fraud import FraudHandler
-        from qldbstream_handlers.workflow import WorkflowHandler
-    except ImportError:  # pragma: no cover - make demo installs them
-        raise ConfigurationError("the demo needs the built-in handlers: pip install -e ./handlers") from None
-    by_name = {h.name: h for h in app.handlers}
-    for name, kind in (
-        ("fraud", FraudHandler),
-        ("analytics", AnalyticsHandler),
-        ("workflow", WorkflowHandler),
-    ):
-        if not isinstance(by_name.get(name), kind):
-            raise ConfigurationError(f"the demo's {name} handler is not the built-in one")
-    return by_name
-
-
-def _run_worker(
-    options: DemoOptions,
-    names: DemoNames,
-    resources: DemoResources,
-    progress: Progress | None,
-    started: float,
-    put: dict[str, int],
-) -> _Run:
-    from qldbstream_handlers.fraud import default_bus
-
-    from qldbstream.api.handler import HandlerContext
-    from qldbstream.app.assembly import App
-    from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore
-    from qldbstream.runtimes.worker import Worker, WorkerOptions
-
-    environ = worker_environ(
-        names,
-        shards=options.shards,
-        alert_queue_url=resources.alert_queue_url,
-        security_topic_arn=resources.security_topic_arn,
-    )
-    endpoint = MetricsEndpoint.start()
-    bus_alerts: list[Alert] = []
-    unsubscribe = default_bus.subscribe(bus_alerts.append)
-    try:
-        with _saved_logging():
-            app = App.from_env(environ=environ, metrics=endpoint.metrics)
-            _route_logs(names.log_file)
-            try:
-                handlers = _handlers(app)
-                interpreter = handlers["workflow"].interpreter
-                assert interpreter is not None  # local mode
-                recorder = RouteRecorder(interpreter)
-                store = DynamoDBCheckpointStore(app.client("dynamodb"), app.settings.checkpoint_table)
-                worker_options = WorkerOptions.from_settings(
-                    app.settings, poll_interval=options.poll_interval
-                )
-                worker = Worker.from_app(app, store, options=worker_options)
-                batches = BatchRecorder(worker.pipeline)
-                observer = _Observer(worker.status, endpoint, options.scrape_interval, progress, started, put)
-                worker.on_progress = observer
-                report = worker.run(until_caught_up=True)
-                if progress is not None:
-                    progress(observer.snapshot("evaluating what waits for the watermark"))
-                # A bounded run ends here: evaluate what still waits for the watermark and publish it
-                # (fraud windows, the last velocity windows), as a shutdown of a bounded export would.
-                fraud = handlers["fraud"]
-                fraud.drain()
-                fraud.flush(HandlerContext("fraud", None, metrics=app.metrics))
-                handlers["analytics"].drain()
-                endpoint.scrape("final")
-                tally = worker.pipeline.verifier.tally.as_dict()
-            finally:
-                app.close()
-    finally:
-        unsubscribe()
-        endpoint.stop()
-    return _Run(
-        report,
-        tally,
-        endpoint.metrics,
-        endpoint.scrapes,
-        endpoint.url,
-        observer,
-        recorder,
-        bus_alerts,
-        batches,
-    )
 
 
 def _collect(aws: Any, names: DemoNames, resources: DemoResources, run: _Run) -> tuple[Observed, ReadBack]:
