@@ -12,11 +12,11 @@ from typing import Any
 
 from qldbstream.cli.verify_render import render_report
 from qldbstream.core.errors import InputError, PoisonRecordError
-from qldbstream.core.proof import parse_block_address, parse_digest, parse_proof, verify_proof
+from qldbstream.core.proof import parse_block_address, parse_proof, verify_proof
 from qldbstream.core.records import KinesisRecord
 from qldbstream.core.report import VerificationReport, proof_result, verify_records
-from qldbstream.io.files import read_file
-from qldbstream.io.qldb_api import ProofInput
+from qldbstream.io.files import FileInput, read_file
+from qldbstream.io.qldb_api import DigestInput, ProofInput, digest_argument
 
 __all__ = ["register", "run"]
 
@@ -24,14 +24,18 @@ EXAMPLES = """\
 inputs (recognised from their content):
   a Lambda Kinesis event (JSON) or JSON Lines of events; a JSON Lines dump of Kinesis records
   (data base64, sequenceNumber, ...); raw Ion records (binary or text); a KPL aggregate or lines
-  of base64 record data; saved QLDB API output (GetRevision / GetBlock, with Proof and
-  LedgerDigest); or a live stream with --stream.
+  of base64 record data; AWS CLI get-records output; a journal block (S3 export) or revision
+  struct (history(), GetRevision's Ion text), alone or in a list, JSON or Ion; saved QLDB API
+  output (GetRevision / GetBlock / GetDigest); a receipt (revision or hash + proof + digest + tip),
+  also one level inside an application's own JSON; or a live stream with --stream.
+  A GetDigest output given as an input (or --digest FILE) supplies the digest for the proofs.
 
 examples:
   qldbstream verify event.json
   qldbstream verify --json records.jsonl > report.json
   qldbstream verify --stream my-ledger-stream --endpoint-url http://127.0.0.1:4568
   qldbstream verify --stream my-ledger-stream --from 2024-01-01T00:00:00Z
+  qldbstream verify get-revision.json --digest get-digest.json
   qldbstream verify revision.ion --digest KGuCkc79bsDfG9X0RjI7QgR/D4wlOarP/dKYnbnFjDo= \\
       --digest-tip-address '{strandId:"KbW0e2QaN2uBUWzRYGeOCe",sequenceNo:46}' \\
       --proof '[{{MC+5lx76...}}, ...]'
@@ -62,7 +66,11 @@ def register(sub: Any) -> None:
         help="start at this time (ISO 8601) instead of TRIM_HORIZON",
     )
     v10 = p.add_argument_group("V10: anchor to a ledger digest (GetDigest + GetRevision/GetBlock proof)")
-    v10.add_argument("--digest", metavar="B64", help="the ledger digest (base64, or an Ion blob {{...}})")
+    v10.add_argument(
+        "--digest",
+        metavar="B64|FILE",
+        help="the ledger digest (base64, or an Ion blob {{...}}), or a file holding a saved GetDigest output",
+    )
     v10.add_argument(
         "--digest-tip-address", metavar="ION", help='the digest tip, e.g. {strandId:"...",sequenceNo:46}'
     )
@@ -77,22 +85,30 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def _read(name: str) -> FileInput:
+    if name != "-":
+        return read_file(name)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".stdin") as tmp:
+        tmp.write(sys.stdin.buffer.read())
+        tmp.flush()
+        return read_file(tmp.name)
+
+
 def _items(
-    args: argparse.Namespace, report: VerificationReport, proofs: list[ProofInput]
+    args: argparse.Namespace, report: VerificationReport, proofs: list[ProofInput], digests: list[DigestInput]
 ) -> Iterator[KinesisRecord | PoisonRecordError]:
     for name in args.inputs:
-        if name == "-":
-            import tempfile
-
-            with tempfile.NamedTemporaryFile(suffix=".stdin") as tmp:
-                tmp.write(sys.stdin.buffer.read())
-                tmp.flush()
-                got = read_file(tmp.name)
-            yield from got.records
-            proofs.extend(got.proofs)
-            continue
-        got = read_file(name)
+        got = _read(name)
         proofs.extend(got.proofs)
+        digests.extend(got.digests)
+        report.subjects.extend(got.subjects)
+        if not (got.records or got.proofs or args.stream or len(args.inputs) > 1):
+            raise InputError(
+                f"{name}: a GetDigest output holds a digest, nothing to verify: give it with the "
+                "GetRevision / GetBlock output or receipt it anchors, or as --digest FILE"
+            )
         yield from got.records
     if args.stream:
         yield from _stream_items(args)
@@ -113,14 +129,33 @@ def _stream_items(args: argparse.Namespace) -> Iterator[KinesisRecord]:
     yield from read_stream(client, args.stream, start=start)
 
 
-def _cli_proof(args: argparse.Namespace, report: VerificationReport, proofs: list[ProofInput]) -> None:
-    given = [args.digest, args.proof, args.digest_tip_address, args.leaf_hash]
+def _given_digest(args: argparse.Namespace, digests: list[DigestInput]) -> DigestInput | None:
+    """``--digest`` (base64 or a GetDigest file), else the one GetDigest output among the inputs."""
+    if args.digest:
+        return digest_argument(args.digest)
+    distinct = {(d.digest, d.tip) for d in digests}
+    if len(distinct) > 1:
+        names = ", ".join(d.source for d in digests)
+        raise InputError(f"{len(distinct)} different digests in the inputs ({names}): give one, or --digest")
+    return digests[0] if digests else None
+
+
+def _cli_proof(
+    args: argparse.Namespace, report: VerificationReport, proofs: list[ProofInput], digests: list[DigestInput]
+) -> None:
+    given_digest = _given_digest(args, [d for d in digests if not _carried(d, proofs)])
+    given = [given_digest, args.proof, args.digest_tip_address, args.leaf_hash]
     if not any(given):
         return
     if not args.proof and not proofs:
-        raise InputError("--digest/--digest-tip-address need --proof (or an input that carries a Proof)")
-    digest = parse_digest(args.digest) if args.digest else None
-    tip = parse_block_address(args.digest_tip_address) if args.digest_tip_address else None
+        raise InputError(
+            "--digest/--digest-tip-address need --proof (or an input that carries a Proof: "
+            "a GetRevision / GetBlock output or a receipt)"
+        )
+    digest = given_digest.digest if given_digest else None
+    tip = given_digest.tip if given_digest else None
+    if args.digest_tip_address:
+        tip = parse_block_address(args.digest_tip_address)
     if args.proof:
         proof = parse_proof(args.proof)
         if args.leaf_hash:
@@ -136,10 +171,22 @@ def _cli_proof(args: argparse.Namespace, report: VerificationReport, proofs: lis
     else:
         proofs[:] = [
             ProofInput(
-                p.source, p.leaf_hash, p.leaf_address, p.proof, digest or p.digest, tip or p.tip, p.what
+                p.source,
+                p.leaf_hash,
+                p.leaf_address,
+                p.proof,
+                digest or p.digest,
+                tip or p.tip,
+                p.what,
+                p.document_id,
             )
             for p in proofs
         ]
+
+
+def _carried(digest: DigestInput, proofs: list[ProofInput]) -> bool:
+    """A digest that came inside a receipt next to its proof (already applied to it)."""
+    return any(p.source == digest.source for p in proofs)
 
 
 def _check_proofs(report: VerificationReport, proofs: list[ProofInput]) -> None:
@@ -185,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("nothing to verify: give input files or --stream NAME (see --help)")
     report = VerificationReport()
     proofs: list[ProofInput] = []
+    digests: list[DigestInput] = []
     from rich.console import Console
 
     err = Console(stderr=True)
@@ -204,10 +252,10 @@ def run(args: argparse.Namespace) -> int:
             def tick(n: int) -> None:
                 progress.update(task, description=f"verified {report.records} user records", advance=n)
 
-            verify_records(_items(args, report, proofs), report, tick)
+            verify_records(_items(args, report, proofs, digests), report, tick)
     else:
-        verify_records(_items(args, report, proofs), report)
-    _cli_proof(args, report, proofs)
+        verify_records(_items(args, report, proofs, digests), report)
+    _cli_proof(args, report, proofs, digests)
     _check_proofs(report, proofs)
     report.finish()
     if args.json:

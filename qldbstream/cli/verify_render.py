@@ -76,8 +76,21 @@ def render_report(report: VerificationReport, console: Console) -> None:
             + (f" ({p['message']})" if p.get("message") else ""),
             soft_wrap=True,
         )
+    _render_findings(report, console)
     for note in report.notes:
         console.print(f"[dim]note: {note}[/]")
+
+
+def _render_findings(report: VerificationReport, console: Console) -> None:
+    """Per archived input (block, revision, receipt): what its checks established, what they could not."""
+    for f in report.findings:
+        used = f" (used the object {f['usedObject']!r})" if f["usedObject"] else ""
+        console.print(f"[bold]{f['shape']}[/] {f['source']}{used}:", soft_wrap=True, highlight=False)
+        for line in f["established"]:
+            mark = "[red]✗[/]" if "FAILED" in line else "[green]✓[/]"
+            console.print(f"  {mark} {line}", soft_wrap=True, highlight=False)
+        for line in f["notEstablished"]:
+            console.print(f"  [yellow]-[/] {line}", soft_wrap=True, highlight=False)
 
 
 def _where(pos: dict[str, Any]) -> str:

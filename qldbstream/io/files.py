@@ -7,12 +7,15 @@ The format is recognised from the content, not the file name:
   ``Data``/``SequenceNumber``/``PartitionKey``), or a JSON array of them;
 * **Ion**: binary (one record as received, or several), or text (one or more records);
 * a raw **KPL aggregate** (binary, starting with the KPL magic), or lines of **base64** record data;
-* a **QLDB API response** (GetRevision / GetBlock output, or a saved ledger digest with a proof):
-  see :mod:`qldbstream.io.qldb_api`.
+* AWS CLI ``kinesis get-records`` output (``{"Records": [{"Data", "SequenceNumber", ...}]}``);
+* an **archived QLDB shape**: a journal block or revision struct (JSON or Ion, alone or in a list),
+  a GetRevision / GetBlock / GetDigest output, a receipt, or one of these one level inside an
+  application's own JSON: see :mod:`qldbstream.io.archive_shapes`.
 
 Record-level problems (invalid base64, a record without data) are yielded as errors in place of
-the record, so the rest of the input is still processed. An input that cannot be read at all
-raises :class:`~qldbstream.core.errors.InputError` naming the file and the line.
+the record, so the rest of the input is still processed. An input that cannot be read at all, or
+is none of these shapes, raises :class:`~qldbstream.core.errors.InputError` naming the file (and
+the line) and what was expected.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ from qldbstream.core.errors import InputError, MalformedIonError, MalformedKines
 from qldbstream.core.ion.binary import IVM
 from qldbstream.core.ion.symbols import parse_record
 from qldbstream.core.records import KinesisRecord, Position
+from qldbstream.core.report import Subject
+from qldbstream.io.archive_shapes import EXPECTED, Archive, archive_of
+from qldbstream.io.journal_values import is_stream_record
 from qldbstream.io.lambda_event import kinesis_record, records_from_event
+from qldbstream.io.qldb_api import DigestInput, ProofInput
 
 __all__ = ["FileInput", "read_file"]
 
@@ -40,12 +47,26 @@ Item = KinesisRecord | MalformedKinesisRecordError
 
 @dataclass
 class FileInput:
-    """What a file held: records, and (for QLDB API responses) proof material for V10."""
+    """What a file held: records, and (for archived QLDB shapes) proofs, digests and subjects."""
 
     path: str
     kind: str
     records: list[Item] = field(default_factory=list)
-    proofs: list[Any] = field(default_factory=list)
+    proofs: list[ProofInput] = field(default_factory=list)
+    digests: list[DigestInput] = field(default_factory=list)
+    #: what each archived part was (the report says what its checks established)
+    subjects: list[Subject] = field(default_factory=list)
+
+
+_KINESIS_KEYS = frozenset({"kinesis", "data", "Data", "sequenceNumber", "SequenceNumber"})
+
+
+def _archived(name: str, found: Archive) -> FileInput:
+    return FileInput(name, found.kind, list(found.records), found.proofs, found.digests, found.subjects)
+
+
+def _is_kinesis_dump(doc: Any) -> bool:
+    return isinstance(doc, dict) and bool(_KINESIS_KEYS & doc.keys())
 
 
 def read_file(path: str | Path) -> FileInput:
@@ -58,7 +79,7 @@ def read_file(path: str | Path) -> FileInput:
     except OSError as exc:
         raise InputError(f"{name}: cannot read ({exc.strerror})") from None
     if raw.startswith(IVM):
-        return FileInput(name, "ion-binary", list(_ion_binary(raw, name)))
+        return _ion_binary(raw, name)
     if raw.startswith(KPL_MAGIC):
         return FileInput(name, "kpl-aggregate", [KinesisRecord(raw, "", source=name)])
     try:
@@ -79,20 +100,25 @@ def read_file(path: str | Path) -> FileInput:
             return FileInput(name, "json-lines", list(_json_lines(stripped, name)))
     if _is_base64_lines(stripped):
         return FileInput(name, "base64-lines", list(_base64_lines(stripped, name)))
-    return FileInput(name, "ion-text", list(_ion_text(text, name)))
+    return _ion_input(_ion_values(text, name), name, "ion-text")
 
 
 def _json_document(doc: Any, name: str) -> FileInput:
-    if isinstance(doc, dict) and "Records" in doc:
+    if isinstance(doc, dict) and isinstance(doc.get("Records"), list):
+        records = doc["Records"]
+        if records and all(_is_kinesis_dump(r) and "kinesis" not in r for r in records):
+            # AWS CLI / SDK GetRecords output: Data, SequenceNumber, PartitionKey, ...
+            dumps = [_record_dump(r, f"{name} Records[{i}]") for i, r in enumerate(records)]
+            return FileInput(name, "get-records", dumps)
         return FileInput(name, "lambda-event", list(records_from_event(doc, name)))
-    if isinstance(doc, dict) and any(k in doc for k in ("Revision", "Block", "Proof", "RevisionHash")):
-        from qldbstream.io.qldb_api import read_api_document
-
-        records, proofs = read_api_document(doc, name)
-        return FileInput(name, "qldb-api", list(records), proofs)
-    if isinstance(doc, dict):
+    found = archive_of(doc, name, from_json=True)
+    if found is not None:
+        return _archived(name, found)
+    if _is_kinesis_dump(doc):
         return FileInput(name, "kinesis-records", [_record_dump(doc, f"{name} record 1")])
-    if isinstance(doc, list):
+    if isinstance(doc, list) and any(
+        _is_kinesis_dump(e) or (isinstance(e, dict) and "Records" in e) for e in doc
+    ):
         items: list[Item] = []
         for i, entry in enumerate(doc):
             where = f"{name} [{i}]"
@@ -101,7 +127,7 @@ def _json_document(doc: Any, name: str) -> FileInput:
             else:
                 items.append(_record_dump(entry, where))
         return FileInput(name, "kinesis-records", items)
-    raise InputError(f"{name}: JSON of an unknown shape (expected a Lambda event or Kinesis records)")
+    raise InputError(f"{name}: JSON of an unknown shape; {EXPECTED}")
 
 
 def _looks_like_json_lines(text: str) -> bool:
@@ -198,23 +224,40 @@ def _ion_values(data: str | bytes, name: str) -> list[Any]:
         raise InputError(f"{name}: not a recognised input (as Ion: {exc})") from None
 
 
-def _ion_binary(raw: bytes, name: str) -> Iterator[Item]:
-    """One record kept byte for byte; several records are split with amazon-ion."""
+def _ion_binary(raw: bytes, name: str) -> FileInput:
+    """One stream record kept byte for byte; several values are split with amazon-ion."""
     try:
         parse_record(raw)
     except MalformedIonError:  # not exactly one value (or not one we can read): split below
-        yield from _reencode(_ion_values(raw, name), name)
-        return
-    yield KinesisRecord(raw, "", source=f"{name} record 1")
+        return _ion_input(_ion_values(raw, name), name, "ion-binary")
+    try:
+        values = _ion_values(raw, name)
+    except InputError:  # amazon-ion cannot read it: the scanner says why, per record
+        values = []
+    if any(not is_stream_record(v) for v in values):
+        return _ion_input(values, name, "ion-binary")
+    return FileInput(name, "ion-binary", [KinesisRecord(raw, "", source=f"{name} record 1")])
 
 
-def _ion_text(text: str, name: str) -> Iterator[Item]:
-    yield from _reencode(_ion_values(text, name), name)
-
-
-def _reencode(values: list[Any], name: str) -> Iterator[Item]:
-    """Each top-level value as its own Ion binary record (amazon-ion keeps the data model)."""
+def _ion_input(values: list[Any], name: str, kind: str) -> FileInput:
+    """Stream records (each re-encoded as Ion binary: amazon-ion keeps the data model) and archived
+    journal values (blocks, revisions, lists of them)."""
     from amazon.ion import simpleion
 
+    out = FileInput(name, kind)
     for i, value in enumerate(values, 1):
-        yield KinesisRecord(simpleion.dumps(value, binary=True), "", source=f"{name} record {i}")
+        if is_stream_record(value):
+            out.records.append(
+                KinesisRecord(simpleion.dumps(value, binary=True), "", source=f"{name} record {i}")
+            )
+            continue
+        where = name if len(values) == 1 else f"{name} value {i}"
+        found = archive_of(value, where, from_json=False)
+        if found is None:
+            raise InputError(f"{where}: Ion value of an unknown shape; {EXPECTED}")
+        out.kind = kind if len(values) > 1 else f"{kind} {found.kind}"
+        out.records.extend(found.records)
+        out.proofs.extend(found.proofs)
+        out.digests.extend(found.digests)
+        out.subjects.extend(found.subjects)
+    return out
