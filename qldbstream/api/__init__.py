@@ -9,9 +9,10 @@
 
 Here: the handler lifecycle (:mod:`~qldbstream.api.handler`), routing
 (:mod:`~qldbstream.api.router`), metrics (:mod:`~qldbstream.api.metrics`), the journal record
-types, the error classes that decide what happens to a failed record, and three helpers about
-records: :func:`operation_of`, :func:`dedupe_key` (a record's identity, for idempotent effects)
-and :func:`dot` (QLDB's hash combinator, to check a revision's hash). Opt-in submodules, not
+types, the error classes that decide what happens to a failed record, and four helpers about
+records: :func:`operation_of`, :func:`dedupe_key` (a record's identity, for idempotent effects),
+:func:`dot` (QLDB's hash combinator, to check a revision's hash) and :func:`ion_hash` (the Ion
+hash of a value, to recompute a revision's hash from values stored elsewhere). Opt-in submodules, not
 imported here because they reach AWS or the pipeline's stores:
 
 * :mod:`qldbstream.api.aws` - ``aws_client`` and ``is_transient``, for handlers that call AWS;
@@ -27,6 +28,8 @@ change between releases.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from qldbstream.api.handler import BatchItemError, Handler, HandlerContext, SetupContext
 from qldbstream.api.metrics import InMemoryMetrics, Metrics, NullMetrics
@@ -48,6 +51,7 @@ from qldbstream.core.errors import (
     QldbStreamError,
     RetryableError,
 )
+from qldbstream.core.ion.hash import ion_hash as _ion_hash
 from qldbstream.core.qldb_hash import dot
 
 __all__ = [
@@ -75,8 +79,24 @@ __all__ = [
     "SetupContext",
     "dedupe_key",
     "dot",
+    "ion_hash",
     "operation_of",
 ]
+
+
+def ion_hash(value: Any) -> bytes:
+    """The Ion hash (SHA-256, amazon-ion/ion-hash spec) of one Ion value, as QLDB hashes it.
+
+    ``value`` is an amazon-ion ``simpleion`` value or a plain Python value by amazon-ion's mapping
+    (``str`` a string, ``Decimal`` a decimal, ``datetime`` a timestamp); it is hashed on the Ion
+    data model (timestamp precision and offset, decimal exponents, symbols vs strings, typed
+    nulls, annotations), never on a JSON form. With :func:`dot` it recomputes a revision's hash
+    from values kept outside the stream (qldb-stream-format.md §4-§5): a live revision's hash is
+    ``dot(ion_hash(metadata), ion_hash(data))``, a redacted one's ``dot(ion_hash(metadata),
+    dataHash)`` and a deleted one's ``ion_hash(metadata)``. The PostgreSQL migration's
+    ``qldbstream pg-verify`` re-checks migrated history this way.
+    """
+    return _ion_hash(value)
 
 #: The public submodules: the ones above plus the opt-in ones. Nothing else under
 #: ``qldbstream`` may be imported by a plugin (tests/unit/test_public_api.py).

@@ -29,6 +29,7 @@ from qldbstream.api import (
     RevisionDetails,
     dedupe_key,
     dot,
+    ion_hash,
     operation_of,
 )
 from qldbstream.core.deaggregate import deaggregate
@@ -206,6 +207,19 @@ def test_dot_recomputes_a_revision_hash() -> None:
     assert checked
     a, b = bytes(range(32)), bytes(range(1, 33))
     assert dot(a, b) == dot(b, a) and dot(a, b"") == a
+
+
+def test_ion_hash_recomputes_a_revision_hash_from_values() -> None:
+    assert ion_hash("user1").hex() == "b74e2b11e78f6fd8215722299f022fbb58732214c7a604ba81889ff3aa4ddad8"
+    checked = 0
+    for r in _revisions():
+        meta = ion_hash(r.metadata)
+        assert meta == r.metadata_hash
+        if r.data is not None:
+            assert ion_hash(r.data) == r.content_hash
+            assert dot(meta, ion_hash(r.data)) == r.hash
+            checked += 1
+    assert checked
 
 
 def test_aws_client_and_is_retryable() -> None:
