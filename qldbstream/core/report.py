@@ -180,6 +180,8 @@ class VerificationReport:
         elif proof["passed"]:
             anchored = "the block hash" if subject.block else "the revision hash"
             yes.append(f"V10: {anchored} is in the journal the digest {proof['digest']} covers")
+            if subject.revisions and not failed & {"V2", "V2b"}:
+                yes.append("V2 + V10: this data is what the ledger held, as of that digest")
             no.append(
                 "V10 is only as good as the digest: it must come from QLDB (GetDigest) by a channel you trust"
             )
