@@ -97,7 +97,7 @@ def read_file(path: str | Path) -> FileInput:
         if doc is not None:
             return _json_document(doc, name)
         if _looks_like_json_lines(stripped):
-            return FileInput(name, "json-lines", list(_json_lines(stripped, name)))
+            return _json_lines(stripped, name)
     if _is_base64_lines(stripped):
         return FileInput(name, "base64-lines", list(_base64_lines(stripped, name)))
     return _ion_input(_ion_values(text, name), name, "ion-text")
@@ -139,7 +139,9 @@ def _looks_like_json_lines(text: str) -> bool:
     return True
 
 
-def _json_lines(text: str, name: str) -> Iterator[Item]:
+def _json_lines(text: str, name: str) -> FileInput:
+    """Lambda events, Kinesis record dumps or archived shapes (a JSON journal export: a block a line)."""
+    out = FileInput(name, "json-lines")
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -149,9 +151,19 @@ def _json_lines(text: str, name: str) -> Iterator[Item]:
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if isinstance(doc, dict) and "Records" in doc:
-            yield from records_from_event(doc, where)
+            out.records.extend(records_from_event(doc, where))
+            continue
+        found = archive_of(doc, where, from_json=True)
+        if found is not None:
+            out.records.extend(found.records)
+            out.proofs.extend(found.proofs)
+            out.digests.extend(found.digests)
+            out.subjects.extend(found.subjects)
+        elif _is_kinesis_dump(doc) or out.records:
+            out.records.append(_record_dump(doc, where))
         else:
-            yield _record_dump(doc, where)
+            raise InputError(f"{where}: JSON of an unknown shape; {EXPECTED}")
+    return out
 
 
 def _record_dump(doc: Any, where: str) -> Item:
