@@ -1,6 +1,6 @@
 """Records and proofs out of saved QLDB API output (GetRevision, GetBlock, GetDigest) and receipts.
 
-The QLDB API reference (GetRevision, GetBlock, GetDigest; qldb-stream-format.md §8):
+The QLDB API reference (GetRevision, GetBlock, GetDigest; qldb-stream-format.md §9):
 
 * ``GetRevision`` returns ``Revision.IonText`` (a revision struct) and ``Proof.IonText``;
 * ``GetBlock`` returns ``Block.IonText`` (a journal block) and ``Proof.IonText``;
