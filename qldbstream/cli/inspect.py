@@ -80,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
 
     got = read_file(args.input)
     items = list(got.records)
+    if not items and (got.proofs or got.digests):
+        raise InputError(
+            f"{args.input}: a digest or a hash with its proof, no records to show: "
+            "check it with qldbstream verify"
+        )
     if args.index is not None:
         if not 0 <= args.index < len(items):
             raise InputError(f"--index {args.index}: the input has {len(items)} Kinesis records")

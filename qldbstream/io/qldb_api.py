@@ -180,7 +180,14 @@ def read_receipt(doc: Mapping[str, Any], name: str, used: str | None = None) -> 
         out.digest = read_digest(k, source)
     digest, tip = (out.digest.digest, out.digest.tip) if out.digest else (None, None)
     table = k.get("tablename") if isinstance(k.get("tablename"), str) else ""
-    api = {str(key) for key in doc} <= {"Revision", "Block", "Proof", "LedgerDigest", "TableName"}
+    api = {str(key) for key in doc} <= {
+        "Revision",
+        "Block",
+        "Proof",
+        "LedgerDigest",
+        "TableName",
+        "ResponseMetadata",
+    }
     if "revision" in k or ("document" in k and is_revision(k["document"])):
         rev, from_json = _structured(k.get("revision", k.get("document")), source, "Revision")
         if not is_revision(rev):

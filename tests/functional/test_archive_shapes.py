@@ -336,3 +336,35 @@ def test_json_lines_export_of_blocks(capsys: pytest.CaptureFixture[str], tmp_pat
         assert counts(report, check) == (3, 0), check
     assert counts(report, "V9") == (2, 0)
     assert [f["shape"] for f in report["inputs"]] == ["journal block"] * 3
+
+
+def test_sdk_response_with_response_metadata_is_still_a_get_revision(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    doc = json.loads((SHAPES / "get-revision.json").read_text())
+    doc["ResponseMetadata"] = {"RequestId": "5f1c…", "HTTPStatusCode": 200}
+    code, report = verify_json(
+        capsys, write(tmp_path, "boto3.json", json.dumps(doc)), SHAPES / "get-digest.json"
+    )
+    assert code == 0
+    assert only_input(report)["shape"] == "GetRevision output"
+    assert counts(report, "V10") == (1, 0)
+
+
+def test_bare_json_revision_inside_application_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (_, second) = json.loads((SHAPES / "history.json").read_text())
+    doc = {"wallet": "user1", "auditCopy": second}
+    code, report = verify_json(capsys, write(tmp_path, "app.json", json.dumps(doc)))
+    assert code == 0
+    assert counts(report, "V2") == (1, 0)
+    found = only_input(report)
+    assert (found["shape"], found["usedObject"]) == ("revision", "auditCopy")
+
+
+def test_inspect_refuses_a_file_without_records(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["inspect", str(SHAPES / "receipt-in-app.json")])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "check it with qldbstream verify" in captured.err
