@@ -140,7 +140,12 @@ class VerificationReport:
 
     def _finding(self, subject: Subject) -> dict[str, Any]:
         """What the checks established for ``subject``, and what they could not."""
-        failed = {f.check for f in self.failures if f.position.source.startswith(subject.source)}
+        own = subject.source + " "
+        failed = {
+            f.check
+            for f in self.failures
+            if f.position.source == subject.source or f.position.source.startswith(own)
+        }
         proof = next((p for p in self.proofs if p["source"] == subject.source), None)
         yes: list[str] = []
         no: list[str] = []

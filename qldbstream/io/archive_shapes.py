@@ -102,9 +102,10 @@ def _one(value: Mapping[str, Any], name: str, used: str | None, from_json: bool)
     ion = ion_from_json(value) if from_json else value
     if is_block(ion):
         users = sum(1 for r in ion.get("revisions") or [] if is_revision(r))
-        subject = Subject(source, "journal block", used, users, block=True, from_json=from_json)
+        subject = Subject(source, "journal block", used, revisions=users, block=True, from_json=from_json)
         return Archive("journal-block", block_records(ion, source), subjects=[subject])
-    subject = Subject(source, "revision", used, 1, int("blockAddress" not in ion), from_json=from_json)
+    unaddressed = int("blockAddress" not in ion)
+    subject = Subject(source, "revision", used, revisions=1, unaddressed=unaddressed, from_json=from_json)
     return Archive("revision", [revision_record(ion, f"{source} revision")], subjects=[subject])
 
 

@@ -104,9 +104,13 @@ def read_file(path: str | Path) -> FileInput:
 
 
 def _json_document(doc: Any, name: str) -> FileInput:
-    if isinstance(doc, dict) and isinstance(doc.get("Records"), list):
+    if isinstance(doc, dict) and "Records" in doc:
         records = doc["Records"]
-        if records and all(_is_kinesis_dump(r) and "kinesis" not in r for r in records):
+        if (
+            isinstance(records, list)
+            and records
+            and all(_is_kinesis_dump(r) and "kinesis" not in r for r in records)
+        ):
             # AWS CLI / SDK GetRecords output: Data, SequenceNumber, PartitionKey, ...
             dumps = [_record_dump(r, f"{name} Records[{i}]") for i, r in enumerate(records)]
             return FileInput(name, "get-records", dumps)

@@ -113,8 +113,6 @@ def ion_from_json(value: Any, key: str = "") -> Any:
 
 
 def _blob(value: Any, key: str) -> bytes:
-    if isinstance(value, dict) and "IonText" in value:  # (never in practice; keeps the message clear)
-        value = value["IonText"]
     if not isinstance(value, str):
         raise InputError(f"{key} must be a base64 hash in JSON, not {type(value).__name__}")
     try:

@@ -211,7 +211,8 @@ def read_receipt(doc: Mapping[str, Any], name: str, used: str | None = None) -> 
                 f"{source}: Block is not a journal block (blockAddress, blockHash, entriesHashList)"
             )
         users = sum(1 for r in block.get("revisions") or [] if is_revision(r))
-        out.subject = Subject(source, "GetBlock output" if api else "receipt", used, users, block=True)
+        shape = "GetBlock output" if api else "receipt"
+        out.subject = Subject(source, shape, used, revisions=users, block=True)
         out.subject.from_json = from_json
         out.records.extend(block_records(block, source))
         if proof is not None:

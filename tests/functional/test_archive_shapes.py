@@ -50,6 +50,7 @@ def counts(report: dict[str, Any], check: str) -> tuple[int, int]:
 
 def only_input(report: dict[str, Any]) -> dict[str, Any]:
     (found,) = report["inputs"]
+    assert isinstance(found, dict)
     return found
 
 
