@@ -261,3 +261,67 @@ def test_the_handler_loads_from_its_entry_point_with_settings(postgres_dsn: str,
         load_handler("postgres", {"dsn": postgres_dsn, "shema": "x"})
     with pytest.raises(ConfigurationError, match="set dsn"):
         load_handler("postgres", {"schema": "x"})
+
+
+def test_a_redaction_after_the_migration_removes_the_data_and_still_verifies(
+    postgres_dsn: str, schema: str
+) -> None:
+    before_redaction = simulation(80, seed=4, deletes=2, redactions=0)
+    newest: dict[str, int] = {}
+    for rev in before_redaction.ledger.revisions:
+        newest[rev.document_id] = max(newest.get(rev.document_id, -1), rev.version)
+    superseded = [  # QLDB redacts only superseded revisions with data
+        r for r in before_redaction.ledger.revisions if r.op != "delete" and r.version < newest[r.document_id]
+    ]
+    target = superseded[len(superseded) // 2]
+    redacted = simulation(80, seed=4, deletes=2, redactions=0, redact=((target.document_id, target.version),))
+    assert [r.redacted for r in redacted.ledger.revisions].count(True) == 1
+
+    handler = PostgresHandler(options=PostgresOptions(dsn=postgres_dsn, schema=schema))
+    deliver(handler, revisions_of(before_redaction))
+    check_migration(before_redaction, postgres_dsn, schema)
+    before = snapshot(postgres_dsn, schema)
+    deliver(handler, revisions_of(redacted))  # the stream read again after redact_revision
+    check_migration(redacted, postgres_dsn, schema)
+    after = snapshot(postgres_dsn, schema)
+    changed = {k: [r for r in after[k] if r not in before[k]] for k in after}
+    history = f"{target.table}.history"
+    assert {k: len(v) for k, v in changed.items() if v} == {history: 1}
+    (row,) = changed[history]
+    assert row[1:3] == (target.document_id, target.version)  # (after xmin)
+
+    deliver(handler, revisions_of(before_redaction))  # the live form again: a redaction is one-way
+    handler.close()
+    assert snapshot(postgres_dsn, schema) == after
+    with psycopg.connect(postgres_dsn) as conn:
+        assert verify_tables(conn, schema).ok
+
+
+def test_two_workers_migrating_at_once_give_the_same_tables(
+    bank: Simulation, postgres_dsn: str, schema: str
+) -> None:
+    """Shards on two workers: both create the tables at once (the DDL lock) and write the same
+    documents concurrently; the result is the ledger's."""
+    import threading
+
+    records = revisions_of(bank)
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        mine = list(records)
+        random.Random(seed).shuffle(mine)
+        handler = PostgresHandler(options=PostgresOptions(dsn=postgres_dsn, schema=schema))
+        try:
+            deliver(handler, mine, size=25)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            handler.close()
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    check_migration(bank, postgres_dsn, schema)

@@ -2,7 +2,8 @@
 
 Lifecycle (see :mod:`qldbstream.api.handler`):
 
-* ``setup`` - connect (psycopg 3) and create the schema and the registry table (``create=true``);
+* ``setup`` - connect (psycopg 3); each new connection creates the schema and the registry table
+  when absent (``create=true``);
 * ``wants`` - revisions of the chosen tables (every table by default);
 * ``handle_batch`` - map every revision to its row first (data the mapping cannot carry names
   its record in a :class:`BatchItemError`: dead-lettered, the records before it still written),
@@ -44,6 +45,7 @@ from qldbstream_handlers.postgres.schema import (
     create_registry,
     create_tables,
     current_upsert,
+    ddl_lock,
     history_upsert,
     register_table,
     table_names,
@@ -84,10 +86,7 @@ class PostgresHandler(Handler):
     # --- lifecycle -----------------------------------------------------------------------------
     def setup(self, ctx: SetupContext) -> None:
         self.metrics = ctx.metrics
-        conn = self._connection()
-        if self.options.create:
-            with conn.transaction():
-                conn.execute(create_registry(self.options.schema, self.options.table_prefix))
+        self._connection()  # fail at start-up, not at the first batch, when the server is unreachable
 
     def wants(self, record: JournalRecord) -> bool:
         if not isinstance(record, RevisionDetails):
@@ -126,8 +125,13 @@ class PostgresHandler(Handler):
     # --- writing -------------------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = self._connect(self.options.dsn)
+            conn = self._connect(self.options.dsn)
             self._ready.clear()
+            if self.options.create:  # the schema and the registry, on every new connection (idempotent)
+                with conn.transaction():
+                    conn.execute(*ddl_lock(self.options.schema))
+                    conn.execute(create_registry(self.options.schema, self.options.table_prefix))
+            self._conn = conn
         return self._conn
 
     def _write(self, rows: list[tuple[RevisionDetails, Row]]) -> None:
@@ -140,6 +144,9 @@ class PostgresHandler(Handler):
         try:
             with conn.transaction(), conn.cursor() as cur:
                 for table, table_rows in sorted(by_table.items()):
+                    # one lock order for every writer (tables, then keys): concurrent batches of
+                    # other shards or workers wait for each other instead of deadlocking
+                    table_rows.sort(key=lambda row: (row[0], row[1]))
                     names = self._tables(cur, table, ids[table])
                     cur.executemany(history_upsert(names), table_rows)
                     cur.executemany(current_upsert(names), table_rows)
@@ -157,6 +164,7 @@ class PostgresHandler(Handler):
         o = self.options
         names = table_names(o.schema, o.table_prefix, table)
         if o.create:
+            cur.execute(*ddl_lock(o.schema))
             cur.execute(create_tables(names))
             cur.execute(
                 register_table(o.schema, o.table_prefix), (table, table_id, names.current, names.history)

@@ -34,6 +34,7 @@ __all__ = [
     "create_registry",
     "create_tables",
     "current_upsert",
+    "ddl_lock",
     "history_upsert",
     "register_table",
     "registry_name",
@@ -104,6 +105,12 @@ def table_names(schema: str, prefix: str, qldb_table: str) -> TableNames:
 
 def registry_name(prefix: str) -> str:
     return _name(f"{prefix}qldb_tables")
+
+
+def ddl_lock(schema: str) -> tuple[sql.SQL, tuple[str]]:
+    """A transaction-scoped advisory lock taken before DDL: workers creating the same tables at once
+    would otherwise race inside ``CREATE ... IF NOT EXISTS`` (a unique violation in the catalog)."""
+    return sql.SQL("SELECT pg_advisory_xact_lock(hashtext(%s))"), (f"qldbstream.postgres:{schema}",)
 
 
 def create_registry(schema: str, prefix: str) -> sql.Composed:
