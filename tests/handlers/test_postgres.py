@@ -6,6 +6,7 @@ newer one); ``qldbstream pg-verify`` passes the migration and names exactly the 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import uuid
@@ -325,3 +326,26 @@ def test_two_workers_migrating_at_once_give_the_same_tables(
         t.join(120)
     assert not errors, errors
     check_migration(bank, postgres_dsn, schema)
+
+
+def test_pg_verify_names_current_state_that_disagrees_with_history(
+    bank: Simulation, postgres_dsn: str, schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrate_through_pipeline(bank, postgres_dsn, schema).close()
+    names = table_names(schema, "", "Accounts")
+    with psycopg.connect(postgres_dsn) as conn:
+        doc, version = conn.execute(
+            sql.SQL(
+                "SELECT document_id, version FROM {} WHERE version > 0 ORDER BY document_id LIMIT 1"
+            ).format(names.current_id())
+        ).fetchone() or ("", 0)
+        # the newest history row goes missing: current state no longer stands for history
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE document_id = %s AND version = %s").format(names.history_id()),
+            (doc, version),
+        )
+    assert main(["pg-verify", "--dsn", postgres_dsn, "--schema", schema, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [(m["table"], m["document_id"], m["version"], m["reason"]) for m in report["mismatches"]] == [
+        (names.current, doc, version, "no history row for the current version")
+    ]

@@ -25,7 +25,8 @@ examples:
   QLDBSTREAM_PG_DSN='host=127.0.0.1 dbname=ledger' qldbstream pg-verify --schema qldb --json
 
 exit status: 0 every row verified, 1 mismatches (each printed: table, document, version, stored
-and recomputed hash), 2 bad options, an unreachable server or a schema that holds no migration.
+and recomputed hash, or why current state disagrees with history), 2 bad options, an unreachable
+server or a schema that holds no migration.
 """
 
 
@@ -77,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
         out.write(json.dumps(doc, indent=2) + "\n")
     else:
         for m in report.mismatches:
-            actual = m.actual.hex() if m.actual is not None else f"not computable ({m.reason})"
-            out.write(
-                f"MISMATCH {m.table} document_id={m.document_id} version={m.version} "
-                f"stored={m.expected.hex()} recomputed={actual}\n"
-            )
+            line = f"MISMATCH {m.table} document_id={m.document_id} version={m.version}"
+            line += f" stored={m.expected.hex()}"
+            if m.actual is not None:
+                line += f" recomputed={m.actual.hex()}"
+            out.write(line + (f" ({m.reason})" if m.reason else "") + "\n")
         out.write(
             f"{report.checked} rows in {len(report.tables)} tables, {len(report.mismatches)} mismatches\n"
         )

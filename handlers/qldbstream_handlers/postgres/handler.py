@@ -24,7 +24,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import psycopg
+try:
+    import psycopg
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "the postgres handler needs psycopg 3: pip install 'qldbstream-handlers[postgres]'"
+    ) from exc
 
 from qldbstream.api import (
     BatchItemError,

@@ -5,7 +5,8 @@ A mismatch means the row changed after the migration (its data, metadata columns
 itself), or a value the migration wrote cannot stand for what QLDB hashed (masked data: see
 docs/handlers/postgres.md). Every row of every registered table's history and current state is
 checked; each mismatch names the table, the document and version, the stored and the recomputed
-hash.
+hash. Then current state must agree with history: each current row is its document's newest
+history row (same version and hash), and each document in history has a current row.
 """
 
 from __future__ import annotations
@@ -86,6 +87,34 @@ def _rows(conn: psycopg.Connection[Any], schema: str, table: str) -> Iterator[tu
         yield from cur
 
 
+#: Current rows that do not stand for their document's newest history row, and documents in
+#: history without a current row: (document_id, version, current hash, history hash, reason).
+_AGREEMENT = """
+SELECT c.document_id, c.version, c.revision_hash, h.revision_hash,
+       CASE WHEN h.document_id IS NULL THEN 'no history row for the current version'
+            WHEN h.revision_hash <> c.revision_hash THEN 'history holds another hash for this version'
+            ELSE 'history holds a newer version' END
+FROM {current} c LEFT JOIN {history} h ON h.document_id = c.document_id AND h.version = c.version
+WHERE h.document_id IS NULL OR h.revision_hash <> c.revision_hash
+   OR c.version < (SELECT max(n.version) FROM {history} n WHERE n.document_id = c.document_id)
+UNION ALL
+SELECT n.document_id, max(n.version), NULL, NULL, 'in history, no current row'
+FROM {history} n WHERE NOT EXISTS (SELECT 1 FROM {current} c WHERE c.document_id = n.document_id)
+GROUP BY n.document_id
+ORDER BY 1, 2
+"""
+
+
+def _disagreements(conn: psycopg.Connection[Any], schema: str, current: str, history: str) -> list[Mismatch]:
+    query = sql.SQL(_AGREEMENT).format(
+        current=sql.Identifier(schema, current), history=sql.Identifier(schema, history)
+    )
+    return [
+        Mismatch(current, doc, version, bytes(ours or b""), None if theirs is None else bytes(theirs), why)
+        for doc, version, ours, theirs, why in conn.execute(query).fetchall()
+    ]
+
+
 def verify_tables(
     conn: psycopg.Connection[Any], schema: str, prefix: str = "", tables: frozenset[str] | None = None
 ) -> VerifyReport:
@@ -114,4 +143,5 @@ def verify_tables(
                         report.mismatches.append(Mismatch(pg_table, doc, version, expected, actual))
                 report.tables[pg_table] = n
                 report.checked += n
+            report.mismatches.extend(_disagreements(conn, schema, current, history))
     return report
