@@ -349,3 +349,63 @@ def test_pg_verify_names_current_state_that_disagrees_with_history(
     assert [(m["table"], m["document_id"], m["version"], m["reason"]) for m in report["mismatches"]] == [
         (names.current, doc, version, "no history row for the current version")
     ]
+
+
+def test_unmappable_data_names_its_record_and_the_ones_before_it_are_written(
+    bank: Simulation, postgres_dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qldbstream_handlers.postgres.handler as module
+    from qldbstream_handlers.postgres import MappingError
+
+    from qldbstream.api import BatchItemError
+
+    records = sorted(revisions_of(bank), key=lambda r: (r.document_id, r.version))[:5]
+    real = module.row_of
+
+    def row_of(r: RevisionDetails) -> Any:
+        if r is records[3]:
+            raise MappingError("a symbol with unknown text")
+        return real(r)
+
+    monkeypatch.setattr(module, "row_of", row_of)
+    handler = PostgresHandler(options=PostgresOptions(dsn=postgres_dsn, schema=schema))
+    with pytest.raises(BatchItemError) as failed:
+        handler.handle_batch(records, HandlerContext(handler.name, "shard-1"))
+    assert failed.value.index == 3 and isinstance(failed.value.cause, MappingError)
+    assert MappingError in handler.poison_errors
+    handler.close()
+    written = {
+        (r["document_id"], r["version"])
+        for t in {r.table_name for r in records}
+        for r in rows(postgres_dsn, schema, t, "history")
+    }
+    assert written == {(r.document_id, r.version) for r in records[:3]}
+
+
+def test_a_lost_connection_is_retryable_and_the_next_attempt_reconnects(
+    bank: Simulation, postgres_dsn: str, schema: str
+) -> None:
+    records = revisions_of(bank)
+    handler = PostgresHandler(options=PostgresOptions(dsn=postgres_dsn, schema=schema))
+    ctx = HandlerContext(handler.name, "shard-1")
+    handler.handle_batch(records[:10], ctx)
+    assert handler._conn is not None
+    pid = handler._conn.info.backend_pid
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(handler.retryable_errors):
+        handler.handle_batch(records[10:], ctx)
+    handler.handle_batch(records[10:], ctx)  # the pipeline's retry: a new connection, all of it
+    handler.close()
+    check_migration(bank, postgres_dsn, schema)
+
+
+def test_missing_tables_without_create_halt_the_shard(
+    bank: Simulation, postgres_dsn: str, schema: str
+) -> None:
+    from qldbstream.api import HaltShardError
+
+    handler = PostgresHandler(options=PostgresOptions(dsn=postgres_dsn, schema=schema, create=False))
+    with pytest.raises(HaltShardError, match="create=false"):
+        handler.handle_batch(revisions_of(bank)[:3], HandlerContext(handler.name, "shard-1"))
+    handler.close()

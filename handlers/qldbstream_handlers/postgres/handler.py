@@ -15,7 +15,8 @@ Lifecycle (see :mod:`qldbstream.api.handler`):
 * ``close`` - close the connection.
 
 Connection and server errors are retryable (the batch is retried, then the shard halts at the
-record): the transaction rolled back, so nothing was half-written.
+record): the transaction rolled back, so nothing was half-written. Missing tables with
+``create=false`` halt the shard at once (every record would fail alike).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 from qldbstream.api import (
     BatchItemError,
     ConfigurationError,
+    HaltShardError,
     Handler,
     HandlerContext,
     JournalRecord,
@@ -158,6 +160,12 @@ class PostgresHandler(Handler):
         except psycopg.OperationalError:
             self.close()  # a broken connection: the retry opens a new one
             raise
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+            self._ready.clear()
+            raise HaltShardError(
+                f"postgres: {str(exc).splitlines()[0]} and create=false: create the tables "
+                "(docs/handlers/postgres.md, 'Tables') or set create=true; the shard waits at this record"
+            ) from exc
         except psycopg.Error:
             self._ready.clear()  # the transaction rolled back: DDL of this batch may be gone
             raise
