@@ -5,6 +5,7 @@ refusals of JSON that is not the mapping's."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -120,6 +121,26 @@ def test_round_trip_is_exact_and_keeps_the_ion_hash(value: Any) -> None:
     assert ion_equals(value, back), (value, back)
     assert ion_hash(back) == ion_hash(value)
     assert to_jsonb(back) == to_jsonb(value)
+
+
+@pytest.fixture(scope="module")
+def pg(postgres_dsn: str) -> Iterator[Any]:
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(value=ion_values)
+def test_round_trip_through_a_postgresql_jsonb_column(pg: Any, value: Any) -> None:
+    """What the server stores and hands back (jsonb normalises keys, numbers and escapes)."""
+    from psycopg.types.json import Jsonb
+
+    (stored,) = pg.execute("SELECT %s::jsonb", (Jsonb(to_jsonb(value)),)).fetchone()
+    back = from_jsonb(stored)
+    assert ion_equals(value, back), (value, back)
+    assert ion_hash(back) == ion_hash(value)
 
 
 @pytest.mark.parametrize(
