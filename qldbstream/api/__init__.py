@@ -98,6 +98,7 @@ def ion_hash(value: Any) -> bytes:
     """
     return _ion_hash(value)
 
+
 #: The public submodules: the ones above plus the opt-in ones. Nothing else under
 #: ``qldbstream`` may be imported by a plugin (tests/unit/test_public_api.py).
 PUBLIC_MODULES = frozenset(
