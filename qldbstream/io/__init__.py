@@ -1,7 +1,9 @@
 """The edges: everything that talks to the outside world.
 
 Kinesis (``kinesis_reader``, ``shards``, ``kinesis_writer``), Lambda events (``lambda_event``),
-files and saved QLDB API output (``files``, ``qldb_api``, ``anchors``), DynamoDB stores
+files and saved QLDB API output (``files``; ``archive_shapes`` recognises every saved shape,
+``journal_values`` turns bare blocks and revisions into stream records; ``qldb_api``,
+``anchors``), dead-letter queues (``dlq``: SQS, a directory), sealers (``sealers``: AES, KMS), DynamoDB stores
 (``dedupe_dynamodb``, ``checkpoint_dynamodb``, ``gate_dynamodb`` with its items in
 ``gate_items``; their table calls in ``dynamodb_table``), boto3 clients (``clients``),
 metrics backends (``metrics``), logs (``logs``, ``masking_logs``) and tracing (``tracing``).
