@@ -34,7 +34,12 @@ COMMANDS = ("run", "kcl", "verify", "inspect", "replay-dlq", "dr-check", "handle
 ENTRY_POINT_GROUP = "qldbstream.commands"
 
 #: Commands the documentation promises that live in another distribution: the one to install.
-CONTRIBUTED = {"demo": "qldbstream-tools", "simulate": "qldbstream-tools", "export": "qldbstream-handlers"}
+CONTRIBUTED = {
+    "demo": "qldbstream-tools",
+    "simulate": "qldbstream-tools",
+    "export": "qldbstream-handlers",
+    "pg-verify": "qldbstream-handlers",
+}
 
 #: The order ``--help`` lists the commands in; other contributed commands follow, by name.
 ORDER = (
@@ -45,6 +50,7 @@ ORDER = (
     "inspect",
     "simulate",
     "export",
+    "pg-verify",
     "replay-dlq",
     "dr-check",
     "handlers",
