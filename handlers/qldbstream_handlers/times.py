@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["epoch_ms", "window_time_ms"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("qldbstream.handler")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

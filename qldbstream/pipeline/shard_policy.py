@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ShardPolicy", "Step", "breaker_wait", "stuck_record"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("qldbstream.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
