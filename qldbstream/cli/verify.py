@@ -10,12 +10,15 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from qldbstream.cli.verify_export import ExportRun, anchored_note, export_leaf, export_records, finish_export
 from qldbstream.cli.verify_render import render_report
+from qldbstream.core.decode import BlockAddress
 from qldbstream.core.errors import InputError, PoisonRecordError
 from qldbstream.core.proof import parse_block_address, parse_proof, verify_proof
 from qldbstream.core.records import KinesisRecord
 from qldbstream.core.report import VerificationReport, proof_result, verify_records
 from qldbstream.io.files import FileInput, read_file
+from qldbstream.io.journal_export import is_export
 from qldbstream.io.qldb_api import DigestInput, ProofInput, digest_argument
 
 __all__ = ["register", "run"]
@@ -27,7 +30,9 @@ inputs (recognised from their content):
   of base64 record data; AWS CLI get-records output; a journal block (S3 export) or revision
   struct (history(), GetRevision's Ion text), alone or in a list, JSON or Ion; saved QLDB API
   output (GetRevision / GetBlock / GetDigest); a receipt (revision or hash + proof + digest + tip),
-  also one level inside an application's own JSON; or a live stream with --stream.
+  also one level inside an application's own JSON; a journal export (ExportJournalToS3: a folder
+  holding its manifests - a copy of the bucket or of the export's prefix - or s3://bucket/prefix,
+  read with boto3; AWS_ENDPOINT_URL_S3 points it elsewhere); or a live stream with --stream.
   A GetDigest output given as an input (or --digest FILE) supplies the digest for the proofs.
 
 examples:
@@ -36,6 +41,8 @@ examples:
   qldbstream verify --stream my-ledger-stream --endpoint-url http://127.0.0.1:4568
   qldbstream verify --stream my-ledger-stream --from 2024-01-01T00:00:00Z
   qldbstream verify get-revision.json --digest get-digest.json
+  qldbstream verify ./my-export/ --digest get-digest.json --proof "$(jq -r .Proof.IonText get-block.json)"
+  qldbstream verify s3://my-bucket/journalExport --json > report.json
   qldbstream verify revision.ion --digest KGuCkc79bsDfG9X0RjI7QgR/D4wlOarP/dKYnbnFjDo= \\
       --digest-tip-address '{strandId:"KbW0e2QaN2uBUWzRYGeOCe",sequenceNo:46}' \\
       --proof '[{{MC+5lx76...}}, ...]'
@@ -97,9 +104,16 @@ def _read(name: str) -> FileInput:
 
 
 def _items(
-    args: argparse.Namespace, report: VerificationReport, proofs: list[ProofInput], digests: list[DigestInput]
+    args: argparse.Namespace,
+    report: VerificationReport,
+    proofs: list[ProofInput],
+    digests: list[DigestInput],
+    runs: list[ExportRun],
 ) -> Iterator[KinesisRecord | PoisonRecordError]:
+    exports = [name for name in args.inputs if is_export(name)]
     for name in args.inputs:
+        if name in exports:
+            continue
         got = _read(name)
         proofs.extend(got.proofs)
         digests.extend(got.digests)
@@ -110,6 +124,8 @@ def _items(
                 "GetRevision / GetBlock output or receipt it anchors, or as --digest FILE"
             )
         yield from got.records
+    for name in exports:  # after the files: a GetDigest output among them names the tip
+        yield from export_records(name, report, runs, _export_tip(args, digests))
     if args.stream:
         yield from _stream_items(args)
 
@@ -127,6 +143,47 @@ def _stream_items(args: argparse.Namespace) -> Iterator[KinesisRecord]:
         start = StartPosition("AT_TIMESTAMP", when)
     client = aws_client("kinesis", endpoint_url=args.endpoint_url, region_name=args.region)
     yield from read_stream(client, args.stream, start=start)
+
+
+def _export_tip(args: argparse.Namespace, digests: list[DigestInput]) -> BlockAddress | None:
+    """The digest's tip address, known before an export is walked (its block is V10's leaf)."""
+    if args.digest_tip_address:
+        return parse_block_address(args.digest_tip_address)
+    given = _given_digest(args, digests)
+    return given.tip if given else None
+
+
+def _export_proof(
+    args: argparse.Namespace, proofs: list[ProofInput], digests: list[DigestInput], runs: list[ExportRun]
+) -> bool:
+    """V10 for an export: the proof folds the export's own tip block; False when not this case."""
+    if not runs or proofs or args.leaf_hash:
+        return False
+    given = _given_digest(args, digests)
+    if given is None and not args.proof:
+        return False
+    if not args.proof:
+        raise InputError(
+            "a digest anchors an export through a GetBlock proof of its tip block: add --proof "
+            "(aws qldb get-block --block-address TIP --digest-tip-address TIP) or give the saved "
+            "GetBlock output as an input"
+        )
+    leaf = export_leaf(runs)
+    if leaf is None:
+        return False
+    tip = leaf[1]
+    proofs[:] = [
+        ProofInput(
+            f"{runs[0].export.location} block {tip.sequence_no}",
+            leaf[0],
+            tip,
+            parse_proof(args.proof),
+            given.digest if given else None,
+            tip,
+            "block",
+        )
+    ]
+    return True
 
 
 def _given_digest(args: argparse.Namespace, digests: list[DigestInput]) -> DigestInput | None:
@@ -229,10 +286,11 @@ def _check_proofs(report: VerificationReport, proofs: list[ProofInput]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.inputs and not args.stream:
-        raise InputError("nothing to verify: give input files or --stream NAME (see --help)")
+        raise InputError("nothing to verify: give input files, an export (DIR or s3://) or --stream NAME")
     report = VerificationReport()
     proofs: list[ProofInput] = []
     digests: list[DigestInput] = []
+    runs: list[ExportRun] = []
     from rich.console import Console
 
     err = Console(stderr=True)
@@ -252,12 +310,18 @@ def run(args: argparse.Namespace) -> int:
             def tick(n: int) -> None:
                 progress.update(task, description=f"verified {report.records} user records", advance=n)
 
-            verify_records(_items(args, report, proofs, digests), report, tick)
+            verify_records(_items(args, report, proofs, digests, runs), report, tick)
     else:
-        verify_records(_items(args, report, proofs, digests), report)
-    _cli_proof(args, report, proofs, digests)
+        verify_records(_items(args, report, proofs, digests, runs), report)
+    for export_run in runs:
+        finish_export(export_run, report)
+    exported = _export_proof(args, proofs, digests, runs)
+    if not exported:
+        _cli_proof(args, report, proofs, digests)
     _check_proofs(report, proofs)
     report.finish()
+    if exported and report.proofs and report.proofs[0]["passed"]:
+        anchored_note(runs[0], report)
     if args.json:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
