@@ -45,6 +45,8 @@ examples:
       --tamper 'block=40:transactionInfo.statements[0].statement' --expected expected.json -o events.jsonl
   qldbstream simulate --delete 20 --redact 5 --mix card_payment=60,small_burst=8 -o events.jsonl
   qldbstream simulate --stream simbank --endpoint-url http://127.0.0.1:4567 --create-stream --shards 2
+  qldbstream simulate --export ./bucket --export-format ION_BINARY --tamper 'Transactions#3:data.amount' \
+      --expected expected.json && qldbstream verify ./bucket
 """
 
 
@@ -100,7 +102,7 @@ def register(sub: Any) -> None:
     d.add_argument(
         "--tamper", action="append", default=[], metavar="SPEC", help="tamper with a record (see below)"
     )
-    o = p.add_argument_group("output (one of --output or --stream)")
+    o = p.add_argument_group("output (one of --output, --stream or --export)")
     o.add_argument(
         "-o", "--output", metavar="FILE.jsonl", help="JSON Lines of Lambda Kinesis events ('-': stdout)"
     )
@@ -111,6 +113,24 @@ def register(sub: Any) -> None:
     o.add_argument("--endpoint-url", metavar="URL", help="Kinesis endpoint (default: AWS for the region)")
     o.add_argument("--region", metavar="REGION", default="eu-west-1", help="AWS region (default eu-west-1)")
     o.add_argument("--create-stream", action="store_true", help="create the stream (--shards shards) first")
+    o.add_argument(
+        "--export",
+        metavar="DIR",
+        help="write the journal as ExportJournalToS3 does (manifests + data objects; DIR is the bucket)",
+    )
+    o.add_argument(
+        "--export-format",
+        choices=("ION_TEXT", "ION_BINARY", "JSON"),
+        default="ION_TEXT",
+        help="the export's outputFormat (default ION_TEXT)",
+    )
+    o.add_argument(
+        "--export-blocks-per-object",
+        type=int,
+        default=100,
+        metavar="N",
+        help="journal blocks per data object (default 100)",
+    )
     o.add_argument("--expected", metavar="FILE.json", help="write the expected verdicts (checks V1-V9) here")
     o.add_argument("--ledger", metavar="FILE.json", help="write the ledger's ground truth here")
     p.set_defaults(handler=run)
@@ -209,8 +229,10 @@ def _json_default(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.output is None) == (args.stream is None):
-        raise ConfigurationError("give either --output FILE.jsonl ('-' for stdout) or --stream NAME")
+    if sum(x is not None for x in (args.output, args.stream, args.export)) != 1:
+        raise ConfigurationError(
+            "give one of --output FILE.jsonl ('-' for stdout), --stream NAME or --export DIR"
+        )
     if args.stream is None and (args.create_stream or args.endpoint_url):
         raise ConfigurationError("--create-stream and --endpoint-url go with --stream NAME")
     try:
@@ -225,6 +247,19 @@ def run(args: argparse.Namespace) -> int:
         with opened as out:
             events = sim.write_jsonl(out, batch_size=args.batch_size)
         where = f"{events} Lambda events to {'stdout' if args.output == '-' else args.output}"
+    elif args.export is not None:
+        from qldbstream_tools.simulate.export import write_export
+
+        files = write_export(
+            sim,
+            args.export,
+            output_format=args.export_format,
+            blocks_per_object=args.export_blocks_per_object,
+        )
+        where = (
+            f"journal export {files.export_id} ({args.export_format}, {len(files.object_keys)} data objects) "
+            f"to {args.export}/{files.prefix}"
+        )
     else:
         where = _put(sim, args)
     if args.expected:
