@@ -5,8 +5,9 @@ A journal **block** (``blockAddress``, ``transactionId``, ``blockTimestamp``, ``
 ``entriesHash``, ``previousBlockHash``, ``entriesHashList``, ``transactionInfo``, ``revisions``,
 maybe ``redactionInfo``) becomes a ``BLOCK_SUMMARY`` whose ``revisionSummaries`` are its revisions'
 ``{hash, documentId}`` (a system revision is ``{hash}`` alone), followed by one
-``REVISION_DETAILS`` per user revision: the same records QLDB streams for that block, so V2-V8
-apply unchanged (qldb-stream-format.md §3, §5).
+``REVISION_DETAILS`` per user revision, its ``tableInfo`` the table that
+``transactionInfo.documents`` names for its document: the same records QLDB streams for that
+block, so V2-V8 and the delivery gate apply unchanged (qldb-stream-format.md §3, §5).
 
 A **revision** (``hash``, ``metadata`` {id, version, txTime, txId}, ``data`` or ``dataHash`` or
 neither, usually ``blockAddress``) becomes a ``REVISION_DETAILS``. V2 needs only hash, data and
@@ -68,14 +69,31 @@ def _record(payload: Any, record_type: str, source: str) -> KinesisRecord:
     return KinesisRecord(simpleion.dumps(record, binary=True), "", source=source)
 
 
-def revision_record(revision: Mapping[str, Any], source: str, table: str = "") -> KinesisRecord:
+def revision_record(
+    revision: Mapping[str, Any], source: str, table: str = "", table_id: str = ""
+) -> KinesisRecord:
     """A revision struct as the ``REVISION_DETAILS`` record QLDB would have streamed."""
     rev = dict(revision)
     if "blockAddress" not in rev:
         rev["blockAddress"] = {"strandId": UNADDRESSED, "sequenceNo": 0}
     return _record(
-        {"tableInfo": {"tableName": table, "tableId": ""}, "revision": rev}, "REVISION_DETAILS", source
+        {"tableInfo": {"tableName": table, "tableId": table_id}, "revision": rev}, "REVISION_DETAILS", source
     )
+
+
+def _tables(block: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``transactionInfo.documents``: document id -> ``{tableName, tableId}`` ({} when absent)."""
+    info = block.get("transactionInfo")
+    documents = info.get("documents") if isinstance(info, Mapping) else None
+    return documents if isinstance(documents, Mapping) else {}
+
+
+def _table_of(tables: Mapping[str, Any], revision: Mapping[str, Any]) -> tuple[str, str]:
+    entry = tables.get(revision["metadata"]["id"])
+    if not isinstance(entry, Mapping):
+        return "", ""
+    name, table_id = entry.get("tableName"), entry.get("tableId")
+    return (name if isinstance(name, str) else "", table_id if isinstance(table_id, str) else "")
 
 
 def block_records(block: Mapping[str, Any], source: str) -> list[KinesisRecord]:
@@ -89,8 +107,9 @@ def block_records(block: Mapping[str, Any], source: str) -> list[KinesisRecord]:
         for r in revisions
     ]
     records = [_record(payload, "BLOCK_SUMMARY", f"{source} block")]
+    tables = _tables(payload)
     records.extend(
-        revision_record(r, f"{source} block.revisions[{i}]")
+        revision_record(r, f"{source} block.revisions[{i}]", *_table_of(tables, r))
         for i, r in enumerate(revisions)
         if is_revision(r)
     )
