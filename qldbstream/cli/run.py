@@ -1,4 +1,5 @@
-"""``qldbstream run``: the standalone worker - every shard of a stream, checkpoints in DynamoDB."""
+"""``qldbstream run``: the standalone worker - every shard of a stream, checkpoints in DynamoDB; with
+``--source``, a bounded replay of an archive through the same handlers (:mod:`qldbstream.cli.run_archive`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qldbstream.cli.common import STREAM_FLAGS, add_stream_options, environ_with_flags
 from qldbstream.core.errors import ConfigurationError, InputError, QldbStreamError
@@ -22,9 +23,9 @@ if TYPE_CHECKING:
     from qldbstream.app.assembly import App
     from qldbstream.app.config import Settings
     from qldbstream.io.checkpoint_dynamodb import DynamoDBCheckpointStore
-    from qldbstream.runtimes.worker import ShardStatus, Worker
+    from qldbstream.runtimes.worker import ShardStatus, Worker, WorkerReport
 
-__all__ = ["register", "run", "stop_on_signals"]
+__all__ = ["end_report", "register", "run", "stop_on_signals"]
 
 EXAMPLES = """\
 modes:
@@ -33,16 +34,23 @@ modes:
   bounded      --until TIMESTAMP (with or without --from): each shard stops at its first record
                that arrived at or after it, or after a CONTROL COMPLETED; exits when all are done
   A checkpoint in the table wins over the start position: a restart resumes where it stopped.
+  replay       --source records:PATH (saved Kinesis records: files or a directory) or
+               --source export:DIR-or-s3://BUCKET/PREFIX (a QLDB journal export): the archive through
+               the same handlers, in journal order, then exit; --checkpoint-file PATH lets an
+               interrupted replay resume (docs/worker.md, "Replaying archives")
 
 examples:
   qldbstream run --config worker.toml
   qldbstream run --stream my-ledger-stream --checkpoint-table my-app-checkpoints
   qldbstream run --stream s --endpoint-url http://127.0.0.1:4566 --create-table --until-caught-up
   qldbstream run --stream s --from 2024-01-01T00:00:00Z --until 2024-02-01T00:00:00Z
+  qldbstream run --source records:saved-events/ --checkpoint-file replay.json
+  qldbstream run --source export:s3://my-bucket/exports/ledger/ --checkpoint-file replay.json
 
 signals: SIGTERM or SIGINT lets the batch in progress finish, checkpoints, releases every shard
 and exits 0; a second signal exits at once with 130 (SIGINT) or 143 (SIGTERM).
-exit status: 0 stopped or done, 1 a run-time failure, 2 bad configuration or a missing stream.
+exit status: 0 stopped or done, 1 a run-time failure (a halt), 2 bad configuration, a missing stream
+or an unreadable archive.
 """
 
 #: the stream flags, and one more for the worker
@@ -68,6 +76,15 @@ def register(sub: Any) -> None:
         "--poll-interval", type=float, default=1.0, metavar="SECONDS", help="idle shard poll (default 1)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress display on a terminal")
+    p.add_argument(
+        "--source",
+        metavar="SPEC",
+        help="replay an archive instead of a stream: records:PATH[,PATH] or export:DIR-or-s3://URL",
+    )
+    p.add_argument("--checkpoint-file", metavar="PATH", help="--source: keep checkpoints in this JSON file")
+    p.add_argument(
+        "--progress", action="store_true", help="--source: progress lines on stderr even when not a terminal"
+    )
     p.set_defaults(handler=run)
 
 
@@ -99,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.poll_interval <= 0:
         raise InputError("--poll-interval must be positive")
+    if getattr(args, "source", None):
+        from qldbstream.cli.run_archive import run_archive
+
+        return run_archive(args)
+    if getattr(args, "checkpoint_file", None):
+        raise InputError("--checkpoint-file is for --source replays; the worker checkpoints in DynamoDB")
     try:
         app = App.from_env(_environ(args), config_file=args.config)
     except (ClientError, BotoCoreError) as exc:  # e.g. no region for the DLQ or dedupe clients
@@ -115,18 +138,23 @@ def run(args: argparse.Namespace) -> int:
         raise QldbStreamError(f"an AWS call failed: {exc}") from exc
     finally:
         app.close()
+    return end_report(report)
+
+
+def end_report(report: WorkerReport, extra: str = "") -> int:
+    """The one line ``qldbstream run`` ends with on stderr; the exit status (1 when halted)."""
     done = sum(s.finished for s in report.shards.values())
     if report.reason == "halted":
         halted = {sid: s.halt_reason for sid, s in report.shards.items() if s.halt_reason}
         first = next(iter(halted.items()), ("?", "?"))
         sys.stderr.write(
             f"qldbstream run: halted: shard {first[0]} cannot move on ({first[1]}); "
-            f"{len(halted)} shard(s) halted, checkpoints kept - fix the cause and run again\n"
+            f"{len(halted)} shard(s) halted, checkpoints kept - fix the cause and run again{extra}\n"
         )
         return 1
     sys.stderr.write(
         f"qldbstream run: {report.reason}; {report.records} records read, "
-        f"{done} of {len(report.shards)} shards finished\n"
+        f"{done} of {len(report.shards)} shards finished{extra}\n"
     )
     return 0
 
@@ -141,8 +169,14 @@ def _store(app: App, *, create: bool) -> DynamoDBCheckpointStore:
     return DynamoDBCheckpointStore(client, table)
 
 
+class Stoppable(Protocol):
+    """What the signals stop: the worker, an archive replay."""
+
+    def stop(self) -> None: ...
+
+
 @contextlib.contextmanager
-def stop_on_signals(worker: Worker, exit_now: Callable[[int], object] = os._exit) -> Iterator[None]:
+def stop_on_signals(worker: Stoppable, exit_now: Callable[[int], object] = os._exit) -> Iterator[None]:
     """SIGTERM/SIGINT: the first stops ``worker`` after its batch; a second one calls ``exit_now`` at once.
 
     The previous handlers come back when the block ends. Only the main thread can install handlers.
