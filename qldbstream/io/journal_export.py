@@ -292,7 +292,12 @@ class JournalExport:
                 )
             if prev is not None and prev.last_seq is not None and obj.first_seq is not None:
                 yield from _range_problem(strand, prev, obj)
-            if obj.first_seq is not None and obj.last_seq is not None:
+            # the object reaching furthest so far is what the next one must follow
+            if (
+                obj.first_seq is not None
+                and obj.last_seq is not None
+                and (prev is None or prev.last_seq is None or obj.last_seq > prev.last_seq)
+            ):
                 prev = obj
             if floor is not None and obj.last_seq is not None and obj.last_seq <= floor:
                 continue
