@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -110,7 +111,8 @@ def _items(
     digests: list[DigestInput],
     runs: list[ExportRun],
 ) -> Iterator[KinesisRecord | PoisonRecordError]:
-    exports = [name for name in args.inputs if is_export(name)]
+    # a folder is read as an export (open_export says so when it holds none)
+    exports = [name for name in args.inputs if is_export(name) or os.path.isdir(name)]
     for name in args.inputs:
         if name in exports:
             continue
