@@ -15,8 +15,10 @@ pseudo-shard has been read, for journal order: :mod:`qldbstream.core.order`).
   block's records (``BLOCK_SUMMARY`` + ``REVISION_DETAILS``) numbered ``(sequenceNo, index)``.
 
 Resuming: ``batches(resume)`` skips what a checkpoint ``(sequence, sub-sequence)`` covers. A KPL
-aggregate or an export block that the checkpoint covers only in part is read again whole: the
-block summary is needed to admit its revisions, and the de-duplication store skips what a handler
+aggregate or an export block that the checkpoint covers only in part is read again whole, and so
+is a covered Kinesis record holding the block summary of a revision still to do (a checkpoint can
+pass a summary whose revision, on another shard or after a halt, was admitted but not finished):
+the summary is needed to admit its revisions, and the de-duplication store skips what a handler
 already did.
 
 What happens next on errors: an unreadable file, a file of an unknown shape or a record that
@@ -31,7 +33,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from qldbstream.core.errors import InputError, MalformedKinesisRecordError
+from qldbstream.core.deaggregate import deaggregate
+from qldbstream.core.decode import BlockSummary, RevisionDetails, decode
+from qldbstream.core.errors import InputError, MalformedKinesisRecordError, QldbStreamError
 from qldbstream.core.order import SKEW
 from qldbstream.core.records import KinesisRecord
 from qldbstream.io.files import read_file
@@ -110,8 +114,12 @@ class KinesisArchive:
         return {shard: len(records) for shard, records in self.shards.items()}
 
     def batches(self, resume: Mapping[str, tuple[str, int]]) -> Iterator[ReplayBatch]:
-        """The records after each shard's ``resume`` position, merged over the shards by arrival time."""
+        """The records after each shard's ``resume`` position, merged over the shards by arrival time;
+        on a resume, first the covered records holding the block summaries of revisions still to do."""
         todo = {shard: _after(records, resume.get(shard)) for shard, records in self.shards.items()}
+        if resume:
+            again = _summaries_needed(self.shards, todo)
+            todo = {shard: again.get(shard, []) + records for shard, records in todo.items()}
         at = dict.fromkeys(todo, 0)
 
         def next_arrival(shard: str) -> float:
@@ -170,6 +178,51 @@ def _after(records: list[KinesisRecord], resume: tuple[str, int] | None) -> list
         if own < seq or (own == seq and covered(r.data, resume[1])):
             continue
         out.append(r)
+    return out
+
+
+def _blocks(record: KinesisRecord) -> Iterator[tuple[type, tuple[str, int]]]:
+    """(record type, block key) of each journal record in ``record`` that decodes (poison: none)."""
+    try:
+        users = deaggregate(record)
+    except QldbStreamError:
+        return
+    for user in users:
+        try:
+            journal = decode(user)
+        except QldbStreamError:
+            continue
+        if isinstance(journal, BlockSummary | RevisionDetails):
+            address = journal.block_address
+            yield type(journal), (address.strand_id, address.sequence_no)
+
+
+def _summaries_needed(
+    shards: Mapping[str, list[KinesisRecord]], todo: Mapping[str, list[KinesisRecord]]
+) -> dict[str, list[KinesisRecord]]:
+    """The covered records to read again: those holding the block summary of a revision still to do.
+
+    A checkpoint may have passed a block summary whose revision (on another shard, or after a halt)
+    was not finished: read again without its summary, that revision could not be verified."""
+    present: set[tuple[str, int]] = set()
+    needed: set[tuple[str, int]] = set()
+    for records in todo.values():
+        for record in records:
+            for kind, key in _blocks(record):
+                (present if kind is BlockSummary else needed).add(key)
+    needed -= present
+    out: dict[str, list[KinesisRecord]] = {}
+    for shard, records in shards.items():
+        rest = todo.get(shard, [])
+        first = rest[0] if rest else None
+        covered_ = records[: records.index(first)] if first is not None else records
+        for record in reversed(covered_):  # summaries sit just before the checkpoint: look back
+            if not needed:
+                break
+            keys = {key for kind, key in _blocks(record) if kind is BlockSummary} & needed
+            if keys:
+                out.setdefault(shard, []).insert(0, record)
+                needed -= keys
     return out
 
 

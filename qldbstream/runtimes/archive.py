@@ -41,7 +41,7 @@ from qldbstream.api.handler import Handler
 from qldbstream.api.metrics import Metrics, NullMetrics
 from qldbstream.core.records import KinesisRecord
 from qldbstream.pipeline.batch import BatchResult, Pipeline
-from qldbstream.pipeline.checkpoint import Checkpoint, CheckpointStore
+from qldbstream.pipeline.checkpoint import Checkpoint, CheckpointStore, sequence_key
 from qldbstream.pipeline.runtime_duties import release_shard
 from qldbstream.pipeline.shard_policy import ShardPolicy
 from qldbstream.runtimes.worker_report import ShardStatus, StopReason, WorkerReport
@@ -244,7 +244,10 @@ class ArchiveReplay:
     def _save(self, checkpoint: Checkpoint) -> None:
         self.store.save(self.key, checkpoint)
         work = self._work_for(checkpoint.shard_id)
-        if checkpoint.sequence_number is not None:
+        position = (checkpoint.sequence_number, checkpoint.sub_sequence_number)
+        if checkpoint.sequence_number is not None and (
+            work.checkpoint is None or sequence_key(*position) > sequence_key(*work.checkpoint)
+        ):  # the store keeps the furthest: a record read again (a block summary) moves nothing back
             work.checkpoint = (checkpoint.sequence_number, checkpoint.sub_sequence_number)
         self.metrics.incr("checkpoints", shard=checkpoint.shard_id)
 
