@@ -240,6 +240,26 @@ def test_json_a_data_tamper_is_not_verifiable_a_block_tamper_fails(
     assert "JSON keeps no Ion type" in note
 
 
+def test_simulate_writes_an_export_that_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["simulate", "--seed", "21", "--transactions", "20", "--export", str(tmp_path / "b")]
+    argv += [
+        "--export-format",
+        "JSON",
+        "--export-blocks-per-object",
+        "5",
+        "--expected",
+        str(tmp_path / "e.json"),
+    ]
+    assert main(argv) == 0
+    assert "journal export" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e.json").read_text())["failures"] == []
+    names = sorted(p.name.split(".", 1)[-1] for p in (tmp_path / "b" / "journalExport").iterdir())
+    # (the same seed: the same strand as SIM's) the two manifests and the data objects' folders
+    assert names == sorted(["2024", "started.manifest", f"{SIM.journal.strand_id}.completed.manifest"])
+    code, report = verify(capsys, str(tmp_path / "b"))
+    assert code == 0 and report["checks"]["V8"]["failed"] == 0
+
+
 def test_tampers_an_export_cannot_show_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
