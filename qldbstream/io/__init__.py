@@ -4,7 +4,8 @@ Kinesis (``kinesis_reader``, ``shards``, ``kinesis_writer``), Lambda events (``l
 files and saved QLDB API output (``files``; ``archive_shapes`` recognises every saved shape,
 ``journal_values`` turns bare blocks and revisions into stream records, ``journal_export``
 reads a whole ExportJournalToS3 export, from a folder or S3, block by block; ``qldb_api``,
-``anchors``), dead-letter queues (``dlq``: SQS, a directory), sealers (``sealers``: AES, KMS), DynamoDB stores
+``anchors``), archives as bounded replay sources (``archive_sources``: saved Kinesis records, an
+export), a checkpoint file (``checkpoint_file``), dead-letter queues (``dlq``: SQS, a directory), sealers (``sealers``: AES, KMS), DynamoDB stores
 (``dedupe_dynamodb``, ``checkpoint_dynamodb``, ``gate_dynamodb`` with its items in
 ``gate_items``; their table calls in ``dynamodb_table``), boto3 clients (``clients``),
 metrics backends (``metrics``), logs (``logs``, ``masking_logs``) and tracing (``tracing``).

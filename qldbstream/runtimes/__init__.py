@@ -8,5 +8,7 @@ processor under the KCL MultiLangDaemon: the process in ``kcl``, the processor i
 its checkpoints in ``kcl_checkpoint``; the daemon's properties and launcher in ``kcl_daemon``).
 What every runtime decides after a batch is :mod:`qldbstream.pipeline.shard_policy`'s, what it owes
 handlers and metrics :mod:`qldbstream.pipeline.runtime_duties`'s. ``replay`` (dead letters) and
-``lambda_failures`` (Lambda's on-failure destinations), driven through the pipeline again.
+``lambda_failures`` (Lambda's on-failure destinations), driven through the pipeline again;
+``archive`` (``qldbstream run --source``): a bounded replay of saved Kinesis records or a journal
+export through the handlers, with checkpoints.
 """
