@@ -242,7 +242,8 @@ class ExportArchive:
             raise InputError(
                 f"export:{location}: the journal export reader is not available ({exc})"
             ) from None
-        self.export = open_export(location, s3_client=s3_client)
+        local = not location.startswith("s3://")  # the same key from any working directory
+        self.export = open_export(str(Path(location).resolve()) if local else location, s3_client=s3_client)
         self.location = f"export:{self.export.location}"
         self.batch = batch
 

@@ -258,12 +258,19 @@ class ArchiveReplay:
         for other, position in drained.other_checkpoints.items():
             if other is not None:
                 self._save(Checkpoint(other, *position))
+        if drained.halted:  # e.g. the DLQ is down: what waited stays unfinished, checkpoints behind it
+            started = [w for w in self._work.values() if w.started] or list(self._work.values())
+            for work in started[:1]:
+                work.policy.halt_reason = drained.halt_reason or "records wait for their block summary"
+            return False
         wait = self.pipeline.settings.reorder_window + 1.0 if self.end_wait is None else self.end_wait
         until = self.clock() + wait
-        while True:
-            waiting = [sid for sid, w in self._work.items() if w.started and self.pipeline.waiting(sid)]
-            if not waiting:
-                break
+        while waiting := [sid for sid, w in self._work.items() if w.started and self.pipeline.waiting(sid)]:
+            if self.clock() >= until or self._stopping.is_set():
+                for shard_id in waiting:
+                    policy = self._work_for(shard_id).policy
+                    policy.halt_reason = policy.halt_reason or "records still wait in the pipeline"
+                return False
             for shard_id in waiting:  # held back by the reorder policy: released as time passes
                 work = self._work_for(shard_id)
                 result = work.policy.run(self.pipeline, [])
@@ -271,12 +278,8 @@ class ArchiveReplay:
                 if result.halted:
                     work.policy.halt_reason = result.halt_reason or "a record is not finished"
                     return False
-            if self.clock() >= until or self._stopping.is_set():
-                for shard_id in waiting:
-                    work = self._work_for(shard_id)
-                    work.policy.halt_reason = work.policy.halt_reason or "records still wait in the pipeline"
-                return False
-            self._sleep(min(1.0, max(0.0, until - self.clock())))
+            if any(self.pipeline.waiting(sid) for sid in waiting):
+                self._sleep(min(0.5, max(0.0, until - self.clock())))
         for shard_id, work in self._work.items():
             if work.started and not work.finished:
                 seq, sub = work.checkpoint or (None, 0)
