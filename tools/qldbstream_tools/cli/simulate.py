@@ -231,7 +231,7 @@ def _json_default(value: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     if sum(x is not None for x in (args.output, args.stream, args.export)) != 1:
         raise ConfigurationError(
-            "give one of --output FILE.jsonl ('-' for stdout), --stream NAME or --export DIR"
+            "give either --output FILE.jsonl ('-' for stdout), --stream NAME or --export DIR"
         )
     if args.stream is None and (args.create_stream or args.endpoint_url):
         raise ConfigurationError("--create-stream and --endpoint-url go with --stream NAME")
