@@ -140,19 +140,28 @@ class _S3Store:
     location: str
 
     def keys(self) -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         out: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-            out.extend(o["Key"] for o in page.get("Contents", []))
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                out.extend(o["Key"] for o in page.get("Contents", []))
+        except (BotoCoreError, ClientError) as exc:
+            raise InputError(f"{self.location}: cannot list the objects ({exc})") from None
         return out
 
     def read(self, key: str) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             data: bytes = body.read()
             return data
         except self.client.exceptions.NoSuchKey:
             return None
+        except (BotoCoreError, ClientError) as exc:
+            raise InputError(f"s3://{self.bucket}/{key}: cannot read ({exc})") from None
 
 
 def _store(location: str, s3_client: Any | None) -> tuple[_Store, str | None]:
