@@ -3,7 +3,7 @@
 Kinesis (``kinesis_reader``, ``shards``, ``kinesis_writer``), Lambda events (``lambda_event``),
 files and saved QLDB API output (``files``; ``archive_shapes`` recognises every saved shape,
 ``journal_values`` turns bare blocks and revisions into stream records, ``journal_export``
-reads a whole ExportJournalToS3 export, from a folder or S3, block by block; ``qldb_api``,
+reads a whole ExportJournalToS3 export block by block, from a folder or S3 (``export_store``); ``qldb_api``,
 ``anchors``), archives as bounded replay sources (``archive_sources``: saved Kinesis records, an
 export), a checkpoint file (``checkpoint_file``), dead-letter queues (``dlq``: SQS, a directory), sealers (``sealers``: AES, KMS), DynamoDB stores
 (``dedupe_dynamodb``, ``checkpoint_dynamodb``, ``gate_dynamodb`` with its items in

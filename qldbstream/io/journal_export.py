@@ -28,10 +28,11 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from qldbstream.core.errors import InputError
 from qldbstream.core.records import KinesisRecord
+from qldbstream.io.export_store import S3Store, loads_ion, read_manifest, store_for
 from qldbstream.io.journal_values import block_records, ion_from_json, is_block
 
 __all__ = [
@@ -108,85 +109,6 @@ class ExportError(InputError):
         self.problem = problem
 
 
-class _Store(Protocol):
-    location: str
-
-    def keys(self) -> list[str]: ...
-
-    def read(self, key: str) -> bytes | None: ...
-
-
-@dataclass
-class _DirStore:
-    root: Path
-    location: str
-
-    def keys(self) -> list[str]:
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
-
-    def read(self, key: str) -> bytes | None:
-        path = self.root / key
-        try:
-            return path.read_bytes() if path.is_file() else None
-        except OSError as exc:
-            raise InputError(f"cannot read {path} ({exc.strerror})") from None
-
-
-@dataclass
-class _S3Store:
-    client: Any
-    bucket: str
-    prefix: str
-    location: str
-
-    def keys(self) -> list[str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        out: list[str] = []
-        try:
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-                out.extend(o["Key"] for o in page.get("Contents", []))
-        except (BotoCoreError, ClientError) as exc:
-            raise InputError(f"{self.location}: cannot list the objects ({exc})") from None
-        return out
-
-    def read(self, key: str) -> bytes | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            data: bytes = body.read()
-            return data
-        except self.client.exceptions.NoSuchKey:
-            return None
-        except (BotoCoreError, ClientError) as exc:
-            raise InputError(f"s3://{self.bucket}/{key}: cannot read ({exc})") from None
-
-
-def _store(location: str, s3_client: Any | None) -> tuple[_Store, str | None]:
-    """The store for ``location`` and, if it named one manifest file, that manifest's key."""
-    if location.startswith("s3://"):
-        bucket, _, prefix = location[5:].partition("/")
-        if not bucket:
-            raise InputError(f"{location}: expected s3://BUCKET/PREFIX")
-        if s3_client is None:
-            from qldbstream.io.clients import aws_client
-
-            s3_client = aws_client("s3")
-        if prefix.endswith(".manifest"):
-            return _S3Store(
-                s3_client, bucket, prefix.rsplit("/", 1)[0] if "/" in prefix else "", location
-            ), prefix
-        return _S3Store(s3_client, bucket, prefix, location), None
-    path = Path(location)
-    if path.is_file() and path.name.endswith(".manifest"):
-        return _DirStore(path.parent, location), path.name
-    if not path.is_dir():
-        raise InputError(f"{location}: no such directory (expected an export's folder or s3://bucket/prefix)")
-    return _DirStore(path, location), None
-
-
 def is_export(location: str) -> bool:
     """A local folder (or manifest file) holding a journal export's manifest; never touches S3."""
     if location.startswith("s3://"):
@@ -199,12 +121,6 @@ def is_export(location: str) -> bool:
     return any(
         p.name.endswith((".started.manifest", ".completed.manifest")) for p in path.rglob("*.manifest")
     )
-
-
-def _loads_ion(data: bytes) -> list[Any]:
-    from amazon.ion import simpleion
-
-    return list(simpleion.loads(data, single_value=False))
 
 
 @dataclass
@@ -232,7 +148,7 @@ class JournalExport:
     def _resolve(self, key: str) -> str | None:
         """Where ``key`` is in this copy: as given, else with leading folders dropped one by one."""
         store = self._store
-        if isinstance(store, _S3Store):
+        if isinstance(store, S3Store):
             candidates = [key] + [f"{store.prefix.rstrip('/')}/{k}".lstrip("/") for k in _tails(key)]
         else:
             candidates = list(_tails(key))
@@ -384,7 +300,7 @@ class JournalExport:
         """The values of one data object (one object in memory at a time)."""
         if data.startswith(_ION_BVM):
             try:
-                return _loads_ion(data)
+                return loads_ion(data)
             except Exception as exc:  # amazon.ion raises bare exceptions for bad input
                 raise InputError(f"not valid Ion binary ({exc})") from None
         if self.output_format == "JSON" or key.endswith(".json"):
@@ -398,7 +314,7 @@ class JournalExport:
                     raise InputError(f"line {n} is not a JSON journal block ({exc})") from None
             return values
         try:
-            return _loads_ion(data)
+            return loads_ion(data)
         except Exception as exc:
             raise InputError(f"not valid Ion text ({exc})") from None
 
@@ -458,17 +374,6 @@ def _range_problem(strand: str, prev: ExportObject, obj: ExportObject) -> Iterat
         )
 
 
-def _manifest(store: _Store, key: str) -> Any:
-    data = store.read(key)
-    if data is None:
-        raise InputError(f"{store.location}: cannot read {key}")
-    try:  # Ion text, Ion binary, or JSON (which Ion text reads as it is)
-        values = _loads_ion(data)
-    except Exception as exc:
-        raise InputError(f"{store.location}/{key}: not an Ion or JSON manifest ({exc})") from None
-    return values[0] if len(values) == 1 else values
-
-
 def _once(found: dict[str, str], name: str, key: str, location: str) -> None:
     if name in found:
         raise InputError(
@@ -479,10 +384,8 @@ def _once(found: dict[str, str], name: str, key: str, location: str) -> None:
 
 def open_export(location: str, *, s3_client: Any | None = None) -> JournalExport:
     """The journal export at ``location`` (a folder, a manifest file, or ``s3://bucket/prefix``)."""
-    store, named = _store(location, s3_client)
+    store, named = store_for(location, s3_client)
     keys = store.keys()
-    if isinstance(store, _DirStore) and named is not None:
-        keys = sorted(set(keys))
     started: dict[str, str] = {}
     completed: dict[str, dict[str, str]] = {}
     for k in keys:
@@ -510,7 +413,7 @@ def open_export(location: str, *, s3_client: Any | None = None) -> JournalExport
     problems: list[ExportProblem] = []
     start_doc: Mapping[str, Any] | None = None
     if export_id in started:
-        doc = _manifest(store, started[export_id])
+        doc = read_manifest(store, started[export_id])
         start_doc = doc if isinstance(doc, Mapping) else None
         if start_doc is None:
             problems.append(
@@ -521,7 +424,7 @@ def open_export(location: str, *, s3_client: Any | None = None) -> JournalExport
         raise InputError(f"{location}: outputFormat {output_format!r} is none of {', '.join(OUTPUT_FORMATS)}")
     manifests: dict[str, tuple[str, list[str]]] = {}
     for strand, key in sorted(completed.get(export_id, {}).items()):
-        doc = _manifest(store, key)
+        doc = read_manifest(store, key)
         listed = doc.get("keys") if isinstance(doc, Mapping) else None
         if not isinstance(listed, list) or not all(isinstance(k, str) for k in listed):
             problems.append(
