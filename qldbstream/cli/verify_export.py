@@ -86,7 +86,7 @@ def export_records(
         run.last[item.strand_id] = item.sequence_no
         if tip is not None and (item.strand_id, item.sequence_no) == (tip.strand_id, tip.sequence_no):
             run.tip_hash = bytes(item.value["blockHash"])
-        if run.export.output_format == "JSON":
+        if item.from_json:
             pending = (item.value, len(report.failures))
         yield from item.records
     if pending is not None:

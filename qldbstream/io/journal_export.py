@@ -74,6 +74,8 @@ class ExportBlock:
     value: Any
     #: its ``BLOCK_SUMMARY`` and ``REVISION_DETAILS`` records, sources ``<key>#<index>``
     records: list[KinesisRecord]
+    #: read from JSON Lines (Ion types of the documents' data may be lost)
+    from_json: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,7 @@ class JournalExport:
             )
             return
         try:
-            values = self._values(data, obj.key)
+            values, from_json = self._values(data, obj.key)
         except InputError as exc:
             yield ExportProblem("unreadable-object", f"{obj.key}: {exc}", strand, obj.key, obj.first_seq)
             return
@@ -286,7 +288,7 @@ class JournalExport:
             except InputError as exc:
                 yield ExportProblem("not-a-block", str(exc), strand, obj.key, seq)
                 continue
-            yield ExportBlock(strand, seq, obj.key, value, records)
+            yield ExportBlock(strand, seq, obj.key, value, records, from_json)
         if obj.last_seq is not None and expected is not None and expected != obj.last_seq + 1:
             yield ExportProblem(
                 "address-mismatch",
@@ -296,14 +298,16 @@ class JournalExport:
                 expected - 1,
             )
 
-    def _values(self, data: bytes, key: str) -> list[Any]:
-        """The values of one data object (one object in memory at a time)."""
+    def _values(self, data: bytes, key: str) -> tuple[list[Any], bool]:
+        """The values of one data object (one object in memory at a time), and whether it was JSON."""
         if data.startswith(_ION_BVM):
             try:
-                return loads_ion(data)
+                return loads_ion(data), False
             except Exception as exc:  # amazon.ion raises bare exceptions for bad input
                 raise InputError(f"not valid Ion binary ({exc})") from None
-        if self.output_format == "JSON" or key.endswith(".json"):
+        # JSON Lines: the export says so, or the object is named .json, or it opens with a quoted
+        # field name (QLDB's Ion text writes field names bare)
+        if self.output_format == "JSON" or key.endswith(".json") or data.lstrip().startswith(b'{"'):
             values = []
             for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
                 if not line.strip():
@@ -312,9 +316,9 @@ class JournalExport:
                     values.append(ion_from_json(json.loads(line)))
                 except (ValueError, InputError) as exc:
                     raise InputError(f"line {n} is not a JSON journal block ({exc})") from None
-            return values
+            return values, True
         try:
-            return loads_ion(data)
+            return loads_ion(data), False
         except Exception as exc:
             raise InputError(f"not valid Ion text ({exc})") from None
 

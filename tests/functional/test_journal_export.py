@@ -364,6 +364,23 @@ def test_started_but_not_completed(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 1 and kinds == {"incomplete"}
 
 
+def test_without_the_started_manifest_the_format_is_read_from_the_objects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = export(tmp_path, "JSON")
+    root = tmp_path / "bucket"
+    (root / files.started_key).unlink()
+    # QLDB's default is ION_TEXT; the objects (.json, JSON Lines) say otherwise
+    assert open_export(str(root)).output_format == "JSON"
+    keys = _manifest_keys(root, files)
+    renamed = [k.replace(".json", ".ion") for k in keys]
+    for old, new in zip(keys, renamed, strict=True):
+        (root / old).rename(root / new)
+    _rewrite(root, files, renamed)
+    code, report = verify(capsys, str(root))
+    assert code == 0 and report["checks"]["V8"]["passed"] == len(SIM.journal.blocks)
+
+
 # ---- V10 at the tip -----------------------------------------------------------------------------
 
 
