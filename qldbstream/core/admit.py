@@ -60,8 +60,8 @@ class Admission(Releases):
         self.order = order
         #: arrival time of each block waiting for its predecessor (journal order)
         self._arrivals: dict[BlockKey, float | None] = {}
-        #: in memory: blocks whose listed revisions (or, chain-confirmed, whose predecessor) were
-        #: not all seen yet, and since when - their summaries hold their shards' checkpoints
+        #: in memory: blocks whose listed revisions (or, chain-confirmed, whose predecessor) are
+        #: not all finished yet, and since when - their summaries hold their shards' checkpoints
         self._unseen: dict[BlockKey, tuple[set[bytes], float]] = {}
         #: blocks no longer held for (bounded): a duplicate of their summary holds nothing
         self._settled: OrderedDict[BlockKey, None] = OrderedDict()
@@ -115,7 +115,7 @@ class Admission(Releases):
         if judgement.verdict is Verdict.REJECT:
             e.reject(judgement)
         if judgement.verdict is not Verdict.WAIT:
-            self._seen(key, r.hash)
+            e.sees = key  # its block summary holds until it is finished (``finished``)
             return []
         self._park(e, key, "revision", batch)
         # journal order: the block may have waited only for this revision

@@ -45,6 +45,7 @@ class Entry:
         "poison",
         "record",
         "release",
+        "sees",
         "user",
     )
 
@@ -69,9 +70,12 @@ class Entry:
         self.foreign = False
         #: the records this entry (a block summary) released: it is finished only when they are
         self.children: list[Entry] = []
-        #: a block summary whose revisions are not all seen yet: in memory, the checkpoint stays
+        #: a block summary whose revisions are not all finished yet: in memory, the checkpoint stays
         #: before it (a restart must read it again, or its revisions could not be verified)
         self.holds: BlockKey | None = None
+        #: a revision judged against its block's verdict: once it is settled, the pipeline reports it
+        #: (``Admission.finished``) and that block summary stops holding for it
+        self.sees: BlockKey | None = None
 
     def copy(self) -> str:
         """Which copy of a record this is: its stream position (a parked record keeps the position

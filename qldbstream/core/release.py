@@ -3,7 +3,8 @@
 :class:`Releases` judges a record against its block's verdict (and, with journal order, its
 block's turn), judges the links between blocks (``chain-confirmed``), releases the records parked
 for a block once it is decided - with journal order, the blocks that waited for it too - and,
-in memory, keeps a block summary holding its shard's checkpoint until its revisions were seen.
+in memory, keeps a block summary holding its shard's checkpoint until its revisions are finished
+(the pipeline reports them: :meth:`Releases.finished`).
 It also revives parked records from their bytes and gives up on those that waited too long.
 :class:`~qldbstream.core.admit.Admission` sets the state declared here and runs the batch loop.
 """
@@ -11,7 +12,7 @@ It also revives parked records from their bytes and gives up on those that waite
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from qldbstream.core.decode import JournalRecord, RevisionDetails, decode
 from qldbstream.core.entries import Batch, Caps, Entry
@@ -92,9 +93,11 @@ class Releases:
         return set(verdict.entries) <= have
 
     def _track_unseen(self, e: Entry, key: BlockKey, verdict: BlockVerdict, batch: Batch) -> None:
-        """In memory: a block summary holds its shard's checkpoint until every revision it lists was
-        seen (and, chain-confirmed, its predecessor): after a restart the gate's verdicts are gone, and
-        a revision read after it could not be verified if the checkpoint had passed its summary."""
+        """In memory: a block summary holds its shard's checkpoint until every revision it lists is
+        finished - delivered to every handler or dead-lettered, not merely judged (and, chain-confirmed,
+        its predecessor settled): after a restart the gate's verdicts are gone, and a revision read
+        again (its handler failed, its shard halted before it) could not be verified if the checkpoint
+        had passed its summary. Each judged revision carries ``sees``; :meth:`finished` lets go."""
         if key in self._settled:
             return  # a duplicate of a block summary already settled
         if key not in self._unseen:
@@ -107,6 +110,19 @@ class Releases:
                 return
             self._unseen[key] = (unseen, self.wall_clock())
         e.holds = key
+
+    def finished(self, entries: Iterable[Entry]) -> None:
+        """The pipeline's report after delivery: each judged revision (``sees`` set) now settled -
+        delivered to every handler that wants it or dead-lettered, and not held back - no longer keeps
+        its block summary holding its shard's checkpoint. Reported once; call before the checkpoint."""
+        unseen = self._unseen
+        for e in entries:
+            key = e.sees
+            if key is None or key not in unseen:
+                continue  # nothing to report, or its block summary holds no more (a durable store, time)
+            if isinstance(e.record, RevisionDetails) and e.settled():
+                e.sees = None
+                self._seen(key, e.record.hash)
 
     def _seen(self, key: BlockKey, what: bytes) -> None:
         entry = self._unseen.get(key)
@@ -204,7 +220,7 @@ class Releases:
                 for later in batch.unplaced_revisions(k):
                     out.append(later)
                     batch.placed.add(id(later))
-                    self._seen(k, later.record.hash)  # type: ignore[union-attr]
+                    later.sees = k
                     judgement = self._judge(later.record, k, v)  # type: ignore[arg-type]
                     if judgement.verdict is Verdict.REJECT:
                         later.reject(judgement)
@@ -234,7 +250,7 @@ class Releases:
                     here.reject(judgement)
                 self._revived.add(parked.id)
                 if isinstance(here.record, RevisionDetails):
-                    self._seen(key, here.record.hash)
+                    here.sees = key
                 if id(here) in batch.placed:
                     batch.out.remove(here)
                     batch.placed.discard(id(here))
@@ -245,7 +261,7 @@ class Releases:
                 out.append(entry)
                 self._revived.add(parked.id)
                 if isinstance(entry.record, RevisionDetails):
-                    self._seen(key, entry.record.hash)
+                    entry.sees = key
         return out
 
     def ordered_releases(self, *, drain: bool = False) -> list[Entry]:

@@ -250,7 +250,10 @@ class Pipeline:
                 stop = run_handler(self, handler, shard_id, entries, limit, result, deadline, window_state)
             if stop is not None and self.settings.stop_on_first_failure:
                 limit = min(limit, stop)
-        # 4. the checkpoint rule
+        # 4. the checkpoint rule; first, revisions now finished let their block summaries' holds go
+        self.admission.finished(entries[:limit])
+        if held_before:
+            self.admission.finished(e for _, e in held_before)
         lifted, released = unpark_finished(self, entries, limit, result)
         for shard, e in held_before:  # released by the reorder policy (or by time) since
             done = "held" not in e.hstate.values() and e.user is not None

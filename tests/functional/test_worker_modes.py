@@ -33,6 +33,7 @@ from qldbstream.core.records import KinesisRecord
 from qldbstream.io.kinesis_reader import LATEST, StartPosition
 from qldbstream.io.shards import covered
 from qldbstream.pipeline.checkpoint import Checkpoint, InMemoryCheckpointStore
+from qldbstream.pipeline.settings import VerificationAction
 from qldbstream.runtimes.worker import Worker, WorkerOptions
 from tests.support.fakes import FakeTime, MemoryDLQ
 from tests.support.streams import simulation
@@ -210,11 +211,16 @@ def make_worker(
     store: InMemoryCheckpointStore | None = None,
     metrics: InMemoryMetrics | None = None,
     late_policy: LatePolicy = LatePolicy.DELIVER_LATE,
+    verification_action: VerificationAction = VerificationAction.DEAD_LETTER,
     **options: Any,
 ) -> Worker:
     # several shards: a document's older revision can come after a newer one - deliver it anyway
     settings = Settings(
-        retry_max_attempts=2, retry_base_delay_ms=10, breaker_failures=50, late_policy=late_policy
+        retry_max_attempts=2,
+        retry_base_delay_ms=10,
+        breaker_failures=50,
+        late_policy=late_policy,
+        verification_action=verification_action,
     )
     app = App(settings, handlers=[sink], dlq=MemoryDLQ(), metrics=metrics)
     defaults: dict[str, Any] = {"batch_min": 2, "batch_max": 6, "poll_interval": 0.5, "halt_backoff": 0.5}
@@ -230,6 +236,12 @@ def make_worker(
         sleep=t.sleep,
         rng=random.Random(5),
     )
+
+
+def revisions_in(seq: str, data: bytes, key: str) -> set[tuple[str, int]]:
+    """The (document id, version) of the revisions one Kinesis record holds."""
+    decoded = [decode(u) for u in deaggregate(KinesisRecord(data, seq, key))]
+    return {(r.document_id, r.version) for r in decoded if isinstance(r, RevisionDetails)}
 
 
 def last_user_record(records: list[tuple[str, bytes, str, float]]) -> tuple[str, int]:
@@ -294,7 +306,10 @@ def test_restart_resumes_at_the_checkpoint_and_redelivers_nothing() -> None:
 # -- halts ----------------------------------------------------------------------------------------------
 
 
-def test_a_halted_batch_is_read_again_from_its_checkpoint_inside_the_aggregate() -> None:
+@pytest.mark.parametrize("action", [VerificationAction.DELIVER, VerificationAction.DEAD_LETTER])
+def test_a_halted_batch_is_read_again_from_its_checkpoint_inside_the_aggregate(
+    action: VerificationAction,
+) -> None:
     t, sim, sink, store = FakeTime(T0), simulation(40), Sink(), InMemoryCheckpointStore()
     kinesis = FakeKinesis(t, 1)
     put_simulation(kinesis, sim)
@@ -303,7 +318,7 @@ def test_a_halted_batch_is_read_again_from_its_checkpoint_inside_the_aggregate()
     victim = (block.revisions[1].document_id, block.revisions[1].version)
     sink.fail_on[victim] = 5
     seen: list[tuple[tuple[str, int] | None, str]] = []
-    worker = make_worker(kinesis, t, sink, store, batch_min=50, batch_max=50)
+    worker = make_worker(kinesis, t, sink, store, verification_action=action, batch_min=50, batch_max=50)
     worker.on_progress = lambda s: seen.append((s.checkpoint, s.halt_reason))
 
     assert worker.run(until_caught_up=True).reason == "caught-up"
@@ -311,7 +326,16 @@ def test_a_halted_batch_is_read_again_from_its_checkpoint_inside_the_aggregate()
     assert set(sink.effects) == expected(sim) and set(sink.effects.values()) == {1}
     halted = [cp for cp, reason in seen if reason]
     assert len(halted) == 2 and halted[0] == halted[1]
-    assert halted[0] is not None and halted[0][1] >= 1  # inside the aggregate, after its first user record
+    assert halted[0] is not None
+    if action is VerificationAction.DELIVER:  # no gate: inside the aggregate, after its first user record
+        assert halted[0][1] >= 1
+    else:  # the in-memory gate: the block summary (the aggregate's first user record) holds until the
+        # victim is finished - a restart must read it again, or the victim could not be verified
+        records = kinesis.shards["shardId-000000000000"]["records"]
+        at = next(
+            i for i, (seq, data, key, _) in enumerate(records) if victim in revisions_in(seq, data, key)
+        )
+        assert halted[0] == last_user_record(records[:at])
     rereads = [
         p for p in kinesis.requests("get_shard_iterator") if p["ShardIteratorType"] == "AT_SEQUENCE_NUMBER"
     ]
