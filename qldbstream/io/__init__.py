@@ -1,14 +1,15 @@
 """The edges: everything that talks to the outside world.
 
-Kinesis (``kinesis_reader``, ``shards``, ``kinesis_writer``), Lambda events (``lambda_event``),
-files and saved QLDB API output (``files``; ``archive_shapes`` recognises every saved shape,
-``journal_values`` turns bare blocks and revisions into stream records, ``journal_export``
-reads a whole ExportJournalToS3 export block by block, from a folder or S3 (``export_store``); ``qldb_api``,
-``anchors``), archives as bounded replay sources (``archive_sources``: saved Kinesis records, an
-export), a checkpoint file (``checkpoint_file``), dead-letter queues (``dlq``: SQS, a directory), sealers (``sealers``: AES, KMS), DynamoDB stores
-(``dedupe_dynamodb``, ``checkpoint_dynamodb``, ``gate_dynamodb`` with its items in
-``gate_items``; their table calls in ``dynamodb_table``), boto3 clients (``clients``),
-metrics backends (``metrics``), logs (``logs``, ``masking_logs``) and tracing (``tracing``).
-``aws_errors`` says which AWS errors are transient: the application passes its rule to the
-pipeline (``App.pipeline``), whose ``classify`` knows no AWS.
+- Kinesis: ``kinesis_reader``, ``shards``, ``kinesis_writer``; Lambda events: ``lambda_event``.
+- Saved data: ``files`` (saved records of every shape), ``archive_shapes`` (which saved shape a
+  value is), ``journal_values`` (bare blocks and revisions as stream records), ``journal_export``
+  with ``export_store`` (an ExportJournalToS3 export, block by block, from a folder or S3),
+  ``archive_sources`` (archives as bounded replay sources), ``qldb_api`` and ``anchors``
+  (GetRevision / GetBlock / GetDigest outputs, receipts, digests).
+- State: ``dedupe_dynamodb``, ``checkpoint_dynamodb``, ``gate_dynamodb`` (its items in
+  ``gate_items``; their table calls in ``dynamodb_table``), ``checkpoint_file``.
+- Dead letters and secrets: ``dlq`` (SQS, a directory), ``sealers`` (AES, KMS).
+- AWS plumbing: ``clients`` (boto3 clients), ``aws_errors`` (which AWS errors are transient: the
+  application passes its rule to the pipeline, whose ``classify`` knows no AWS).
+- Observability: ``metrics`` (backends), ``logs``, ``masking_logs``, ``tracing``.
 """
