@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from qldbstream.core.errors import InputError
-from qldbstream.core.records import KinesisRecord
+from qldbstream.io.export_objects import (
+    ExportBlock,
+    ExportError,
+    ExportObject,
+    ExportProblem,
+    address_of,
+    object_of,
+    range_problems,
+)
 from qldbstream.io.export_store import S3Store, loads_ion, read_manifest, store_for
 from qldbstream.io.journal_values import block_records, ion_from_json, is_block
 
@@ -50,65 +58,6 @@ OUTPUT_FORMATS = ("ION_TEXT", "ION_BINARY", "JSON")
 _ION_BVM = b"\xe0\x01\x00\xea"
 _STARTED = re.compile(r"(?:^|/)(?P<export>[A-Za-z0-9]+)\.started\.manifest$")
 _COMPLETED = re.compile(r"(?:^|/)(?P<export>[A-Za-z0-9]+)\.(?P<strand>[A-Za-z0-9]+)\.completed\.manifest$")
-#: ``<anything>.<strandId>.<first>-<last>.<ext>`` (the strand right before the range)
-_OBJECT = re.compile(r"(?:^|[/.])(?P<strand>[A-Za-z0-9]+)\.(?P<first>\d+)-(?P<last>\d+)\.[A-Za-z0-9]+$")
-
-
-@dataclass(frozen=True)
-class ExportObject:
-    """One data object the completed manifest lists, with the range its name claims."""
-
-    strand_id: str
-    key: str
-    #: from the object's name; ``None`` when the name does not carry ``<first>-<last>``
-    first_seq: int | None
-    last_seq: int | None
-
-
-@dataclass(frozen=True)
-class ExportBlock:
-    strand_id: str
-    sequence_no: int
-    object_key: str
-    #: the block as read (Ion values; JSON rebuilt as Ion, see ``journal_values.ion_from_json``)
-    value: Any
-    #: its ``BLOCK_SUMMARY`` and ``REVISION_DETAILS`` records, sources ``<key>#<index>``
-    records: list[KinesisRecord]
-    #: read from JSON Lines (Ion types of the documents' data may be lost)
-    from_json: bool = False
-
-
-@dataclass(frozen=True)
-class ExportProblem:
-    """Something wrong with the export itself, named for the report.
-
-    ``kind``: ``incomplete`` (no completed manifest), ``bad-manifest``, ``missing-object``,
-    ``unreadable-object``, ``object-name``, ``object-order``, ``overlap``, ``missing-range``,
-    ``not-a-block``, ``address-mismatch``, ``unlisted-object``.
-    """
-
-    kind: str
-    message: str
-    strand_id: str | None = None
-    key: str | None = None
-    sequence_no: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "message": self.message,
-            "strandId": self.strand_id,
-            "key": self.key,
-            "sequenceNo": self.sequence_no,
-        }
-
-
-class ExportError(InputError):
-    """A problem with the export met by :meth:`JournalExport.blocks` (``.problem`` says which)."""
-
-    def __init__(self, problem: ExportProblem) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
 
 
 def is_export(location: str) -> bool:
@@ -145,7 +94,7 @@ class JournalExport:
         """The data objects in manifest order, strand by strand."""
         for strand in self.strand_ids:
             for key in self._manifests[strand][1]:
-                yield _object(strand, key)
+                yield object_of(strand, key)
 
     def _resolve(self, key: str) -> str | None:
         """Where ``key`` is in this copy: as given, else with leading folders dropped one by one."""
@@ -201,7 +150,7 @@ class JournalExport:
 
     def _strand(self, strand: str, floor: int | None) -> Iterator[ExportBlock | ExportProblem]:
         prev: ExportObject | None = None
-        for obj in (_object(strand, k) for k in self._manifests[strand][1]):
+        for obj in (object_of(strand, k) for k in self._manifests[strand][1]):
             if obj.first_seq is None or obj.last_seq is None:
                 yield ExportProblem(
                     "object-name",
@@ -218,7 +167,7 @@ class JournalExport:
                     obj.key,
                 )
             if prev is not None and prev.last_seq is not None and obj.first_seq is not None:
-                yield from _range_problem(strand, prev, obj)
+                yield from range_problems(strand, prev, obj)
             # the object reaching furthest so far is what the next one must follow
             if (
                 obj.first_seq is not None
@@ -260,7 +209,7 @@ class JournalExport:
                     obj.key,
                 )
                 continue
-            seq, block_strand = _address(value)
+            seq, block_strand = address_of(value)
             if block_strand != strand or seq is None:
                 yield ExportProblem(
                     "address-mismatch",
@@ -327,55 +276,6 @@ def _tails(key: str) -> Iterator[str]:
     parts = key.strip("/").split("/")
     for i in range(len(parts)):
         yield "/".join(parts[i:])
-
-
-def _object(strand: str, key: str) -> ExportObject:
-    m = _OBJECT.search(key)
-    if m is None:
-        return ExportObject(strand, key, None, None)
-    return ExportObject(m["strand"], key, int(m["first"]), int(m["last"]))
-
-
-def _address(block: Mapping[str, Any]) -> tuple[int | None, str | None]:
-    address = block.get("blockAddress")
-    if not isinstance(address, Mapping):
-        return None, None
-    seq, strand = address.get("sequenceNo"), address.get("strandId")
-    return (
-        int(seq) if isinstance(seq, int) and not isinstance(seq, bool) else None,
-        str(strand) if isinstance(strand, str) else None,
-    )
-
-
-def _range_problem(strand: str, prev: ExportObject, obj: ExportObject) -> Iterator[ExportProblem]:
-    assert prev.first_seq is not None and prev.last_seq is not None and obj.first_seq is not None
-    if obj.first_seq < prev.first_seq:
-        yield ExportProblem(
-            "object-order",
-            f"{obj.key} (blocks {obj.first_seq}-{obj.last_seq}) is listed after {prev.key} "
-            f"(blocks {prev.first_seq}-{prev.last_seq})",
-            strand,
-            obj.key,
-            obj.first_seq,
-        )
-    elif obj.first_seq <= prev.last_seq:
-        yield ExportProblem(
-            "overlap",
-            f"{obj.key} (blocks {obj.first_seq}-{obj.last_seq}) overlaps {prev.key} "
-            f"(blocks {prev.first_seq}-{prev.last_seq})",
-            strand,
-            obj.key,
-            obj.first_seq,
-        )
-    elif obj.first_seq > prev.last_seq + 1:
-        yield ExportProblem(
-            "missing-range",
-            f"no object holds blocks {prev.last_seq + 1}-{obj.first_seq - 1} of strand {strand} "
-            f"(between {prev.key} and {obj.key})",
-            strand,
-            obj.key,
-            prev.last_seq + 1,
-        )
 
 
 def _once(found: dict[str, str], name: str, key: str, location: str) -> None:
