@@ -11,19 +11,31 @@ the ports it needs), ``io`` (Kinesis, DynamoDB, SQS, S3, files, metrics backends
 """
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for type checkers; at run time the API is imported lazily (see __getattr__)
     from qldbstream.api import *  # noqa: F403
 
-try:
-    __version__ = version("qldbstream")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0"
+    __version__: str
+
+
+def _version() -> str:
+    """The installed distribution's version, looked up once, when first asked for."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("qldbstream")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        found = "0.0.0"
+    globals()["__version__"] = found  # later reads are plain attribute reads
+    return found
 
 
 def __getattr__(name: str) -> object:
+    # Lazy too: importlib.metadata.version() scans the installed distributions (tens of ms of a
+    # Lambda cold start); only the DLQ envelope and `qldbstream --version` need it.
+    if name == "__version__":
+        return _version()
     # Lazy: `import qldbstream` (and so the Lambda handler's cold start) does not pay for the API.
     # import_module, not `from qldbstream import api`: that form asks this very function for
     # `api` while the submodule is not imported yet, and would recurse.

@@ -110,8 +110,15 @@ class Settings:
     end_time: datetime | None = None
     #: ``none``, ``emf`` (CloudWatch embedded metrics on stdout) or ``prometheus:<port>``
     metrics: str = "none"
+    #: the CloudWatch namespace of the EMF metrics
+    metrics_namespace: str = "qldbstream"
+    #: dimensions added to every EMF metric, comma-separated ``Name=Value`` pairs
+    #: (``function=orders-consumer,stream=orders``)
+    metrics_dimensions: tuple[str, ...] = ()
+    #: unset, Lambda's ``AWS_LAMBDA_LOG_LEVEL`` (the function's log-level setting) when it is set
     log_level: str = "INFO"
-    #: ``json`` (structured, on stderr) or ``text``
+    #: ``json`` (structured, on stderr), ``text``, or ``inherit``: qldbstream adds no handler and
+    #: its records propagate to the application's logging (a Powertools Logger, the root logger)
     log_format: str = "json"
     #: mask sensitive fields before handlers, the DLQ and logs see them (docs/handlers/masking.md)
     masking: bool = False
@@ -171,6 +178,9 @@ def _mask(name: str, value: str) -> str:
     return "****" if any(w in name.lower() for w in _SECRET_WORDS) and value else value
 
 
+#: Lambda's log levels that are not Python's
+_LAMBDA_LEVELS = {"TRACE": "DEBUG", "WARN": "WARNING", "FATAL": "CRITICAL"}
+
 _FIELDS = {f.name: f for f in fields(Settings) if f.name != "handler_settings"}
 
 
@@ -180,7 +190,7 @@ def _convert(name: str, raw: Any, source: str) -> Any:
     annotation = str(Settings.__dataclass_fields__[name].type)
     where = f"{source}: {name}"
     try:
-        if name in ("handlers", "chain_anchors"):
+        if name in ("handlers", "chain_anchors", "metrics_dimensions"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(i.strip() for i in items if str(i).strip())
         if name == "late_policy":
@@ -274,6 +284,10 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | N
         sources[name] = f"environment {key}"
     if "region" not in raw and env.get("AWS_REGION"):
         raw["region"] = env["AWS_REGION"]
+    if "log_level" not in raw and env.get("AWS_LAMBDA_LOG_LEVEL"):  # Lambda's advanced logging controls
+        level = env["AWS_LAMBDA_LOG_LEVEL"].strip().upper()
+        raw["log_level"] = _LAMBDA_LEVELS.get(level, level)
+        sources["log_level"] = "environment AWS_LAMBDA_LOG_LEVEL"
     values = {name: _convert(name, value, sources.get(name, "default")) for name, value in raw.items()}
     settings = Settings(**values, handler_settings=hsettings)
     _validate(settings)
@@ -316,8 +330,14 @@ def _validate(s: Settings) -> None:
         raise ConfigurationError("aws_max_attempts must be >= 1 (1: botocore does not retry)")
     if not (s.metrics in ("none", "emf") or s.metrics.startswith("prometheus:")):
         raise ConfigurationError(f"metrics: {s.metrics!r} is not none, emf or prometheus:<port>")
-    if s.log_format not in ("json", "text"):
-        raise ConfigurationError(f"log_format: {s.log_format!r} is not json or text")
+    if s.log_format not in ("json", "text", "inherit"):
+        raise ConfigurationError(f"log_format: {s.log_format!r} is not json, text or inherit")
+    if not s.metrics_namespace.strip():
+        raise ConfigurationError("metrics_namespace must not be empty")
+    for pair in s.metrics_dimensions:
+        name, sep, value = pair.partition("=")
+        if not (sep and name.strip() and value.strip()):
+            raise ConfigurationError(f"metrics_dimensions: {pair!r} is not Name=Value")
     if s.masking:
         from qldbstream.core.masking import DEFAULT_RULES, Masker, parse_rules
 
@@ -330,3 +350,8 @@ def _validate(s: Settings) -> None:
             )
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigurationError(f"log_level: {s.log_level!r} is not a logging level")
+
+
+def dimension_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``metrics_dimensions`` as a mapping (validated ``Name=Value`` pairs)."""
+    return {name.strip(): value.strip() for name, _, value in (p.partition("=") for p in pairs)}

@@ -41,12 +41,21 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Send the ``qldbstream`` loggers to stderr as JSON (or text); idempotent."""
+    """Send the ``qldbstream`` loggers to stderr as JSON (or text); idempotent.
+
+    ``fmt="inherit"`` leaves the records to the application's logging: no handler of our own,
+    and they propagate to the root logger - where a Powertools ``Logger`` (``Logger(service=...,
+    logger_handler=...)`` or ``copy_config_to_registered_loggers``) or any other configuration
+    formats them, with its correlation keys. The level is still ``level``.
+    """
     logger = logging.getLogger("qldbstream")
     logger.setLevel(level.upper())
     for existing in list(logger.handlers):
         if getattr(existing, "_qldbstream", False):
             logger.removeHandler(existing)
+    if fmt == "inherit":
+        logger.propagate = True
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler._qldbstream = True  # type: ignore[attr-defined]
     if fmt == "json":

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import IO, Any
 
 from qldbstream.api.metrics import NAMESPACE, InMemoryMetrics, Metrics, NullMetrics
@@ -197,10 +198,19 @@ class PrometheusMetrics:
         return server
 
 
-def build_metrics(spec: str) -> Metrics:
-    """The backend for a ``metrics`` setting value (``none``, ``emf``, ``prometheus:PORT``)."""
+def build_metrics(
+    spec: str, namespace: str = NAMESPACE, dimensions: Mapping[str, str] | None = None
+) -> Metrics:
+    """The backend for a ``metrics`` setting value (``none``, ``emf``, ``prometheus:PORT``).
+
+    ``namespace`` and ``dimensions`` (the ``metrics_namespace`` and ``metrics_dimensions``
+    settings) are EMF's: the CloudWatch namespace, and dimensions added to every metric (the
+    function, the stream). Prometheus has neither: its metrics are ``qldbstream_<name>``.
+    """
     if spec == "emf":
-        return EmfMetrics()
+        emf = EmfMetrics(namespace)
+        emf.static = _emf_dimensions(dict(dimensions or {}))  # any name, "out" and "namespace" too
+        return emf
     if spec.startswith("prometheus:"):
         return PrometheusMetrics()
     return NullMetrics()

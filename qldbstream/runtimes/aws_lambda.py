@@ -1,8 +1,11 @@
 """The AWS Lambda runtime: one Kinesis event source mapping batch in, a partial batch response out.
 
 Deploy with the handler string ``qldbstream.aws_lambda.handler``: it is configured by the
-environment alone (``App.from_env()``, built on the first invocation and reused by the
-container). Code that assembles its own app uses the factory instead::
+environment alone (:func:`app_from_env`) and reused by the container. When it is the function's
+handler (Lambda sets ``_HANDLER`` to it), the app is built when this module is imported - Lambda's
+init phase, before the first event; a configuration error found then is logged, and raised again
+with the same one-line message by the first invocation (which tries again). Code that assembles
+its own app uses the factory instead::
 
     from qldbstream.app.assembly import App
     from qldbstream.runtimes.aws_lambda import make_handler
@@ -32,13 +35,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from qldbstream.app.assembly import App
+from qldbstream.app.config import dimension_pairs, load_settings
 from qldbstream.core.errors import ConfigurationError
 from qldbstream.core.records import KinesisRecord
+from qldbstream.io.metrics import build_metrics
 from qldbstream.pipeline.runtime_duties import flush_metrics
 from qldbstream.pipeline.shard_policy import stuck_record
 from qldbstream.runtimes.lambda_batch import (
@@ -59,6 +65,7 @@ __all__ = [
     "LambdaHandler",
     "TumblingWindow",
     "WindowClosedHandler",
+    "app_from_env",
     "configured_handler",
     "handler",
     "make_handler",
@@ -231,22 +238,61 @@ def make_handler(
     return LambdaHandler(app, report_batch_item_failures=report_batch_item_failures, clock=clock, sleep=sleep)
 
 
+def app_from_env(**app_options: Any) -> App:
+    """The app the environment configures (``QLDBSTREAM_*``), as a Lambda function runs it.
+
+    :meth:`App.from_env` plus what is Lambda's: the EMF metrics in ``metrics_namespace`` with the
+    ``metrics_dimensions``; the level from ``AWS_LAMBDA_LOG_LEVEL`` when ``QLDBSTREAM_LOG_LEVEL``
+    is not set (read by the settings); ``log_format=inherit`` leaves the records to the
+    application's logging (a Powertools Logger). ``app_options`` go to :class:`App`.
+    """
+    if "metrics" not in app_options:
+        settings = load_settings()  # read again by App.from_env: cheap, and the same values
+        app_options["metrics"] = build_metrics(
+            settings.metrics, settings.metrics_namespace, dimension_pairs(settings.metrics_dimensions)
+        )
+    return App.from_env(**app_options)
+
+
 @functools.cache
 def configured_handler() -> LambdaHandler:
-    """The handler configured by the environment: built on first use, then reused by the container.
+    """The handler configured by the environment: built once (at init in Lambda), then reused.
 
     A failure is not cached: the next invocation tries again (and fails again with the same
     message until the configuration is fixed). ``configured_handler.cache_clear()`` forgets it.
     """
     try:
-        app = App.from_env()
+        app = app_from_env()
     except ConfigurationError as exc:
         log.error("qldbstream configuration error: %s", exc)
         raise ConfigurationError(f"qldbstream configuration: {exc}") from None
-    logging.getLogger("qldbstream").setLevel(app.settings.log_level.upper())
     return LambdaHandler(app)
 
 
 def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     """The function's handler (``qldbstream.aws_lambda.handler``), configured by the environment."""
     return configured_handler()(event, context)
+
+
+#: the handler strings that name :func:`handler` (``_HANDLER`` in Lambda's environment)
+_HANDLER_STRINGS = ("qldbstream.aws_lambda.handler", "qldbstream.runtimes.aws_lambda.handler")
+
+
+def _build_at_init() -> None:
+    """In Lambda, build the app now - the init phase, not the first invocation's time.
+
+    A failure is logged and left for the first invocation, which builds again and raises the
+    error to Lambda (a configuration error as one clear line): the function then fails visibly
+    per invocation instead of in a crash loop at init.
+    """
+    if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or os.environ.get("_HANDLER") not in _HANDLER_STRINGS:
+        return  # not in Lambda, or the function's own code (a Powertools processor) builds its app
+    try:
+        configured_handler()
+    except ConfigurationError:
+        pass  # logged by configured_handler; raised again by the first invocation
+    except Exception as exc:  # the first invocation tries again and raises it
+        log.error("qldbstream could not be set up at init (the first invocation tries again): %r", exc)
+
+
+_build_at_init()

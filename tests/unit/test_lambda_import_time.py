@@ -8,6 +8,7 @@ budget is exceeded.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,67 @@ def test_a_cold_import_takes_under_a_second_and_pulls_in_no_heavy_module() -> No
     heavy = [h for h in HEAVY if any(m == h or m.startswith(h + ".") for m in modules)]
     assert heavy == [], f"imported at cold start: {heavy}"
     assert "qldbstream.runtimes.aws_lambda" in modules
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("QLDBSTREAM_", "AWS_LAMBDA_", "_HANDLER"))
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=60,
+        env=clean | env,
+    )
+
+
+def test_import_qldbstream_looks_up_no_version_and_imports_no_powertools() -> None:
+    proc = run_python(
+        "import sys, qldbstream; "
+        "assert '__version__' not in vars(qldbstream), 'version looked up at import'; "
+        "assert 'aws_lambda_powertools' not in sys.modules; "
+        "assert qldbstream.__version__ and vars(qldbstream)['__version__'] == qldbstream.__version__"
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+LAMBDA = {"AWS_LAMBDA_FUNCTION_NAME": "orders-consumer", "_HANDLER": "qldbstream.aws_lambda.handler"}
+
+
+def test_in_lambda_the_app_is_built_at_import_in_the_init_phase() -> None:
+    proc = run_python(
+        "from qldbstream.runtimes import aws_lambda; "
+        "assert aws_lambda.configured_handler.cache_info().currsize == 1, 'not built at import'",
+        **LAMBDA,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # outside Lambda, or when the function's own code is the handler, nothing is built at import
+    for env in ({}, {**LAMBDA, "_HANDLER": "app.lambda_handler"}):
+        proc = run_python(
+            "from qldbstream.runtimes import aws_lambda; "
+            "assert aws_lambda.configured_handler.cache_info().currsize == 0",
+            **env,
+        )
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_a_configuration_error_at_init_is_logged_and_raised_by_the_first_invocation() -> None:
+    proc = run_python(
+        "from qldbstream.core.errors import ConfigurationError\n"
+        "from qldbstream.runtimes import aws_lambda\n"
+        "try:\n"
+        "    aws_lambda.handler({'Records': []}, None)\n"
+        "except ConfigurationError as exc:\n"
+        "    print('RAISED', exc)\n",
+        QLDBSTREAM_STOP_ON_FIRST_FAILURE="perhaps",
+        **LAMBDA,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "RAISED qldbstream configuration:" in proc.stdout
+        and "QLDBSTREAM_STOP_ON_FIRST_FAILURE" in proc.stdout
+    )
+    assert "qldbstream configuration error" in proc.stderr  # logged once at init, again at the invocation
