@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, NoReturn
@@ -28,7 +30,7 @@ from qldbstream.core.errors import ConfigurationError, InputError, QldbStreamErr
 __all__ = ["COMMANDS", "CONTRIBUTED", "ENTRY_POINT_GROUP", "ORDER", "build_parser", "main"]
 
 #: This package's sub-command modules (``qldbstream.cli.<name>``).
-COMMANDS = ("run", "kcl", "verify", "inspect", "replay-dlq", "dr-check", "handlers", "config")
+COMMANDS = ("run", "kcl", "verify", "inspect", "replay-dlq", "dr-check", "handlers", "config", "local")
 
 #: The entry-point group other distributions add sub-commands through.
 ENTRY_POINT_GROUP = "qldbstream.commands"
@@ -55,12 +57,41 @@ ORDER = (
     "dr-check",
     "handlers",
     "config",
+    "local",
 )
 
 #: Where each contributed distribution lives in this repository (for the install hint).
 _CHECKOUT = {"qldbstream-tools": "./tools", "qldbstream-handlers": "./handlers"}
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+#: Exit statuses: done; a check or an AWS call failed; bad input or configuration (one line says which);
+#: Ctrl-C; stdout closed by its reader (``| head``), as a process killed by SIGPIPE reports.
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
+
+
+def version_line() -> str:
+    """``qldbstream X (compiled hot path: qldbstream-native Y)`` or ``(pure Python: ...)``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from qldbstream.core import native
+
+    try:
+        native_version = version("qldbstream-native")
+    except PackageNotFoundError:
+        return f"qldbstream {__version__} (pure Python: qldbstream-native not installed)"
+    if native.available():
+        return f"qldbstream {__version__} (compiled hot path: qldbstream-native {native_version})"
+    return (
+        f"qldbstream {__version__} (pure Python: qldbstream-native {native_version} is installed but does "
+        "not load or lacks functions this version uses - reinstall it: pip install 'qldbstream[native]')"
+    )
+
+
+class _Version(argparse.Action):
+    """``--version``: computed when asked for (it imports the stages), not at every start."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
+        sys.stdout.write(version_line() + "\n")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'qldbstream COMMAND --help' for the options and examples of each command.",
     )
-    parser.add_argument("--version", action="version", version=f"qldbstream {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="show the version and which hot path runs, and exit"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     contributed = _contributed()
@@ -158,23 +191,123 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit status (see :data:`EXIT_OK` and the docs' *Exit status*).
+
+    Every failure is one line on stderr and a status that does not depend on ``--debug``: with
+    ``--debug`` the traceback is printed as well, the status stays the same. A closed stdout (``| head``)
+    ends the command quietly with :data:`EXIT_PIPE`.
+    """
     parser = build_parser()
     args = _parse(parser, argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_OK
     try:
-        return int(args.handler(args))
+        status = int(args.handler(args))
+        sys.stdout.flush()  # a closed pipe shows here rather than at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt:
         print("qldbstream: interrupted", file=sys.stderr)
-        return 130
-    except (InputError, ConfigurationError) as exc:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        status, message = _failure(exc)
         if args.debug:
-            raise
-        print(f"qldbstream {args.command}: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except QldbStreamError as exc:
-        if args.debug:
-            raise
-        print(f"qldbstream {args.command}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+            traceback.print_exc()
+        print(f"qldbstream {args.command}: {message}", file=sys.stderr)
+        if message.startswith("unexpected error") and not args.debug:
+            print(
+                f"qldbstream {args.command}: 'qldbstream --debug {args.command} ...' shows the traceback",
+                file=sys.stderr,
+            )
+        return status
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away: no traceback, and nothing more written to the closed pipe
+    (stdout now points at ``/dev/null``, so the flush at interpreter exit cannot fail either)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a real file (tests): nothing to redirect
+        pass
+    return EXIT_PIPE
+
+
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one line for an exception that ended a command."""
+    aws = _aws_error(exc)
+    if aws is not None:
+        return aws
+    if isinstance(exc, InputError | ConfigurationError):
+        return EXIT_INPUT, str(exc)
+    if isinstance(exc, QldbStreamError):
+        return EXIT_FAILED, str(exc)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return EXIT_FAILED, f"unexpected error: {type(exc).__name__}" + (f": {first}" if first else "")
+
+
+def _aws_error(exc: BaseException) -> tuple[int, str] | None:
+    """A botocore error, raised as is or as the cause of a command's own error, as one line.
+
+    No region and no credentials are configuration (exit 2), as is a stream or table that does not
+    exist; an unreachable endpoint and any other AWS error (throttling after botocore's retries
+    included) are a failed run (exit 1).
+    """
+    try:
+        from botocore import exceptions as bx
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return None
+    setup = (
+        bx.NoRegionError,
+        bx.NoCredentialsError,
+        bx.PartialCredentialsError,
+        bx.EndpointConnectionError,
+        bx.ConnectTimeoutError,
+    )
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, bx.BotoCoreError | bx.ClientError):
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    if seen is None:
+        return None
+    if seen is not exc and isinstance(exc, QldbStreamError) and not isinstance(seen, setup):
+        return None  # the command already said what its AWS call was for: keep its line and status
+    if isinstance(seen, bx.NoRegionError):
+        return EXIT_INPUT, (
+            "no AWS region: give --region or set AWS_REGION (or AWS_DEFAULT_REGION); with a local "
+            "--endpoint-url any region will do, e.g. us-east-1"
+        )
+    if isinstance(seen, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return EXIT_INPUT, (
+            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE; with a "
+            "local --endpoint-url any values will do (see 'qldbstream local')"
+        )
+    if isinstance(seen, bx.EndpointConnectionError | bx.ConnectTimeoutError):
+        url = getattr(seen, "kwargs", {}).get("endpoint_url", "the endpoint")
+        return EXIT_FAILED, (
+            f"cannot reach {url}: nothing answers there; start a local Kinesis with 'qldbstream local' "
+            "or check --endpoint-url / --region"
+        )
+    if isinstance(seen, bx.ClientError):
+        error = seen.response.get("Error", {})
+        code = str(error.get("Code", "")) or "error"
+        text = str(error.get("Message", "")) or str(seen)
+        operation = getattr(seen, "operation_name", "") or "an AWS call"
+        if code in (
+            "ResourceNotFoundException",
+            "NoSuchBucket",
+            "QueueDoesNotExist",
+            "AWS.SimpleQueueService.NonExistentQueue",
+        ):
+            return EXIT_INPUT, f"{operation}: {code}: {text} (create it, or check the name and region)"
+        if "Throttl" in code or code in (
+            "ProvisionedThroughputExceededException",
+            "LimitExceededException",
+            "RequestLimitExceeded",
+            "SlowDown",
+        ):
+            return EXIT_FAILED, (f"{operation}: {code} after botocore's retries: {text} (run again later)")
+        return EXIT_FAILED, f"{operation} failed: {code}: {text}"
+    return EXIT_FAILED, f"an AWS call failed: {seen}"

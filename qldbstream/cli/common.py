@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["STREAM_FLAGS", "add_stream_options", "environ_with_flags"]
+if TYPE_CHECKING:
+    from qldbstream.io.files import FileInput
+
+__all__ = ["STREAM_FLAGS", "add_stream_options", "environ_with_flags", "read_input"]
 
 #: ``--flag`` (its argparse dest) -> the setting it overrides (flags win over the file and the environment)
 STREAM_FLAGS = {"stream": "STREAM_NAME", "endpoint_url": "ENDPOINT_URL", "region": "REGION"}
@@ -29,3 +33,18 @@ def environ_with_flags(args: argparse.Namespace, flags: Mapping[str, str] = STRE
         if value:
             env[f"QLDBSTREAM_{name}"] = value
     return env
+
+
+def read_input(name: str) -> FileInput:
+    """``read_file(name)``; ``-`` reads standard input (spooled to a temporary file, as the readers
+    recognise a format by seeking)."""
+    from qldbstream.io.files import read_file
+
+    if name != "-":
+        return read_file(name)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".stdin") as tmp:
+        tmp.write(sys.stdin.buffer.read())
+        tmp.flush()
+        return read_file(tmp.name)

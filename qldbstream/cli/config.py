@@ -9,6 +9,7 @@ from dataclasses import fields
 from typing import Any
 
 from qldbstream.app.config import PREFIX, Settings, load_settings
+from qldbstream.app.plugins import _resolve
 
 __all__ = ["register", "run"]
 
@@ -35,7 +36,8 @@ def register(sub: Any) -> None:
         "config",
         help="print the effective configuration (validated, secrets masked)",
         description="Read the configuration as a runtime would (file, then environment), validate it and "
-        "print it with secrets masked. Exit 2 with one line when it is invalid.",
+        "print it with secrets masked. Exit 2 with one line when it is invalid, a configured handler "
+        "included (an unknown plugin name, a module that does not import).",
         epilog=_settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -45,7 +47,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    masked = load_settings(config_file=args.config).masked()
+    settings = load_settings(config_file=args.config)
+    for spec in settings.handlers:
+        # the runtimes' own lookup: an unknown name, a module that does not import or a missing
+        # attribute is the one-line ConfigurationError (exit 2) they would refuse to start with; the
+        # handler is not created, so nothing connects anywhere
+        _resolve(spec)
+    masked = settings.masked()
     if args.json:
         json.dump(masked, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

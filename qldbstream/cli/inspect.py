@@ -11,11 +11,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from qldbstream.cli.common import read_input
 from qldbstream.core.deaggregate import KPL_MAGIC, deaggregate
 from qldbstream.core.decode import decode
 from qldbstream.core.errors import DeaggregationError, InputError, PoisonRecordError
 from qldbstream.core.verify import Verifier
-from qldbstream.io.files import read_file
 
 __all__ = ["ion_to_json", "register", "run"]
 
@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", metavar="FILE", help="any input 'qldbstream verify' reads")
+    p.add_argument("input", metavar="FILE", help="any input 'qldbstream verify' reads; - for standard input")
     p.add_argument("--index", type=int, metavar="N", help="only the N-th Kinesis record (0-based)")
     p.add_argument(
         "--sequence-number", metavar="SEQ", help="only the Kinesis record with this sequence number"
@@ -78,7 +78,7 @@ def ion_to_json(value: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     from amazon.ion import simpleion
 
-    got = read_file(args.input)
+    got = read_input(args.input)
     items = list(got.records)
     if not items and (got.proofs or got.digests):
         raise InputError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -76,7 +77,8 @@ def register(sub: Any) -> None:
         "--output",
         type=Path,
         metavar="DIR",
-        help="an empty (or new) directory for the files (default: a new temporary directory, kept)",
+        help="an empty (or new) directory for the files, kept (default: a temporary directory, removed "
+        "when every check passed)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON on standard output")
     p.add_argument("--no-progress", action="store_true", help="no live display on a terminal's stderr")
@@ -100,12 +102,17 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     with _live(err, enabled=not args.no_progress) as progress:
         result = run_demo(options, progress)
+    # without --output the files are in a new temporary directory: removed after a run whose checks
+    # all passed, kept (the report gives its path) when one failed, to look into
+    keep = args.output is not None or not result.ok
     if args.json:
         json.dump(result.report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         out = Console(highlight=False)
-        render_report(result, out if out.is_terminal else Console(width=120, highlight=False))
+        render_report(result, out if out.is_terminal else Console(width=120, highlight=False), kept=keep)
+    if not keep:
+        shutil.rmtree(result.output, ignore_errors=True)
     if not result.ok:
         err.print(
             "[bold red]The demo did not find what the simulator planted:[/] see the failed checks above."
@@ -197,8 +204,9 @@ def _table(*columns: str, title: str | None = None) -> Any:
     return Table(*columns, title=title, title_justify="left", box=None, padding=(0, 2), show_edge=False)
 
 
-def render_report(result: DemoResult, out: Console) -> None:
-    """The report for people (``--json`` prints :attr:`DemoResult.report` instead)."""
+def render_report(result: DemoResult, out: Console, *, kept: bool = True) -> None:
+    """The report for people (``--json`` prints :attr:`DemoResult.report` instead); ``kept``: the
+    files stay where the report says (else they were in a temporary directory, removed)."""
     r = result.report
     led, w = r["ledger"], r["worker"]
     out.rule(f"[bold]qldbstream demo[/] - local AWS at {r['endpoint']} - {r['seconds']} s")
@@ -269,10 +277,13 @@ def render_report(result: DemoResult, out: Console) -> None:
         mark = "[green]ok  [/]" if c["ok"] else "[bold red]FAIL[/]"
         out.print(f"{mark} {c['name']}: [dim]{c['detail']}[/]", soft_wrap=True)
     verdict = "[bold green]All checks passed.[/]" if r["ok"] else "[bold red]Some checks failed.[/]"
-    out.print(
-        f"{verdict} Files (kept): {r['output']}  "
-        "(report.json, worker.log, dlq/, audit.jsonl, export/, velocity/)"
-    )
+    if kept:
+        out.print(
+            f"{verdict} Files (kept): {r['output']}  "
+            "(report.json, worker.log, dlq/, audit.jsonl, export/, velocity/)"
+        )
+    else:
+        out.print(f"{verdict} The files were in a temporary directory, now removed: --output DIR keeps them.")
 
 
 def _failure(f: dict[str, Any]) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
+import time
 from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime
@@ -15,6 +18,9 @@ from typing import IO, Any
 from qldbstream.core.errors import ConfigurationError, InputError
 
 __all__ = ["register", "run"]
+
+#: Records handed to PutRecords between two progress updates.
+_PUT_CHUNK = 2000
 
 EXAMPLES = """\
 The simulator runs a small bank (Customers, Accounts, Transactions) on a simulated QLDB ledger
@@ -111,7 +117,11 @@ def register(sub: Any) -> None:
     )
     o.add_argument("--stream", metavar="NAME", help="PutRecords into this Kinesis stream")
     o.add_argument("--endpoint-url", metavar="URL", help="Kinesis endpoint (default: AWS for the region)")
-    o.add_argument("--region", metavar="REGION", default="eu-west-1", help="AWS region (default eu-west-1)")
+    o.add_argument(
+        "--region",
+        metavar="REGION",
+        help="AWS region (default: AWS_REGION, else AWS_DEFAULT_REGION, else eu-west-1)",
+    )
     o.add_argument("--create-stream", action="store_true", help="create the stream (--shards shards) first")
     o.add_argument(
         "--export",
@@ -204,7 +214,7 @@ def build_config(args: argparse.Namespace) -> Any:
         reorder_window=args.reorder,
         completed=not args.no_completed,
     )
-    source = EventSource(region=args.region, stream_name=args.stream or EventSource().stream_name)
+    source = EventSource(region=_region(args.region), stream_name=args.stream or EventSource().stream_name)
     return SimulationConfig(
         seed=args.seed,
         workload=workload,
@@ -241,27 +251,29 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--duplicates must be a number") from None
     from qldbstream_tools.simulate import simulate
 
-    sim = simulate(build_config(args))
-    if args.output is not None:
-        opened: Any = nullcontext(sys.stdout) if args.output == "-" else _open(args.output)
-        with opened as out:
-            events = sim.write_jsonl(out, batch_size=args.batch_size)
-        where = f"{events} Lambda events to {'stdout' if args.output == '-' else args.output}"
-    elif args.export is not None:
-        from qldbstream_tools.simulate.export import write_export
+    with _Ticker(f"simulating {args.transactions} transactions") as ticker:
+        sim = simulate(build_config(args))
+        ticker.say(f"writing {len(sim.deliveries)} Kinesis records")
+        if args.output is not None:
+            opened: Any = nullcontext(sys.stdout) if args.output == "-" else _open(args.output)
+            with opened as out:
+                events = sim.write_jsonl(out, batch_size=args.batch_size)
+            where = f"{events} Lambda events to {'stdout' if args.output == '-' else args.output}"
+        elif args.export is not None:
+            from qldbstream_tools.simulate.export import write_export
 
-        files = write_export(
-            sim,
-            args.export,
-            output_format=args.export_format,
-            blocks_per_object=args.export_blocks_per_object,
-        )
-        where = (
-            f"journal export {files.export_id} ({args.export_format}, {len(files.object_keys)} data objects) "
-            f"to {args.export}/{files.prefix}"
-        )
-    else:
-        where = _put(sim, args)
+            files = write_export(
+                sim,
+                args.export,
+                output_format=args.export_format,
+                blocks_per_object=args.export_blocks_per_object,
+            )
+            where = (
+                f"journal export {files.export_id} ({args.export_format}, "
+                f"{len(files.object_keys)} data objects) to {args.export}/{files.prefix}"
+            )
+        else:
+            where = _put(sim, args, ticker)
     if args.expected:
         _write_json(args.expected, sim.expected.to_json())
     if args.ledger:
@@ -283,23 +295,58 @@ def _open(path: str) -> IO[str]:
         raise InputError(f"cannot write {path} ({exc.strerror})") from None
 
 
-def _put(sim: Any, args: argparse.Namespace) -> str:
-    from botocore.exceptions import BotoCoreError, NoCredentialsError
+def _region(flag: str | None) -> str:
+    """``--region``, else the environment boto3 reads, else eu-west-1 (the simulated stream's ARN)."""
+    return flag or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "eu-west-1"
 
+
+class _Ticker:
+    """On a terminal's stderr, one line that says what the simulator is doing and for how long,
+    redrawn every half second; nothing when stderr is not a terminal (pipes, logs, tests)."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def say(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> _Ticker:
+        if sys.stderr.isatty():
+            self._thread = threading.Thread(target=self._run, name="simulate-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            elapsed = time.monotonic() - self._started
+            sys.stderr.write(f"\r\033[Kqldbstream simulate: {self._what} ... {elapsed:.0f} s")
+            sys.stderr.flush()
+
+
+def _put(sim: Any, args: argparse.Namespace, ticker: _Ticker | None = None) -> str:
+    """PutRecords every delivery; an AWS error (no region or credentials, an endpoint that does not
+    answer, throttling after retries) is left to the command's one line and exit status."""
     from qldbstream.io.clients import aws_client
     from qldbstream.io.kinesis_writer import create_stream
     from qldbstream_tools.simulate.output import put_to_stream
 
-    try:
-        client = aws_client("kinesis", endpoint_url=args.endpoint_url, region_name=args.region)
-        if args.create_stream:
-            create_stream(client, args.stream, args.shards, exist_ok=True)
-        results = put_to_stream(client, args.stream, sim.deliveries)
-    except NoCredentialsError:
-        raise ConfigurationError(
-            "no AWS credentials (for a local endpoint any AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY will do)"
-        ) from None
-    except BotoCoreError as exc:
-        raise ConfigurationError(f"Kinesis at {args.endpoint_url or args.region}: {exc}") from None
+    client = aws_client("kinesis", endpoint_url=args.endpoint_url, region_name=_region(args.region))
+    if args.create_stream:
+        create_stream(client, args.stream, args.shards, exist_ok=True)
+    deliveries, results = sim.deliveries, []
+    for start in range(0, len(deliveries), _PUT_CHUNK):  # in order: the same calls, with progress
+        if ticker is not None:
+            ticker.say(f"PutRecords to {args.stream}: {start}/{len(deliveries)} records")
+        results.extend(put_to_stream(client, args.stream, deliveries[start : start + _PUT_CHUNK]))
     shards = len({r.shard_id for r in results})
     return f"{len(results)} records to stream {args.stream} ({shards} shard(s) received records)"
