@@ -1,7 +1,9 @@
 """The runtimes: thin adapters that feed Kinesis records to the pipeline and record checkpoints.
 
 ``aws_lambda`` (a Kinesis event source mapping batch → a partial batch response; the event's
-records and the response in ``lambda_batch``, tumbling windows in ``lambda_windows``), ``worker``
+records and the response in ``lambda_batch``, tumbling windows in ``lambda_windows``;
+``powertools``: the same handler as a batch processor for Powertools' ``process_partial_response``,
+which imports aws-lambda-powertools), ``worker``
 (``qldbstream run``: polls every shard, checkpoints in DynamoDB; ``worker_options``,
 ``worker_report``, ``worker_shard``, ``worker_until``), ``kcl`` and ``kcl_daemon`` (a record
 processor under the KCL MultiLangDaemon: the process in ``kcl``, the processor in ``kcl_processor``,
