@@ -9,7 +9,7 @@ NODE_STAMP := node_modules/.installed-stamp
 NATIVE_STAMP := $(VENV)/.native-stamp
 NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 
-.PHONY: demo test lint format unit bench venv node native kcl kcl-image-check clean
+.PHONY: demo test lint format unit bench venv node native kcl kcl-image-check clean test-other-pythons test-py312 test-py313
 
 $(STAMP): pyproject.toml handlers/pyproject.toml tools/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,17 @@ test: $(STAMP) $(NATIVE_STAMP) $(NODE_STAMP) kcl lint kcl-image-check
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -m "not integration"
+
+# The server-free tests (unit, functional, handlers) on CPython 3.12 and 3.13, each in its own venv
+# (.venv/py312, .venv/py313) with the one abi3 native wheel; `make test` covers the main venv's Python.
+test-other-pythons: $(STAMP)
+	.ci/other-pythons.sh 3.12 3.13
+
+test-py312: $(STAMP)
+	.ci/other-pythons.sh 3.12
+
+test-py313: $(STAMP)
+	.ci/other-pythons.sh 3.13
 
 bench: $(STAMP) $(NATIVE_STAMP)
 	$(BIN)/python bench/run.py

@@ -104,10 +104,23 @@ def test_rules_refuse_gate_settings_the_runtime_cannot_honour(templates: Templat
         assert [f.split(":")[0] for f in failed_rules(worker, refused)] == ["GateTableNeedsDynamoDBGate"]
 
 
-def test_lambda_function_runs_the_handler_on_python_311(templates: Templates) -> None:
-    function = evaluate(templates["lambda-consumer.yaml"], LAMBDA_BASE).resources["Function"]["Properties"]
+def test_lambda_function_runs_the_handler_on_the_python_runtime_parameter(templates: Templates) -> None:
+    template = templates["lambda-consumer.yaml"]
+    parameter = template["Parameters"]["PythonRuntime"]
+    assert parameter["Default"] == "python3.13"
+    assert parameter["AllowedValues"] == ["python3.11", "python3.12", "python3.13"]
+    for runtime in parameter["AllowedValues"]:
+        chosen = evaluate(template, {**LAMBDA_BASE, "PythonRuntime": runtime})
+        assert chosen.resources["Function"]["Properties"]["Runtime"] == runtime
+    # main.yaml passes its LambdaPythonRuntime through, with the same choices and default.
+    main = templates["main.yaml"]
+    assert main["Parameters"]["LambdaPythonRuntime"]["AllowedValues"] == parameter["AllowedValues"]
+    assert main["Parameters"]["LambdaPythonRuntime"]["Default"] == parameter["Default"]
+    passed = main["Resources"]["Lambda"]["Properties"]["Parameters"]["PythonRuntime"]
+    assert passed == {"Ref": "LambdaPythonRuntime"}
+    function = evaluate(template, LAMBDA_BASE).resources["Function"]["Properties"]
     assert function["Handler"] == "qldbstream.aws_lambda.handler"
-    assert function["Runtime"] == "python3.11"
+    assert function["Runtime"] == "python3.13"
     assert function["LoggingConfig"]["LogFormat"] == "JSON"
     module, _, attr = function["Handler"].rpartition(".")
     handler = getattr(importlib.import_module(module), attr)
