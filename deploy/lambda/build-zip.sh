@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # Build the Lambda deployment package (a zip) for qldbstream.aws_lambda.handler - see docs/packaging.md.
 #
-#   deploy/lambda/build-zip.sh                      # -> dist/qldbstream-lambda-<version>-x86_64.zip
+#   deploy/lambda/build-zip.sh                      # -> dist/qldbstream-lambda-<version>-x86_64.zip (python3.13)
+#   PYTHON_VERSION=3.12 deploy/lambda/build-zip.sh  # for the python3.12 runtime (3.11, 3.12 or 3.13; the
+#                                                   # template's PythonRuntime must be the same version)
 #   ARCH=arm64 deploy/lambda/build-zip.sh           # Graviton (the native wheel must be aarch64 too)
 #   NATIVE_WHEEL=dist/qldbstream_native-….whl deploy/lambda/build-zip.sh
 #   HANDLER_DEPS=1 deploy/lambda/build-zip.sh       # qldbstream-handlers with its dependencies (pyarrow:
 #                                                   # ~270 MB unzipped, over Lambda's 250 MB - use an image)
 #
-# Everything comes as wheels for the function's platform (manylinux2014, CPython 3.11), whatever the
-# machine building it: pip --platform/--only-binary never runs a build script for the target. Needs PyPI.
+# Everything comes as wheels for the function's platform (manylinux2014, CPython PYTHON_VERSION), whatever
+# the machine building it: pip --platform/--only-binary never runs a build script for the target. Needs PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
 ARCH=${ARCH:-x86_64}
+PYTHON_VERSION=${PYTHON_VERSION:-3.13}
+case "$PYTHON_VERSION" in
+  3.11 | 3.12 | 3.13) ;;
+  *) echo "PYTHON_VERSION must be 3.11, 3.12 or 3.13 (a Lambda Python runtime qldbstream supports)" >&2; exit 2 ;;
+esac
 case "$ARCH" in
   x86_64) PLATFORM=manylinux2014_x86_64 ;;
   arm64) PLATFORM=manylinux2014_aarch64 ;;
@@ -27,14 +34,15 @@ trap 'rm -rf "$WORK"' EXIT
 # 1. qldbstream and qldbstream-handlers as wheels, built from a copy (no build/ or egg-info in the tree).
 mkdir -p "$WORK/src" "$WORK/wheels" "$WORK/package" "$OUT"
 OUT=$(cd "$OUT" && pwd)
-git ls-files -co --exclude-standard -- qldbstream handlers pyproject.toml README.md \
+git ls-files -co --exclude-standard -- qldbstream handlers pyproject.toml README.md LICENSE \
   | grep -v __pycache__ | while read -r f; do [ -e "$f" ] && printf '%s\n' "$f"; done \
   | tar -cf - -T - | tar -xf - -C "$WORK/src"
 "$PYTHON" -m pip wheel --quiet --no-deps -w "$WORK/wheels" "$WORK/src" "$WORK/src/handlers"
 
-# 2. Install them and the dependencies for the target platform.
-pip_target=("$PYTHON" -m pip install --quiet --target "$WORK/package" --platform "$PLATFORM"
-            --implementation cp --python-version 3.11 --only-binary=:all:)
+# 2. Install them and the dependencies for the target platform (no bytecode yet: pip would compile it for
+#    its own Python, not the runtime's - step 3).
+pip_target=("$PYTHON" -m pip install --quiet --no-compile --target "$WORK/package" --platform "$PLATFORM"
+            --implementation cp --python-version "$PYTHON_VERSION" --only-binary=:all:)
 "${pip_target[@]}" "$WORK"/wheels/qldbstream-*.whl
 if [ "${HANDLER_DEPS:-0}" = 1 ]; then
   "${pip_target[@]}" "$WORK"/wheels/qldbstream_handlers-*.whl
@@ -48,8 +56,25 @@ if [ -n "${NATIVE_WHEEL:-}" ]; then
 fi
 rm -rf "$WORK/package/bin"
 
-# 3. Bytecode now: /var/task is read-only, so Python could not cache it at run time.
-"$PYTHON" -m compileall -q -j 0 "$WORK/package"
+# 3. Bytecode now: /var/task is read-only, so Python could not cache it at run time. Only the runtime's own
+#    version reads it (__pycache__/*.cpython-313.pyc), so an interpreter of PYTHON_VERSION compiles it.
+compile_python=${COMPILE_PYTHON:-}
+if [ -z "$compile_python" ]; then
+  if [ "$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$PYTHON_VERSION" ]; then
+    compile_python=$PYTHON
+  else
+    for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$PYTHON_VERSION".*/bin/python"$PYTHON_VERSION" \
+             "$(command -v "python$PYTHON_VERSION" 2>/dev/null || true)"; do
+      [ -n "$p" ] && [ -x "$p" ] && { compile_python=$p; break; }
+    done
+  fi
+fi
+if [ -z "$compile_python" ]; then
+  echo "no Python $PYTHON_VERSION here to compile the bytecode for the python$PYTHON_VERSION runtime:" \
+    "install it (pyenv install $PYTHON_VERSION) or set COMPILE_PYTHON to one; nothing was built" >&2
+  exit 1
+fi
+"$compile_python" -m compileall -q -j 0 "$WORK/package"
 
 ZIP="$OUT/qldbstream-lambda-$VERSION-$ARCH.zip"
 rm -f "$ZIP"
