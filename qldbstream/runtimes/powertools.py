@@ -108,6 +108,15 @@ class QldbStreamBatchProcessor(BasePartialBatchProcessor):
             app = App(settings, handlers=[adapter], **app_options)
         self.app = app
         self.lambda_handler = LambdaHandler(app, clock=clock, sleep=sleep)
+        self._context: Any = None
+
+    def __call__(
+        self, records: list[dict[str, Any]], handler: Callable[..., Any], lambda_context: Any = None
+    ) -> QldbStreamBatchProcessor:
+        # Powertools keeps the last context when none is given: the deadline would be a past one's
+        self._context = lambda_context
+        super().__call__(records, handler, lambda_context)
+        return self
 
     def _call_record_handler(self, record: JournalRecord) -> Any:
         if getattr(self, "_handler_accepts_lambda_context", False):
@@ -117,7 +126,7 @@ class QldbStreamBatchProcessor(BasePartialBatchProcessor):
     def process(self) -> list[tuple[str, Any, Any]]:
         """Run the batch (``self.records``) through the pipeline; sort its records: success, failure."""
         entries = [record if isinstance(record, dict) else record.raw_event for record in self.records]
-        response = self.lambda_handler({"Records": entries}, getattr(self, "lambda_context", None))
+        response = self.lambda_handler({"Records": entries}, self._context)
         first_unfinished = {item["itemIdentifier"] for item in response["batchItemFailures"]}
         failed_shards: dict[str, str] = {}  # shard -> the sequence number its failure starts at
         results: list[tuple[str, Any, Any]] = []

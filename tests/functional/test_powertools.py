@@ -246,3 +246,22 @@ def test_the_documented_recipe_runs_qldbstreams_stages_inside_a_powertools_recor
     response = process_partial_response(event, record_handler, powertools, None)
     assert bad not in seen
     assert failures(response) == [locate([event])[bad][0]]
+
+
+def test_the_record_handler_may_take_the_lambda_context_and_no_old_context_is_reused() -> None:
+    first, second = events(simulation(20), 1000)[0], events(simulation(20, seed=4), 1000)[0]
+    t = FakeTime()
+    contexts: list[Any] = []
+
+    def record_handler(revision: RevisionDetails, lambda_context: Any = None) -> None:
+        contexts.append(lambda_context)
+
+    batch = processor(t, dlq=MemoryDLQ())
+    live = context(t)
+    assert process_partial_response(first, record_handler, batch, live) == {"batchItemFailures": []}
+    assert contexts and all(c is live for c in contexts)
+    t.now += 3600  # that invocation's context has no time left now
+    contexts.clear()
+    # a call without a context has no deadline: the old context's is not used
+    assert process_partial_response(second, record_handler, batch, None) == {"batchItemFailures": []}
+    assert contexts and all(c is None for c in contexts)
