@@ -223,7 +223,15 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             return number
         return None if raw in (None, "") else str(raw)
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"{where}: invalid value {raw!r} ({exc}" + "".join(f"; one of: {', '.join(m.value for m in ms.values())}" for ms in [getattr(type(default), "__members__", None)] if ms) + ")") from None  # noqa: E501
+        raise ConfigurationError(
+            f"{where}: invalid value {raw!r} ({exc}"
+            + "".join(
+                f"; one of: {', '.join(m.value for m in ms.values())}"
+                for ms in [getattr(type(default), "__members__", None)]
+                if ms
+            )
+            + ")"
+        ) from None
 
 
 def _from_file(path: str) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
