@@ -223,15 +223,9 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             return number
         return None if raw in (None, "") else str(raw)
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError(
-            f"{where}: invalid value {raw!r} ({exc}"
-            + "".join(
-                f"; one of: {', '.join(m.value for m in ms.values())}"
-                for ms in [getattr(type(default), "__members__", None)]
-                if ms
-            )
-            + ")"
-        ) from None
+        choices = getattr(type(default), "__members__", None)  # an enum setting: say its values
+        hint = f"; one of: {', '.join(m.value for m in choices.values())}" if choices else ""
+        raise ConfigurationError(f"{where}: invalid value {raw!r} ({exc}{hint})") from None
 
 
 def _from_file(path: str) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
