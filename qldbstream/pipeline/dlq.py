@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from qldbstream import __version__
+import qldbstream
 from qldbstream.core.errors import HaltShardError, InputError
 from qldbstream.core.masking_dlq import Sealer, open_envelope
 from qldbstream.core.records import KinesisRecord, Position, UserRecord
@@ -82,7 +82,8 @@ class DeadLetter:
     version: int | None = None
     block_sequence_no: int | None = None
     verification_failures: list[dict[str, Any]] = field(default_factory=list)
-    qldbstream_version: str = __version__
+    #: looked up when the first dead letter is written, not at import (Lambda cold start)
+    qldbstream_version: str = field(default_factory=lambda: str(qldbstream.__version__))
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: masking on: the raw fields encrypted (``user_record_data``/``kinesis_data`` are then null)
     sealed: dict[str, dict[str, str]] = field(default_factory=dict)
