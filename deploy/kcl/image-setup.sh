@@ -34,7 +34,7 @@ start=$SECONDS
 py="$prefix/venv/bin/python"
 pip=("$py" -m pip install --no-input --disable-pip-version-check --quiet)
 log "installing qldbstream and the handler plugins into $prefix/venv"
-"${pip[@]}" "$repo" "$repo/handlers" >&2
+"${pip[@]}" "$repo[cli,prometheus]" "$repo/handlers" >&2  # the command's display, /metrics (extras)
 
 # 2. qldbstream-native, when asked for or when a Rust toolchain is there (pip builds it with maturin).
 case "$native" in

@@ -101,6 +101,15 @@ class App:
         """The app a runtime runs: configuration from the environment/file, logging configured."""
         settings = load_settings(environ, config_file)
         configure_logging(settings.log_level, settings.log_format)
+        from qldbstream.core import native
+
+        log.info(
+            "hot path: %s",
+            "compiled (qldbstream-native)"
+            if native.available()
+            else "pure Python (qldbstream-native is not installed or does not load: "
+            "pip install 'qldbstream[native]' for the compiled one)",
+        )
         return cls(settings, **kwargs)
 
     # --- AWS clients ---------------------------------------------------------------------

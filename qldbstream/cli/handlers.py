@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
+    from qldbstream.extras import require
+
+    require("rich", "qldbstream handlers (without --json)")
     from rich.console import Console
     from rich.table import Table
 

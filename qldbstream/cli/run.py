@@ -205,10 +205,10 @@ def stop_on_signals(worker: Stoppable, exit_now: Callable[[int], object] = os._e
 @contextlib.contextmanager
 def _progress(worker: Worker, *, enabled: bool) -> Iterator[None]:
     """A per-shard table on a terminal's stderr: lag, records, checkpoint, state."""
-    from rich.console import Console
+    from qldbstream.extras import stderr_console
 
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
+    console = stderr_console("the progress table (--no-progress for none)") if enabled else None
+    if console is None:
         yield
         return
     from rich.live import Live

@@ -97,14 +97,17 @@ def _store(app: App, args: argparse.Namespace) -> CheckpointStore:
 def _progress(replay: ArchiveReplay, args: argparse.Namespace) -> Iterator[None]:
     """A table per pseudo-shard on a terminal's stderr (or lines every few seconds with ``--progress``
     when stderr is not a terminal); none with ``--no-progress``."""
-    from rich.console import Console
+    from qldbstream.extras import stderr_console
 
-    console = Console(stderr=True)
-    if args.no_progress or not (console.is_terminal or args.progress):
+    if args.no_progress:
+        yield
+        return
+    console = stderr_console("the progress table (--no-progress for none)")
+    if console is None and not args.progress:
         yield
         return
     shown = [0.0]
-    if not console.is_terminal:
+    if console is None:
 
         def line(_: ShardStatus) -> None:
             if time.monotonic() - shown[0] >= 2.0:

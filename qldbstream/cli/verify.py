@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 from qldbstream.cli.verify_export import ExportRun, anchored_note, export_leaf, export_records, finish_export
-from qldbstream.cli.verify_render import render_report
 from qldbstream.core.decode import BlockAddress
 from qldbstream.core.errors import InputError, PoisonRecordError
 from qldbstream.core.proof import parse_block_address, parse_proof, verify_proof
@@ -293,11 +292,12 @@ def run(args: argparse.Namespace) -> int:
     proofs: list[ProofInput] = []
     digests: list[DigestInput] = []
     runs: list[ExportRun] = []
-    from rich.console import Console
+    from qldbstream.extras import require, stderr_console
 
-    err = Console(stderr=True)
-    show_progress = not args.no_progress and err.is_terminal
-    if show_progress:
+    if not args.json:  # said before the work, not after it
+        require("rich", "the report (--json needs none)")
+    err = None if args.no_progress else stderr_console("the progress display (--no-progress for none)")
+    if err is not None:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         with Progress(
@@ -328,5 +328,9 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        from rich.console import Console
+
+        from qldbstream.cli.verify_render import render_report
+
         render_report(report, Console())
     return 0 if report.ok else 1

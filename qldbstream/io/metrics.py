@@ -151,7 +151,9 @@ class PrometheusMetrics:
     """
 
     def __init__(self, registry: Any = None) -> None:
-        import prometheus_client as prom
+        from qldbstream.extras import require
+
+        prom = require("prometheus_client", "metrics = prometheus")
 
         self._prom = prom
         self.registry = registry if registry is not None else prom.REGISTRY

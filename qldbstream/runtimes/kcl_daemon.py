@@ -196,6 +196,9 @@ def prometheus_endpoint(spec: str, env: dict[str, str]) -> Iterator[None]:
     if not spec.startswith("prometheus:"):
         yield
         return
+    from qldbstream.extras import require
+
+    require("prometheus_client", f"metrics = {spec}")
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     try:
