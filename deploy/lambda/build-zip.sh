@@ -6,8 +6,8 @@
 #                                                   # template's PythonRuntime must be the same version)
 #   ARCH=arm64 deploy/lambda/build-zip.sh           # Graviton (the native wheel must be aarch64 too)
 #   NATIVE_WHEEL=dist/qldbstream_native-….whl deploy/lambda/build-zip.sh
-#   HANDLER_DEPS=1 deploy/lambda/build-zip.sh       # qldbstream-handlers with its dependencies (pyarrow:
-#                                                   # ~270 MB unzipped, over Lambda's 250 MB - use an image)
+#   HANDLER_DEPS=1 deploy/lambda/build-zip.sh       # qldbstream-handlers with its dependencies (pyarrow,
+#                                                   # for the Parquet export/analytics sink; still a zip)
 #
 # Everything comes as wheels for the function's platform (manylinux2014, CPython PYTHON_VERSION), whatever
 # the machine building it: pip --platform/--only-binary never runs a build script for the target. Needs PyPI.
@@ -43,14 +43,35 @@ git ls-files -co --exclude-standard -- qldbstream handlers pyproject.toml README
 #    its own Python, not the runtime's - step 3).
 pip_target=("$PYTHON" -m pip install --quiet --no-compile --target "$WORK/package" --platform "$PLATFORM"
             --implementation cp --python-version "$PYTHON_VERSION" --only-binary=:all:)
-"${pip_target[@]}" "$WORK"/wheels/qldbstream-*.whl
+# Each wheel without its dependencies, then the dependencies named here: amazon-ion requires jsonconversion
+# (only for amazon.ion.json_encoder, which qldbstream never imports), and jsonconversion requires numpy
+# (~70 MB unzipped) but imports it only when present - so amazon-ion and jsonconversion come with
+# --no-deps, and the zip holds no numpy (docs/packaging.md has the sizes).
+requirements() {  # a wheel's unconditional Requires-Dist lines, one a line, without qldbstream itself
+  "$PYTHON" - "$1" <<'PY'
+import sys, zipfile
+from email.parser import Parser
+wheel = zipfile.ZipFile(sys.argv[1])
+meta = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+for req in Parser().parsestr(wheel.read(meta).decode()).get_all("Requires-Dist") or []:
+    if "extra ==" not in req and not req.startswith("qldbstream"):
+        print(req.replace(" ", ""))
+PY
+}
+"${pip_target[@]}" --no-deps "$WORK"/wheels/qldbstream-*.whl "$WORK"/wheels/qldbstream_handlers-*.whl
+mapfile -t requires < <(requirements "$WORK"/wheels/qldbstream-*.whl)
+# The handlers' entry points (QLDBSTREAM_HANDLERS=audit,...) work without their own dependencies: only the
+# export handler (format = parquet) and the analytics handler's Parquet sink import pyarrow, when used.
 if [ "${HANDLER_DEPS:-0}" = 1 ]; then
-  "${pip_target[@]}" "$WORK"/wheels/qldbstream_handlers-*.whl
-else
-  # The entry points (QLDBSTREAM_HANDLERS=audit,...) work without the handlers' own dependencies; only
-  # the analytics handler's Parquet sink imports pyarrow, and only when configured.
-  "${pip_target[@]}" --no-deps "$WORK"/wheels/qldbstream_handlers-*.whl
+  mapfile -t -O "${#requires[@]}" requires < <(requirements "$WORK"/wheels/qldbstream_handlers-*.whl)
 fi
+no_deps=(jsonconversion)
+with_deps=()
+for req in "${requires[@]}"; do
+  case "$req" in amazon-ion* | amazon_ion*) no_deps+=("$req") ;; *) with_deps+=("$req") ;; esac
+done
+"${pip_target[@]}" --no-deps "${no_deps[@]}"
+"${pip_target[@]}" "${with_deps[@]}"
 if [ -n "${NATIVE_WHEEL:-}" ]; then
   "${pip_target[@]}" --no-deps "$NATIVE_WHEEL"
 fi
