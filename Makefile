@@ -30,6 +30,12 @@ venv: $(STAMP)
 node: $(NODE_STAMP)
 native: $(NATIVE_STAMP)
 
+# The native wheels a deployment installs: manylinux2014, abi3 (CPython >= 3.11), x86_64 and aarch64, built
+# with zig as the linker (no Docker) into dist/; ARCHS=x86_64 for one. See docs/packaging.md.
+.PHONY: wheels
+wheels:
+	PYTHON=$(PYTHON) native/build-wheels.sh
+
 # The real KCL MultiLangDaemon: its jars from Maven Central, then amazon-kclpy (fast when done).
 kcl: $(STAMP)
 	deploy/kcl/install.sh $(BIN)/python
