@@ -18,7 +18,7 @@ from typing import Any
 
 from qldbstream.api.handler import Handler, SetupContext
 from qldbstream.api.metrics import Metrics
-from qldbstream.app.config import Settings, load_settings
+from qldbstream.app.config import Settings, dimension_pairs, load_settings
 from qldbstream.app.plugins import load_handlers
 from qldbstream.core.dedupe import DedupeStore
 from qldbstream.core.errors import ConfigurationError
@@ -74,7 +74,13 @@ class App:
     ) -> None:
         self.settings = settings or Settings()
         self._client_factory = clients
-        self.metrics = metrics if metrics is not None else build_metrics(self.settings.metrics)
+        if metrics is None:  # every runtime honours metrics_namespace and metrics_dimensions
+            metrics = build_metrics(
+                self.settings.metrics,
+                self.settings.metrics_namespace,
+                dimension_pairs(self.settings.metrics_dimensions),
+            )
+        self.metrics = metrics
         self.handlers = (
             list(handlers)
             if handlers is not None

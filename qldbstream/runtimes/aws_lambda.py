@@ -41,10 +41,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from qldbstream.app.assembly import App
-from qldbstream.app.config import dimension_pairs, load_settings
 from qldbstream.core.errors import ConfigurationError
 from qldbstream.core.records import KinesisRecord
-from qldbstream.io.metrics import build_metrics
 from qldbstream.pipeline.runtime_duties import flush_metrics
 from qldbstream.pipeline.shard_policy import stuck_record
 from qldbstream.runtimes.lambda_batch import (
@@ -241,16 +239,11 @@ def make_handler(
 def app_from_env(**app_options: Any) -> App:
     """The app the environment configures (``QLDBSTREAM_*``), as a Lambda function runs it.
 
-    :meth:`App.from_env` plus what is Lambda's: the EMF metrics in ``metrics_namespace`` with the
-    ``metrics_dimensions``; the level from ``AWS_LAMBDA_LOG_LEVEL`` when ``QLDBSTREAM_LOG_LEVEL``
-    is not set (read by the settings); ``log_format=inherit`` leaves the records to the
-    application's logging (a Powertools Logger). ``app_options`` go to :class:`App`.
+    :meth:`App.from_env`: metrics in ``metrics_namespace`` with the ``metrics_dimensions`` (as in
+    every runtime); the level from ``AWS_LAMBDA_LOG_LEVEL`` when ``QLDBSTREAM_LOG_LEVEL`` is not
+    set (read by the settings); ``log_format=inherit`` leaves the records to the application's
+    logging (a Powertools Logger). ``app_options`` go to :class:`App`.
     """
-    if "metrics" not in app_options:
-        settings = load_settings()  # read again by App.from_env: cheap, and the same values
-        app_options["metrics"] = build_metrics(
-            settings.metrics, settings.metrics_namespace, dimension_pairs(settings.metrics_dimensions)
-        )
     return App.from_env(**app_options)
 
 

@@ -168,3 +168,21 @@ def test_json_formatter_renders_exceptions() -> None:
         )
     entry = json.loads(JsonFormatter().format(record))
     assert "ValueError: boom" in entry["exception"]
+
+
+def test_every_runtime_builds_its_metrics_in_the_configured_namespace(monkeypatch) -> None:
+    """The App (the worker's, the KCL's and Lambda's) honours metrics_namespace and dimensions."""
+    from qldbstream.app.assembly import App
+    from qldbstream.io.metrics import EmfMetrics
+
+    monkeypatch.setenv("QLDBSTREAM_METRICS", "emf")
+    monkeypatch.setenv("QLDBSTREAM_METRICS_NAMESPACE", "Ledger/Prod")
+    monkeypatch.setenv("QLDBSTREAM_METRICS_DIMENSIONS", "Stream=bank")
+    monkeypatch.setenv("QLDBSTREAM_HANDLERS", "")
+    app = App.from_env()
+    try:
+        assert isinstance(app.metrics, EmfMetrics)
+        assert app.metrics.namespace == "Ledger/Prod"
+        assert app.metrics.static == {"Stream": "bank"}
+    finally:
+        app.close()
