@@ -76,6 +76,10 @@ RUNTIMES: dict[str, Runtime] = {
                 "only with --create-table; the template creates the checkpoint table and its task command "
                 "does not pass the flag"
             ),
+            "qldbstream.cli.run_archive:run_archive": (
+                "only with --source (an operator replaying an archive: an export in S3 or saved records); "
+                "the ECS task's command reads the stream and does not pass it"
+            ),
         },
     ),
     # `qldbstream kcl` (the launcher) and `python -m qldbstream.kcl` (one record processor per shard).
