@@ -6,105 +6,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from amazon.ion import simpleion
-from amazon.ion.core import IonType, OffsetTZInfo, Timestamp, TimestampPrecision
+from amazon.ion.core import IonType
 from amazon.ion.equivalence import ion_equals
 from amazon.ion.simple_types import (
-    IonPyBool,
-    IonPyBytes,
-    IonPyDecimal,
-    IonPyDict,
-    IonPyFloat,
-    IonPyInt,
-    IonPyList,
-    IonPyNull,
     IonPySymbol,
-    IonPyText,
-    IonPyTimestamp,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qldbstream_handlers.postgres.mapping import MappingError, from_jsonb, to_jsonb
 
 from qldbstream import ion_hash
+from tests.support import ion_values as strategies
 
-annotations = st.lists(st.text(min_size=1, max_size=5), max_size=2).map(tuple)
 #: U+0000 included on purpose: jsonb refuses it in strings, the mapping must carry it anyway
 texts = st.text(max_size=12) | st.sampled_from(["", "\x00", "a\x00b", "$ion", "é€😀"])
-
-
-@st.composite
-def timestamps(draw: st.DrawFn) -> Any:
-    precision = draw(st.sampled_from(list(TimestampPrecision)))
-    year, month, day = draw(st.integers(1, 9999)), draw(st.integers(1, 12)), draw(st.integers(1, 28))
-    hour, minute, second = draw(st.integers(0, 23)), draw(st.integers(0, 59)), draw(st.integers(0, 59))
-    kwargs: dict[str, Any] = {"precision": precision}
-    if precision.includes_minute:
-        offset = draw(st.none() | st.integers(-23 * 60 - 59, 23 * 60 + 59))
-        if offset is not None:
-            kwargs["tzinfo"] = OffsetTZInfo(timedelta(minutes=offset))
-    if precision.includes_second:
-        digits = draw(st.integers(0, 9))
-        if digits:
-            coefficient = draw(st.integers(0, 10**digits - 1))
-            kwargs["fractional_seconds"] = Decimal((0, tuple(map(int, str(coefficient))), -digits))
-    if not precision.includes_month:
-        month = day = 1
-    elif not precision.includes_day:
-        day = 1
-    if not precision.includes_minute:
-        hour = minute = 0
-    if not precision.includes_second:
-        second = 0
-    return Timestamp(year, month, day, hour, minute, second, **kwargs)
-
-
-def _wrap(cls: Any, ion_type: IonType) -> Any:
-    return lambda v_ann: cls.from_value(ion_type, v_ann[0], v_ann[1])
-
-
-scalars = st.one_of(
-    st.tuples(st.integers(-(2**200), 2**200), annotations).map(_wrap(IonPyInt, IonType.INT)),
-    st.tuples(st.booleans(), annotations).map(_wrap(IonPyBool, IonType.BOOL)),
-    st.tuples(st.floats(), annotations).map(_wrap(IonPyFloat, IonType.FLOAT)),  # nan, ±inf, -0.0
-    st.tuples(st.decimals(allow_nan=False, allow_infinity=False), annotations).map(
-        _wrap(IonPyDecimal, IonType.DECIMAL)
-    ),
-    st.tuples(timestamps(), annotations).map(_wrap(IonPyTimestamp, IonType.TIMESTAMP)),
-    st.tuples(texts, annotations).map(_wrap(IonPyText, IonType.STRING)),
-    st.tuples(texts, annotations).map(_wrap(IonPySymbol, IonType.SYMBOL)),
-    st.tuples(st.binary(max_size=40), annotations).map(_wrap(IonPyBytes, IonType.BLOB)),
-    st.tuples(st.binary(max_size=40), annotations).map(_wrap(IonPyBytes, IonType.CLOB)),
-    st.tuples(st.sampled_from(list(IonType)), annotations).map(
-        lambda t: IonPyNull.from_value(t[0], None, t[1])
-    ),
-)
-
-
-def containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    def as_struct(args: tuple[list[tuple[str, Any]], tuple[str, ...]]) -> Any:
-        d = IonPyDict.from_value(IonType.STRUCT, {}, args[1])
-        for k, v in args[0]:
-            d.add_item(k, v)  # repeated field names too, as Ion structs may have
-        return d
-
-    return st.one_of(
-        st.tuples(st.lists(children, max_size=5), annotations).map(
-            lambda a: IonPyList.from_value(IonType.LIST, a[0], a[1])
-        ),
-        st.tuples(st.lists(children, max_size=5), annotations).map(
-            lambda a: IonPyList.from_value(IonType.SEXP, a[0], a[1])
-        ),
-        st.tuples(st.lists(st.tuples(texts, children), max_size=6), annotations).map(as_struct),
-    )
-
-
-ion_values = st.recursive(scalars, containers, max_leaves=25)
+#: NaN, ±inf and -0.0 included; typed nulls and containers annotated too
+ion_values = strategies.ion_values(texts, nan=True, annotate_everything=True)
 
 
 def through_jsonb(value: Any) -> Any:

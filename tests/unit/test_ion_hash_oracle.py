@@ -3,107 +3,23 @@ on the data model: non-minimal binary encodings of one value hash the same."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
 from amazon.ion import simpleion
-from amazon.ion.core import IonType, OffsetTZInfo, Timestamp, TimestampPrecision
-from amazon.ion.simple_types import (
-    IonPyBool,
-    IonPyBytes,
-    IonPyDecimal,
-    IonPyDict,
-    IonPyFloat,
-    IonPyInt,
-    IonPyList,
-    IonPyNull,
-    IonPySymbol,
-    IonPyText,
-    IonPyTimestamp,
-)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qldbstream.core.errors import IonHashError, MalformedIonError
 from qldbstream.core.ion.binary import IVM
 from qldbstream.core.ion.hash import ion_hash, ion_hash_bytes
+from tests.support import ion_values as strategies
 from tests.support.oracles import import_ionhash
 
 oracle = import_ionhash()
 
-annotations = st.lists(st.text(min_size=1, max_size=5), max_size=2).map(tuple)
-texts = st.text(max_size=20)
-
-
-def _timestamps() -> st.SearchStrategy[Any]:
-    @st.composite
-    def build(draw: st.DrawFn) -> Any:
-        precision = draw(st.sampled_from(list(TimestampPrecision)))
-        year = draw(st.integers(1, 9999))
-        month = draw(st.integers(1, 12))
-        day = draw(st.integers(1, 28))
-        hour, minute, second = draw(st.integers(0, 23)), draw(st.integers(0, 59)), draw(st.integers(0, 59))
-        kwargs: dict[str, Any] = {"precision": precision}
-        if precision.includes_minute:
-            offset = draw(st.none() | st.integers(-23 * 60 - 59, 23 * 60 + 59))
-            if offset is not None:
-                kwargs["tzinfo"] = OffsetTZInfo(timedelta(minutes=offset))
-        if precision.includes_second:
-            digits = draw(st.integers(0, 9))
-            if digits:
-                coefficient = draw(st.integers(0, 10**digits - 1))
-                kwargs["fractional_seconds"] = Decimal((0, tuple(map(int, str(coefficient))), -digits))
-        if not precision.includes_month:
-            month = day = 1
-        elif not precision.includes_day:
-            day = 1
-        if not precision.includes_minute:
-            hour = minute = 0
-        if not precision.includes_second:
-            second = 0
-        return Timestamp(year, month, day, hour, minute, second, **kwargs)
-
-    return build()
-
-
-def scalars() -> st.SearchStrategy[Any]:
-    def wrap(cls: Any, ion_type: IonType) -> Any:
-        return lambda v_ann: cls.from_value(ion_type, v_ann[0], v_ann[1])
-
-    return st.one_of(
-        st.tuples(st.integers(-(2**200), 2**200), annotations).map(wrap(IonPyInt, IonType.INT)),
-        st.tuples(st.booleans(), annotations).map(wrap(IonPyBool, IonType.BOOL)),
-        # NaN: see test_every_nan_hashes_as_the_canonical_nan
-        st.tuples(st.floats(allow_nan=False), annotations).map(wrap(IonPyFloat, IonType.FLOAT)),
-        st.tuples(st.decimals(allow_nan=False, allow_infinity=False), annotations).map(
-            wrap(IonPyDecimal, IonType.DECIMAL)
-        ),
-        st.tuples(_timestamps(), annotations).map(wrap(IonPyTimestamp, IonType.TIMESTAMP)),
-        st.tuples(texts, annotations).map(wrap(IonPyText, IonType.STRING)),
-        st.tuples(texts, annotations).map(wrap(IonPySymbol, IonType.SYMBOL)),
-        st.tuples(st.binary(max_size=40), annotations).map(wrap(IonPyBytes, IonType.BLOB)),
-        st.tuples(st.binary(max_size=40), annotations).map(wrap(IonPyBytes, IonType.CLOB)),
-        st.sampled_from(list(IonType)).map(lambda t: IonPyNull.from_value(t, None)),
-    )
-
-
-def containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    def as_struct(items: list[tuple[str, Any]]) -> Any:
-        d = IonPyDict.from_value(IonType.STRUCT, {})
-        for k, v in items:
-            d.add_item(k, v)  # keeps repeated field names, as Ion structs may have
-        return d
-
-    return st.one_of(
-        st.lists(children, max_size=5).map(lambda xs: IonPyList.from_value(IonType.LIST, xs)),
-        st.lists(children, max_size=5).map(lambda xs: IonPyList.from_value(IonType.SEXP, xs)),
-        st.lists(st.tuples(texts, children), max_size=6).map(as_struct),
-    )
-
-
-ion_values = st.recursive(scalars(), containers, max_leaves=25)
+#: NaN left out: see test_every_nan_hashes_as_the_canonical_nan
+ion_values = strategies.ion_values(st.text(max_size=20), nan=False, annotate_everything=False)
 
 
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow], deadline=None)
